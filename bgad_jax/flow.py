@@ -1,0 +1,181 @@
+"""Conditional normalizing flow: AllInOneBlock-equivalent coupling blocks (spec 4-5).
+
+Variables of a flow live in two collections:
+  * ``params``: subnet weights, global affine scale and offset (trained);
+  * ``constants``: the fixed random rotation of each block. It is drawn once at
+    ``init`` from the ``params`` rng, never sees the optimiser, and must be saved
+    and restored with the parameters.
+"""
+
+import math
+from typing import Any, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+CONSTANTS = 'constants'
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+# FrEIA's SOFTPLUS global affine: gamma such that 0.1 * softplus_beta(gamma) = 1.
+_GLOBAL_SCALE_INIT = 2.0 * math.log(math.exp(5.0) - 1.0)
+
+
+def torch_linear_init(key, shape, dtype=jnp.float32):
+  """PyTorch's default nn.Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+  Used for kernels ([fan_in, fan_out]) and, through `torch_bias_init`, biases.
+  """
+  bound = 1.0 / math.sqrt(shape[0])
+  return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def torch_bias_init(fan_in: int):
+  def init(key, shape, dtype=jnp.float32):
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def random_rotation(key, dim: int, dtype=jnp.float32) -> jnp.ndarray:
+  """A Haar-random special-orthogonal [dim, dim] matrix (det = +1).
+
+  QR of a Gaussian matrix with the signs of R's diagonal folded into Q gives a
+  Haar-distributed orthogonal matrix; flipping one column when det = -1 maps
+  that coset onto SO(dim) and keeps the Haar measure.
+  """
+  gauss = jax.random.normal(key, (dim, dim), jnp.float32)
+  q, r = jnp.linalg.qr(gauss)
+  q = q * jnp.sign(jnp.diag(r))[None, :]
+  flip = jnp.where(jnp.linalg.det(q) < 0, -1.0, 1.0)
+  q = q.at[:, 0].multiply(flip)
+  return q.astype(dtype)
+
+
+def softplus_beta_half(v: jnp.ndarray) -> jnp.ndarray:
+  """Softplus with beta = 0.5: 2 * log(1 + exp(v / 2)), numerically stable."""
+  return 2.0 * jax.nn.softplus(0.5 * v)
+
+
+class _Subnet(nn.Module):
+  """Dense(2 * in) -> ReLU -> Dense(out), PyTorch-default init (reference's subnet_fc)."""
+  out_dim: int
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
+    in_dim = h.shape[-1]
+    h = nn.Dense(2 * in_dim, kernel_init=torch_linear_init,
+                 bias_init=torch_bias_init(in_dim), precision=self.precision,
+                 name='dense_in')(h)
+    h = nn.relu(h)
+    return nn.Dense(self.out_dim, kernel_init=torch_linear_init,
+                    bias_init=torch_bias_init(2 * in_dim),
+                    precision=self.precision, name='dense_out')(h)
+
+
+class CouplingBlock(nn.Module):
+  """FrEIA ``AllInOneBlock`` with ``permute_soft=True`` and SOFTPLUS global affine.
+
+  Forward: split x into x1 (ceil(C/2)) and x2 (floor(C/2)); a = 0.1 * subnet([x1, c]);
+  s = clamp * tanh(a[:, :C2]); x2 <- x2 * exp(s) + a[:, C2:]; then
+  y = ([x1, x2] * g + b) @ W.T with g = 0.1 * softplus_beta(gamma).
+
+  Attributes:
+    clamp_alpha: soft-clamp bound of the log-scale (reference: 1.9).
+    precision: matmul precision for the Dense layers and the rotation.
+  """
+  clamp_alpha: float = 1.9
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, cond: Optional[jnp.ndarray] = None,
+               reverse: bool = False) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    """Applies the block.
+
+    Args:
+      x: [N, C] float32 input (output side when ``reverse``).
+      cond: optional [N, D] float32 condition.
+      reverse: run the inverse map.
+
+    Returns:
+      (y, logdet): [N, C] output and [N] log|det J| of the map applied
+      (negative of the forward log-det when ``reverse``).
+    """
+    channels = x.shape[-1]
+    len1 = channels - channels // 2
+    len2 = channels // 2
+    subnet = _Subnet(2 * len2, precision=self.precision, name='subnet')
+    global_scale = self.param(
+        'global_scale', nn.initializers.constant(_GLOBAL_SCALE_INIT), (channels,))
+    global_offset = self.param('global_offset', nn.initializers.zeros, (channels,))
+    rotation = self.variable(
+        CONSTANTS, 'rotation',
+        lambda: random_rotation(self.make_rng('params'), channels)).value
+
+    scale = 0.1 * softplus_beta_half(global_scale)
+    scale_logdet = jnp.sum(jnp.log(scale))
+
+    def coupling(x1, x2, sign):
+      h = x1 if cond is None else jnp.concatenate([x1, cond], axis=-1)
+      a = 0.1 * subnet(h)
+      log_scale = self.clamp_alpha * jnp.tanh(a[:, :len2])
+      shift = a[:, len2:]
+      if sign > 0:
+        x2 = x2 * jnp.exp(log_scale) + shift
+      else:
+        x2 = (x2 - shift) * jnp.exp(-log_scale)
+      return x2, sign * jnp.sum(log_scale, axis=-1)
+
+    if not reverse:
+      x2, logdet = coupling(x[:, :len1], x[:, len1:], +1)
+      u = jnp.concatenate([x[:, :len1], x2], axis=-1)
+      y = jnp.dot(u * scale + global_offset, rotation.T, precision=self.precision)
+      return y, logdet + scale_logdet
+    u = (jnp.dot(x, rotation, precision=self.precision) - global_offset) / scale
+    x2, logdet = coupling(u[:, :len1], u[:, len1:], -1)
+    return jnp.concatenate([u[:, :len1], x2], axis=-1), logdet - scale_logdet
+
+
+class NormalizingFlow(nn.Module):
+  """A sequence of ``coupling_layers`` coupling blocks (FrEIA ``SequenceINN``).
+
+  Conditional when called with ``cond`` (reference ``conditional_flow_model``),
+  unconditional otherwise (reference ``flow_model``).
+  """
+  coupling_layers: int = 8
+  clamp_alpha: float = 1.9
+  precision: Any = None
+
+  def setup(self):
+    self.blocks = [CouplingBlock(self.clamp_alpha, self.precision)
+                   for _ in range(self.coupling_layers)]
+
+  def __call__(self, x: jnp.ndarray, cond: Optional[jnp.ndarray] = None,
+               reverse: bool = False) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    """Maps features to latents (or back when ``reverse``).
+
+    Args:
+      x: [N, C] float32 feature vectors (latents when ``reverse``).
+      cond: optional [N, D] float32 positional condition.
+      reverse: run the inverse flow.
+
+    Returns:
+      (z, logdet): [N, C] and [N] float32.
+    """
+    logdet = jnp.zeros(x.shape[:1], jnp.float32)
+    blocks = reversed(self.blocks) if reverse else self.blocks
+    for block in blocks:
+      x, block_logdet = block(x, cond, reverse=reverse)
+      logdet = logdet + block_logdet
+    return x, logdet
+
+
+def log_likelihood(z: jnp.ndarray, logdet: jnp.ndarray) -> jnp.ndarray:
+  """logp = C * (-0.5 ln 2pi) - 0.5 ||z||^2 + logdet; z: [N, C], logdet: [N] -> [N]."""
+  channels = z.shape[-1]
+  return channels * -_LOG_SQRT_2PI - 0.5 * jnp.sum(z * z, axis=-1) + logdet
+
+
+def per_dim_log_likelihood(z: jnp.ndarray, logdet: jnp.ndarray) -> jnp.ndarray:
+  """lp = logp / C, BGAD's per-dimension log-likelihood: [N, C], [N] -> [N]."""
+  return log_likelihood(z, logdet) / z.shape[-1]

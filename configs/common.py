@@ -1,0 +1,46 @@
+"""Published BGAD settings (spec sections 4-8); every other config starts here."""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  """Returns the reference's defaults as a ConfigDict."""
+  del arg
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.backbone = ml_collections.ConfigDict()
+  config.backbone.name = 'tf_efficientnet_b6'   # paper's encoder
+  config.backbone.feature_levels = 3            # strides 4, 8, 16
+
+  config.flow = ml_collections.ConfigDict()
+  config.flow.conditional = True                # reference flow_arch 'conditional_flow_model'
+  config.flow.coupling_layers = 8
+  config.flow.clamp_alpha = 1.9
+  config.flow.pos_embed_dim = 128
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.pos_beta = 0.01
+  config.loss.margin_tau = 0.1
+  config.loss.normalizer = 10.0
+  config.loss.bgspp_lambda = 1.0
+  config.loss.focal_weighting = True
+
+  config.train = ml_collections.ConfigDict()
+  config.train.meta_epochs = 25
+  config.train.sub_epochs = 8
+  config.train.batch_size = 32
+  config.train.lr = 2e-4
+  config.train.lr_decay_rate = 0.1              # eta_min = lr * rate**3
+  config.train.lr_cosine = True
+  config.train.lr_warm = True
+  config.train.lr_warm_epochs = 2
+  config.train.num_vectors = 4096               # feature vectors per optimiser step
+
+  config.data = ml_collections.ConfigDict()
+  config.data.inp_size = 256
+  config.data.num_anomalies = 10                # 0: unsupervised (maximum likelihood only)
+  config.data.anomaly_strategy = '0,1'
+  config.data.known_defect_types = ''           # comma-separated; '' = all types
+  config.data.not_in_test = True
+  return config

@@ -1,0 +1,34 @@
+from setuptools import find_packages, setup
+
+# The JAX stack is pinned to versions that install and run together on Python 3.11.
+INSTALL_REQUIRES = [
+    'jax==0.10.2',
+    'jaxlib==0.10.2',
+    'flax==0.12.8',
+    'optax==0.2.8',
+    'orbax-checkpoint==0.12.8',
+    'tensorflow-datasets==4.9.10',
+    'importlib-resources',          # tensorflow-datasets needs it, does not declare it
+    'ml-collections==1.1.0',
+    'clu==0.0.12',
+    'scikit-learn==1.9.1',
+    'numpy==2.4.6',
+    'absl-py',
+]
+
+EXTRAS_REQUIRE = {
+    # Reference implementations the tests compare against (torch CPU build).
+    'test': ['torch==2.13.0', 'FrEIA==0.2', 'pytest'],
+    # Optional: tfds.load / clu metric writers. Not needed for anything else.
+    'tf': ['tensorflow'],
+}
+
+setup(
+    name='bgad_jax',
+    version='0.1.0',
+    description='BGAD (boundary-guided semi-push-pull anomaly detection) in JAX/Flax',
+    packages=find_packages(include=['bgad_jax', 'bgad_jax.*', 'tfds_mvtec', 'tfds_mvtec.*']),
+    python_requires='>=3.11',
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)

@@ -1,0 +1,136 @@
+"""bgad_jax.flow against FrEIA 0.2 (the reference's flow) and against calculus."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from bgad_jax import flow as flow_lib
+from bgad_jax.weight_conversion import flow_variables_from_freia
+from tests.support import freia_reference
+
+COND_DIM = 128
+TOL = 1e-5
+
+
+def _inputs(channels, n=257, cond_dim=COND_DIM, seed=0):
+  rng = np.random.default_rng(seed)
+  # Per-vector scales spread lp over the clamp's and the focal weights' ranges.
+  scale = rng.uniform(0.3, 3.0, size=(n, 1))
+  x = (rng.standard_normal((n, channels)) * scale).astype(np.float32)
+  cond = rng.standard_normal((n, cond_dim)).astype(np.float32)
+  return x, cond
+
+
+def _perturb_torch_params(model, seed=1):
+  """Moves trainable parameters off their init (mildly: fp32 stays well conditioned)."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for param in model.parameters():
+      if param.requires_grad:
+        param.add_(0.05 * torch.randn(param.shape, generator=gen))
+
+
+@pytest.mark.parametrize('channels', [3, 24, 41])
+@pytest.mark.parametrize('conditional', [True, False])
+def test_matches_freia_forward(channels, conditional):
+  model = freia_reference.build_freia_flow(
+      channels, cond_dim=COND_DIM if conditional else None, seed=channels)
+  _perturb_torch_params(model)
+  x, cond = _inputs(channels)
+  with torch.no_grad():
+    lp_ref, z_ref, logdet_ref = freia_reference.freia_lp(
+        model, torch.from_numpy(x), torch.from_numpy(cond) if conditional else None)
+
+  variables = flow_variables_from_freia(model.state_dict())
+  flow = flow_lib.NormalizingFlow(coupling_layers=8, clamp_alpha=1.9)
+  z, logdet = jax.jit(flow.apply)(variables, x, cond if conditional else None)
+  lp = flow_lib.per_dim_log_likelihood(z, logdet)
+  logp = flow_lib.log_likelihood(z, logdet)
+
+  np.testing.assert_allclose(z, z_ref.numpy(), rtol=TOL, atol=TOL)
+  np.testing.assert_allclose(logdet, logdet_ref.numpy(), rtol=TOL, atol=TOL)
+  np.testing.assert_allclose(lp, lp_ref.numpy(), rtol=TOL, atol=TOL)
+  np.testing.assert_allclose(logp, lp_ref.numpy() * channels, rtol=TOL, atol=TOL)
+
+
+def test_clamp_and_scaling_matter():
+  """The equivalence above is sensitive to the soft clamp and the 0.1 scaling."""
+  channels = 24
+  model = freia_reference.build_freia_flow(channels, cond_dim=COND_DIM, seed=3)
+  _perturb_torch_params(model)
+  x, cond = _inputs(channels)
+  with torch.no_grad():
+    _, z_ref, _ = freia_reference.freia_lp(model, torch.from_numpy(x), torch.from_numpy(cond))
+  variables = flow_variables_from_freia(model.state_dict())
+  z_other_clamp, _ = flow_lib.NormalizingFlow(8, clamp_alpha=2.0).apply(variables, x, cond)
+  assert np.max(np.abs(z_other_clamp - z_ref.numpy())) > 1e-3
+
+
+def test_init_state():
+  channels = 24
+  flow = flow_lib.NormalizingFlow(coupling_layers=2)
+  x, cond = _inputs(channels, n=8)
+  variables = flow.init(jax.random.key(0), x, cond)
+  block = variables['params']['blocks_0']
+  # Global affine starts as the identity scale and zero offset.
+  np.testing.assert_allclose(0.1 * flow_lib.softplus_beta_half(block['global_scale']),
+                             1.0, rtol=1e-6)
+  np.testing.assert_array_equal(block['global_offset'], 0.0)
+  # Rotation is a constant, not a parameter, and special orthogonal.
+  assert 'rotation' not in block
+  rotation = variables[flow_lib.CONSTANTS]['blocks_0']['rotation']
+  np.testing.assert_allclose(rotation @ rotation.T, np.eye(channels), atol=1e-5)
+  assert abs(np.linalg.det(rotation) - 1.0) < 1e-4
+  other = variables[flow_lib.CONSTANTS]['blocks_1']['rotation']
+  assert np.max(np.abs(other - rotation)) > 0.1  # one draw per block
+  # Subnet: PyTorch-default uniform bounds; widths 2 * (ceil(C/2) + D) and 2 * floor(C/2).
+  kernel_in = block['subnet']['dense_in']['kernel']
+  assert kernel_in.shape == (12 + COND_DIM, 2 * (12 + COND_DIM))
+  assert block['subnet']['dense_out']['kernel'].shape == (2 * (12 + COND_DIM), 24)
+  bound = 1.0 / np.sqrt(12 + COND_DIM)
+  assert np.max(np.abs(kernel_in)) <= bound
+  assert np.max(np.abs(kernel_in)) > 0.9 * bound
+
+
+@pytest.mark.parametrize('channels', [3, 24, 41])
+def test_inverse_round_trip(channels):
+  flow = flow_lib.NormalizingFlow(coupling_layers=8)
+  x, cond = _inputs(channels, n=64)
+  variables = flow.init(jax.random.key(channels), x, cond)
+  z, logdet = flow.apply(variables, x, cond)
+  x_back, logdet_back = flow.apply(variables, z, cond, reverse=True)
+  np.testing.assert_allclose(x_back, x, atol=TOL, rtol=TOL)
+  np.testing.assert_allclose(logdet_back, -logdet, atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize('conditional', [True, False])
+def test_logdet_is_log_abs_det_jacobian(conditional):
+  channels = 7
+  flow = flow_lib.NormalizingFlow(coupling_layers=4)
+  x, cond = _inputs(channels, n=5, cond_dim=12)
+  cond = cond if conditional else None
+  variables = flow.init(jax.random.key(1), x, cond)
+  # Move parameters off their init so that the coupling is not near identity.
+  leaves, treedef = jax.tree.flatten(variables['params'])
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  leaves = [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
+  variables = {**variables, 'params': jax.tree.unflatten(treedef, leaves)}
+  _, logdet = flow.apply(variables, x, cond)
+  for i in range(x.shape[0]):
+    c_i = None if cond is None else cond[i:i + 1]
+    single = lambda v: flow.apply(variables, v[None], c_i)[0][0]
+    jac = jax.jacfwd(single)(jnp.asarray(x[i]))
+    sign, logabsdet = jnp.linalg.slogdet(jac)
+    assert sign > 0
+    np.testing.assert_allclose(logdet[i], logabsdet, atol=1e-4, rtol=1e-5)
+
+
+def test_log_likelihood_standard_normal():
+  z = jnp.array([[0.0, 0.0], [1.0, -2.0]])
+  logdet = jnp.array([0.0, 0.5])
+  expected = np.array([-np.log(2 * np.pi), -np.log(2 * np.pi) - 2.5 + 0.5])
+  np.testing.assert_allclose(flow_lib.log_likelihood(z, logdet), expected, rtol=1e-6)
+  np.testing.assert_allclose(flow_lib.per_dim_log_likelihood(z, logdet), expected / 2,
+                             rtol=1e-6)
