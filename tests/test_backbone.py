@@ -185,3 +185,14 @@ def test_preconverted_npz_gives_the_same_model(tmp_path):
   _, from_wheel = weight_conversion.load_backbone('efficientnet_lite0')
   for a, b in zip(jax.tree.leaves(from_npz), jax.tree.leaves(from_wheel)):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('kernel,stride', [(3, 1), (3, 2), (5, 1), (5, 2)])
+def test_depthwise_implementations_agree(kernel, stride):
+  x = np.random.default_rng(0).standard_normal((2, 13, 10, 6)).astype(np.float32)
+  conv = backbone_lib.DepthwiseConv(kernel, stride, impl='conv')
+  variables = conv.init(jax.random.key(0), x)
+  expected = conv.apply(variables, x)
+  shifted = backbone_lib.DepthwiseConv(kernel, stride, impl='shifted').apply(variables, x)
+  assert shifted.shape == expected.shape == (2, -(-13 // stride), -(-10 // stride), 6)
+  np.testing.assert_allclose(shifted, expected, rtol=1e-5, atol=1e-5)
