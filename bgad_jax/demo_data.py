@@ -1,0 +1,160 @@
+"""Embedded demo dataset: an MVTec-layout class made offline from real textures.
+
+Normal images are random crops (flips, 90-degree turns, slight brightness
+changes) of a texture photograph that ships with scikit-image; training crops
+come from the top 60% of the photograph and test crops from the rest, so test
+normals are unseen. Anomalous test images get one of four procedural defects,
+drawn here with numpy/scikit-image; the mask marks exactly the pixels the
+defect changed. Generation is deterministic: the same arguments give
+byte-identical PNG files.
+"""
+
+import json
+import os
+from typing import Callable, Dict
+
+import numpy as np
+from PIL import Image
+from skimage import data as skdata
+from skimage import draw, morphology
+
+TEXTURES: Dict[str, Callable[[], np.ndarray]] = {
+    'brick': skdata.brick, 'grass': skdata.grass, 'gravel': skdata.gravel,
+    'tissue': skdata.immunohistochemistry,
+}
+DEFECT_TYPES = ('crack', 'hole', 'scratch', 'stain')
+_FORMAT_VERSION = 1
+
+
+def _as_rgb(texture: np.ndarray) -> np.ndarray:
+  return np.repeat(texture[:, :, None], 3, axis=2) if texture.ndim == 2 else texture[:, :, :3]
+
+
+def _normal_crop(texture, rng, size, row_range) -> np.ndarray:
+  top = int(rng.integers(row_range[0], row_range[1] - size + 1))
+  left = int(rng.integers(0, texture.shape[1] - size + 1))
+  crop = texture[top:top + size, left:left + size].astype(np.float32)
+  crop = np.rot90(crop, int(rng.integers(4)))
+  if rng.random() < 0.5:
+    crop = crop[:, ::-1]
+  crop = crop * rng.uniform(0.95, 1.05)
+  return np.clip(np.round(crop), 0, 255).astype(np.uint8)
+
+
+def _thicken(mask: np.ndarray, radius: int) -> np.ndarray:
+  return morphology.dilation(mask, morphology.disk(radius)) if radius > 0 else mask
+
+
+def _scratch(image, rng):
+  size = image.shape[0]
+  length = rng.uniform(0.4, 0.8) * size
+  angle = rng.uniform(0, np.pi)
+  cy, cx = rng.uniform(0.3, 0.7, size=2) * size
+  dy, dx = 0.5 * length * np.sin(angle), 0.5 * length * np.cos(angle)
+  mask = np.zeros(image.shape[:2], bool)
+  rr, cc = draw.line(*[int(np.clip(v, 0, size - 1)) for v in (cy - dy, cx - dx, cy + dy, cx + dx)])
+  mask[rr, cc] = True
+  mask = _thicken(mask, 1)
+  out = image.copy()
+  out[mask] = rng.integers(215, 250)
+  return out, mask
+
+
+def _stain(image, rng):
+  size = image.shape[0]
+  mask = np.zeros(image.shape[:2], bool)
+  cy, cx = rng.uniform(0.3, 0.7, size=2) * size
+  for _ in range(3):   # a blob of overlapping ellipses
+    rr, cc = draw.ellipse(cy + rng.normal(0, 4), cx + rng.normal(0, 4),
+                          rng.uniform(0.05, 0.12) * size, rng.uniform(0.05, 0.12) * size,
+                          shape=mask.shape, rotation=rng.uniform(0, np.pi))
+    mask[rr, cc] = True
+  tint = rng.uniform(40, 200, size=3)
+  if np.array_equal(image[..., 0], image[..., 1]):   # grey texture: grey stain
+    tint[:] = tint[0]
+  out = image.astype(np.float32)
+  out[mask] = 0.4 * out[mask] + 0.6 * tint
+  return np.clip(np.round(out), 0, 255).astype(np.uint8), mask
+
+
+def _hole(image, rng):
+  size = image.shape[0]
+  radius = rng.uniform(0.04, 0.09) * size
+  cy, cx = rng.uniform(0.25, 0.75, size=2) * size
+  mask = np.zeros(image.shape[:2], bool)
+  rr, cc = draw.disk((cy, cx), radius, shape=mask.shape)
+  mask[rr, cc] = True
+  dist = np.hypot(rr - cy, cc - cx) / radius   # darker towards the centre
+  out = image.copy()
+  out[rr, cc] = (np.clip(10 + 40 * dist, 0, 255)[:, None]).astype(np.uint8)
+  return out, mask
+
+
+def _crack(image, rng):
+  size = image.shape[0]
+  mask = np.zeros(image.shape[:2], bool)
+  y, x = rng.uniform(0.25, 0.75, size=2) * size
+  heading = rng.uniform(0, 2 * np.pi)
+  for _ in range(int(rng.integers(6, 10))):   # a jagged random walk
+    heading += rng.normal(0, 0.6)
+    step = rng.uniform(0.04, 0.08) * size
+    ny = float(np.clip(y + step * np.sin(heading), 0, size - 1))
+    nx = float(np.clip(x + step * np.cos(heading), 0, size - 1))
+    rr, cc = draw.line(int(y), int(x), int(ny), int(nx))
+    mask[rr, cc] = True
+    y, x = ny, nx
+  out = image.copy()
+  out[mask] = (out[mask].astype(np.float32) * 0.15).astype(np.uint8)
+  return out, mask
+
+
+_DEFECTS = {'crack': _crack, 'hole': _hole, 'scratch': _scratch, 'stain': _stain}
+
+
+def add_defect(image: np.ndarray, defect_type: str, rng: np.random.Generator):
+  """Draws one defect. Returns (image uint8 [S, S, 3], mask bool [S, S]); pixels
+  outside the mask are unchanged."""
+  return _DEFECTS[defect_type](image, rng)
+
+
+def _save(array: np.ndarray, path: str) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(array).save(path, format='PNG')
+
+
+def generate(root: str, category: str = 'tissue', size: int = 128, num_train: int = 60,
+             num_test_good: int = 16, num_per_defect: int = 8, seed: int = 0) -> str:
+  """Writes ``<root>/<category>/{train,test,ground_truth}`` (MVTec layout).
+
+  Reuses an existing folder made with the same arguments (a stamp file records
+  them). Returns the category folder.
+  """
+  if category not in TEXTURES:
+    raise ValueError(f'demo category must be one of {sorted(TEXTURES)}, got {category!r}')
+  category_dir = os.path.join(root, category)
+  settings = dict(format=_FORMAT_VERSION, size=size, num_train=num_train,
+                  num_test_good=num_test_good, num_per_defect=num_per_defect, seed=seed)
+  stamp = os.path.join(category_dir, 'demo_settings.json')
+  if os.path.isfile(stamp):
+    with open(stamp) as f:
+      if json.load(f) == settings:
+        return category_dir
+  texture = _as_rgb(TEXTURES[category]())
+  split_row = int(texture.shape[0] * 0.6)
+  rng = np.random.default_rng(seed)
+  for i in range(num_train):
+    _save(_normal_crop(texture, rng, size, (0, split_row)),
+          os.path.join(category_dir, 'train', 'good', f'{i:03d}.png'))
+  test_rows = (split_row, texture.shape[0])
+  for i in range(num_test_good):
+    _save(_normal_crop(texture, rng, size, test_rows),
+          os.path.join(category_dir, 'test', 'good', f'{i:03d}.png'))
+  for defect_type in DEFECT_TYPES:
+    for i in range(num_per_defect):
+      image, mask = add_defect(_normal_crop(texture, rng, size, test_rows), defect_type, rng)
+      _save(image, os.path.join(category_dir, 'test', defect_type, f'{i:03d}.png'))
+      _save(mask.astype(np.uint8) * 255,
+            os.path.join(category_dir, 'ground_truth', defect_type, f'{i:03d}_mask.png'))
+  with open(stamp, 'w') as f:
+    json.dump(settings, f)
+  return category_dir

@@ -1,0 +1,80 @@
+"""Decoding images and masks of any common format into uint8 arrays.
+
+Every image becomes RGB uint8 [H, W, 3] (greyscale repeated, alpha dropped,
+palette expanded, 16-bit scaled to 8-bit); every mask becomes {0, 1} uint8
+[H, W]. A file that cannot be decoded raises `ImageDecodeError` naming it.
+"""
+
+import io
+import logging
+from typing import Optional, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+PathOrBytes = Union[str, bytes]
+
+
+class ImageDecodeError(ValueError):
+  """An image file is missing, truncated or not an image."""
+
+
+def _open(source: PathOrBytes, what: str) -> Image.Image:
+  name = source if isinstance(source, str) else f'<{len(source)} bytes>'
+  try:
+    image = Image.open(source if isinstance(source, str) else io.BytesIO(source))
+    image.load()   # decode now, so that truncated files fail here
+    return image
+  except (OSError, SyntaxError, ValueError) as err:
+    raise ImageDecodeError(f'cannot decode {what} {name}: {err}') from err
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+  if array.dtype == np.uint8:
+    return array
+  if array.dtype == np.bool_:
+    return array.astype(np.uint8) * 255
+  if np.issubdtype(array.dtype, np.integer):
+    # 16-bit images (PIL mode I;16 / I): scale the type's range onto 0..255.
+    top = 65535 if array.max() > 255 or array.dtype == np.uint16 else 255
+    return np.round(array.astype(np.float64) * (255.0 / top)).clip(0, 255).astype(np.uint8)
+  return np.round(np.clip(array, 0.0, 1.0) * 255).astype(np.uint8)   # float images in [0, 1]
+
+
+def decode_image(source: PathOrBytes) -> np.ndarray:
+  """Any PNG/JPEG/BMP/TIFF (grey, RGB, RGBA, palette, 16-bit) -> RGB uint8 [H, W, 3]."""
+  image = _open(source, 'image')
+  if image.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F', '1'):
+    grey = _to_uint8(np.asarray(image))
+    return np.repeat(grey[:, :, None], 3, axis=2)
+  if image.mode != 'RGB':
+    image = image.convert('RGB')   # L, LA, P, RGBA, CMYK, YCbCr ...
+  return np.asarray(image, dtype=np.uint8).copy()
+
+
+def decode_mask(source: PathOrBytes, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+  """A ground-truth mask -> {0, 1} uint8 [H, W]; pixels above half intensity are defective.
+
+  Args:
+    source: file path or encoded bytes.
+    size: (height, width) of the image the mask belongs to; a mask of another
+      size is resized with nearest neighbour, with a warning.
+  """
+  image = _open(source, 'mask')
+  if image.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F', '1'):
+    grey = _to_uint8(np.asarray(image))
+  else:
+    grey = np.asarray(image.convert('L'))
+  if size is not None and grey.shape != tuple(size):
+    logging.warning('mask %s is %dx%d but its image is %dx%d; resizing it (nearest)',
+                    source if isinstance(source, str) else '<bytes>',
+                    grey.shape[0], grey.shape[1], size[0], size[1])
+    grey = np.asarray(Image.fromarray(grey).resize((size[1], size[0]), Image.NEAREST))
+  return (grey > 127).astype(np.uint8)
+
+
+def encode_png(array: np.ndarray) -> bytes:
+  """uint8 [H, W] or [H, W, 3] -> PNG bytes (deterministic for equal pixels)."""
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format='PNG')
+  return buffer.getvalue()
