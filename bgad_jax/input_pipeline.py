@@ -74,24 +74,30 @@ def preprocess(examples: Sequence[Dict], inp_size: int, mean: Sequence[float],
   """Resizes, crops and normalises a list of examples.
 
   Returns:
-    images float32 [N, S, S, 3] ((x / 255 - mean) / std), masks uint8 [N, S, S]
-    {0, 1}, labels int32 [N], has_mask bool [N], defect_types and filenames
-    (object arrays [N]).
+    images float32 [N, S, S, 3] ((x / 255 - mean) / std), pixels uint8
+    [N, S, S, 3] (resized, not normalised), masks uint8 [N, S, S] {0, 1},
+    labels int32 [N], has_mask bool [N], defect_types and filenames (object
+    arrays [N]).
   """
-  mean = np.asarray(mean, np.float32)
-  std = np.asarray(std, np.float32)
-  images, masks = [], []
+  pixels, masks = [], []
   for example in examples:
-    image = resize_and_center_crop(example['image'], inp_size, Image.LANCZOS)
-    images.append((image.astype(np.float32) / 255.0 - mean) / std)
+    pixels.append(resize_and_center_crop(example['image'], inp_size, Image.LANCZOS))
     masks.append(resize_and_center_crop(example['mask'], inp_size, Image.NEAREST))
+  pixels = np.stack(pixels)
   return dict(
-      images=np.stack(images).astype(np.float32),
+      images=normalise(pixels, mean, std),
+      pixels=pixels,
       masks=np.stack(masks).astype(np.uint8),
       labels=np.array([e['label'] for e in examples], np.int32),
       has_mask=np.array([e['has_mask'] for e in examples], bool),
       defect_types=np.array([e['defect_type'] for e in examples], object),
       filenames=np.array([e['filename'] for e in examples], object))
+
+
+def normalise(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+  """uint8 [..., 3] -> float32 (x / 255 - mean) / std."""
+  return ((pixels.astype(np.float32) / 255.0 - np.asarray(mean, np.float32))
+          / np.asarray(std, np.float32)).astype(np.float32)
 
 
 def batches(arrays: Dict[str, np.ndarray], batch_size: int, shuffle: bool = False,

@@ -243,11 +243,12 @@ def train_meta_epoch(state: FlowTrainState, config, train_levels: Sequence[Level
   loss_sum, loss_count, skipped_count, warm_step = 0.0, 0, 0, warmup[0]
   last_lr = 0.0
   for sub_epoch in range(train.sub_epochs):
+    levels = train_levels(epoch, sub_epoch) if callable(train_levels) else train_levels
     batches = image_batches(num_images, train.batch_size, plan_rng(config.seed, epoch, sub_epoch, 0))
     batch_lrs = np.array([schedule.batch_lr(train, epoch, warm_step + b, max(warmup[1], 1))
                           for b in range(len(batches))], np.float32)
     warm_step += len(batches)
-    for level, data in enumerate(train_levels):
+    for level, data in enumerate(levels):
       chunks, owners = chunk_plan(batches, data.positions, train.num_vectors,
                                   plan_rng(config.seed, epoch, sub_epoch, level + 1))
       if not len(chunks):

@@ -53,6 +53,11 @@ def get_config(arg=None):
   config.data.anomaly_strategy = '0,1'
   config.data.anomaly_count_mode = 'total'      # 'total' (spread over types) or 'per_type'
   config.data.anomaly_repeats = 5               # strategy 0: each known anomaly repeated
+  config.data.synthetic_repeats = 5             # strategies 1/2: synthetic images per anomaly
+  config.data.in_fg_region = True               # strategy 1 pastes inside the foreground
+  config.data.foreground = 'auto'               # 'auto', 'all' or 'folder'
+  config.data.foreground_dir = ''               # masks named like the images, for 'folder'
+  config.data.anomaly_source_path = ''          # strategy 2 textures (e.g. DTD); '' = built-in
   config.data.known_defect_types = ''           # comma-separated; '' = all types
   config.data.not_in_test = True
 

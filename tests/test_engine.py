@@ -114,9 +114,24 @@ def test_unsupervised_mode_uses_no_anomalies():
   assert known == [] and len(test) == 6
 
 
-def test_strategies_not_available_yet_say_how_to_run():
+def test_strategy_parsing():
   from bgad_jax import engine
   from configs import mvtec
-  config = mvtec.get_config('carpet')   # published '0,1'
-  with pytest.raises(NotImplementedError, match='anomaly_strategy=0'):
-    engine.split_known(config, _examples())
+  config = mvtec.get_config('carpet')
+  assert engine.strategies(config) == ['0', '1']   # published
+  config.data.anomaly_strategy = '0,3'
+  with pytest.raises(ValueError, match='anomaly_strategy'):
+    engine.strategies(config)
+  config.data.anomaly_strategy = '1'
+  config.data.num_anomalies = 0
+  with pytest.raises(ValueError, match='CutPaste'):
+    engine.strategies(config)
+
+
+def test_all_strategies_train_end_to_end(trained, tmp_path):
+  _, data_root, _ = trained
+  _main(tmp_path / 'synth', data_root, '--config.data.anomaly_strategy=0,1,2',
+        '--config.train.meta_epochs=2', '--config.data.synthetic_repeats=1')
+  results = json.loads((tmp_path / 'synth' / 'results.json').read_text())
+  for key in ('img_auroc', 'pix_auroc', 'aupro'):
+    assert 0.0 <= results[key] <= 1.0
