@@ -87,13 +87,18 @@ def strategies(config) -> List[str]:
   return chosen
 
 
+def known_defect_types(config) -> List[str]:
+  """``data.known_defect_types`` as a list ([] = every type may be known)."""
+  return [t.strip() for t in str(config.data.known_defect_types).split(',') if t.strip()]
+
+
 def split_known(config, test: List[Dict]) -> Tuple[List[Dict], List[Dict]]:
   """Known anomalies for training and the test set to evaluate on."""
   data = config.data
   strategies(config)
   if data.num_anomalies <= 0:
     return [], test
-  known_types = [t for t in str(data.known_defect_types).split(',') if t]
+  known_types = known_defect_types(config)
   known, rest = input_pipeline.select_known_anomalies(
       test, data.num_anomalies, data.anomaly_count_mode, known_types, config.seed)
   return known, (rest if data.not_in_test else test)
@@ -152,7 +157,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   _check_devices(config, mesh)
   train_examples, test_examples = load_splits(config)
   known, test_examples = split_known(config, test_examples)
-  known_types = [t for t in str(config.data.known_defect_types).split(',') if t]
+  known_types = known_defect_types(config)
   logging.info('%d normal training images, %d known anomalies, %d test images',
                len(train_examples), len(known), len(test_examples))
   if known:
@@ -367,7 +372,7 @@ def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
   mesh = make_mesh()
   _, test_examples = load_splits(config)
   known, test_examples = split_known(config, test_examples)
-  known_types = [t for t in str(config.data.known_defect_types).split(',') if t]
+  known_types = known_defect_types(config)
   backbone, backbone_vars, mean, std = load_frozen_backbone(config)
   arrays = input_pipeline.preprocess(test_examples, config.data.inp_size, mean, std)
   t0 = time.time()
