@@ -26,7 +26,8 @@ EXTRAS_REQUIRE = {
     # Reference implementations the tests compare against (torch CPU build).
     # torchvision is pinned so that timm cannot pull a newer torch.
     'test': ['torch==2.13.0', 'torchvision==0.28.0', 'timm==1.0.31', 'FrEIA==0.2',
-             'efficientnet-lite-pytorch==0.1.0', 'safetensors', 'pytest'],
+             'efficientnet-lite-pytorch==0.1.0', 'safetensors', 'pytest',
+             'nbclient==0.11.0', 'nbformat==5.11.1', 'ipykernel==7.4.0'],
     # Optional: tfds.load / clu metric writers. Not needed for anything else.
     'tf': ['tensorflow'],
 }
