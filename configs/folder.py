@@ -4,7 +4,7 @@
   <data.root>/<category>/test/<good|defect type>/*.png
   <data.root>/<category>/ground_truth/<defect type>/<name>_mask.png   (optional)
 
-Published settings otherwise; with no masks, pixel metrics are reported as
+Published settings (strategy 0,1 included); with no masks, pixel metrics are reported as
 unavailable. The default backbone is the offline Lite0.
 """
 
@@ -16,5 +16,4 @@ def get_config(arg=None):
   config.backbone.name = 'efficientnet_lite0'
   config.data.source = 'folder'
   config.data.category = arg or ''
-  config.data.anomaly_strategy = '0'
   return config
