@@ -47,9 +47,9 @@ def estimate_foreground(image: np.ndarray, border: float = 0.04) -> np.ndarray:
   threshold = max(filters.threshold_otsu(distance), np.percentile(edge_distance, 99))
   fg = distance > threshold
   radius = max(1, min(h, w) // 64)
-  fg = morphology.binary_closing(fg, morphology.disk(radius))
+  fg = morphology.closing(fg, morphology.disk(radius)).astype(bool)
   fg = ndimage.binary_fill_holes(fg)
-  fg = morphology.remove_small_objects(fg, max(1, (h * w) // 200))
+  fg = morphology.remove_small_objects(fg, max_size=max(1, (h * w) // 200) - 1)  # drop specks
   fraction = fg.mean()
   if fraction < 0.01 or fraction > 0.95:
     return np.ones((h, w), bool)
