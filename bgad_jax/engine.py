@@ -287,12 +287,14 @@ def _training_set(config, mesh, backbone, backbone_vars, mean, std, train_arrays
       image, mask = synthesis.cut_paste(pixels[k], masks[k], pixels[n],
                                         None if foreground is None else foreground[n], rng,
                                         paste_augmenters)
-      images.append(image), synth_masks.append(mask)
+      images.append(image)
+      synth_masks.append(mask)
     for _ in range(num_pseudo):
       n = int(rng.integers(num_normal))
       texture = textures[int(rng.integers(len(textures)))]
       image, mask = synthesis.pseudo_anomaly(pixels[n], texture, rng, pseudo_augmenters)
-      images.append(image), synth_masks.append(mask)
+      images.append(image)
+      synth_masks.append(mask)
     feats = train.extract_features(backbone, backbone_vars,
                                    input_pipeline.normalise(np.stack(images), mean, std),
                                    config.train.batch_size, mesh)

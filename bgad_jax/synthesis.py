@@ -140,7 +140,8 @@ def _move_regions_into(mask: np.ndarray, foreground: np.ndarray, rng: np.random.
     if not len(points):
       points = np.argwhere(foreground)
     if not len(points):
-      src.append(np.stack([rows, cols])), dst.append(np.stack([rows, cols]))
+      src.append(np.stack([rows, cols]))
+      dst.append(np.stack([rows, cols]))
       continue
     target = points[rng.integers(len(points))]
     cy, cx = region.centroid
