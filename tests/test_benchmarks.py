@@ -23,3 +23,13 @@ def test_backbone_benchmark_smoke(tmp_path):
   assert row['taps'] == '16x16x24 8x8x40 4x4x112'
   assert row['flax_img_s'] > 0 and row['torch_img_s'] > 0
   assert 'flax/torch' in stdout
+
+
+def test_flow_step_benchmark_smoke(tmp_path):
+  out = tmp_path / 'flow.json'
+  stdout = _run('flow_step.py', '--dims', '6', '--vectors', '64', '--steps', '2',
+                '--json', str(out))
+  (row,) = json.loads(out.read_text())
+  assert set(row) == {'dim', 'ours_vps', 'freia_vps', 'ratio', 'gflops', 'peak_gflops'}
+  assert row['dim'] == 6 and row['ours_vps'] > 0 and row['freia_vps'] > 0
+  assert 'ours/FrEIA' in stdout
