@@ -8,7 +8,6 @@ does not depend on the values). Prints a table and optionally writes JSON rows.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -20,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bgad_jax import backbone as backbone_lib  # noqa: E402
 from bgad_jax import weight_conversion  # noqa: E402
+from benchmarks import table  # noqa: E402
 
 
 def _timed(fn, iters):
@@ -67,16 +67,10 @@ def main(argv=None):
   parser.add_argument('--json', default=None)
   args = parser.parse_args(argv)
   rows = [bench(n, args.size, args.batch, args.iters) for n in args.backbones.split(',')]
-  print(f'device: {jax.devices()[0].device_kind}, {os.cpu_count()} cores, '
-        f'{args.size}x{args.size}, batch {args.batch}')
-  print(f'{"backbone":20s} {"params(M)":>9s} {"taps (HxWxC, NHWC)":>30s} '
-        f'{"flax img/s":>10s} {"torch img/s":>11s} {"flax/torch":>10s}')
-  for r in rows:
-    print(f'{r["backbone"]:20s} {r["params_m"]:9.2f} {r["taps"]:>30s} '
-          f'{r["flax_img_s"]:10.2f} {r["torch_img_s"]:11.2f} {r["ratio"]:10.2f}')
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(rows, f, indent=2)
+  table.report(rows, [('backbone', 'backbone', '20s'), ('params_m', 'params(M)', '9.2f'),
+                      ('taps', 'taps (HxWxC, NHWC)', '30s'), ('flax_img_s', 'flax img/s', '10.2f'),
+                      ('torch_img_s', 'torch img/s', '11.2f'), ('ratio', 'flax/torch', '10.2f')],
+               f'{args.size}x{args.size}, batch {args.batch}', args.json)
   return rows
 
 

@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bgad_jax import train  # noqa: E402
 from bgad_jax.engine import make_mesh  # noqa: E402
 from configs import common  # noqa: E402
+from benchmarks import table  # noqa: E402
 
 COND = 128
 
@@ -121,16 +122,16 @@ def main(argv=None):
     ours = bench_ours(dim, args.vectors, args.steps)
     freia = bench_freia(dim, args.vectors, args.steps)
     gflops = step_flops(dim, args.vectors) * ours / args.vectors / 1e9
+    peak = matmul_peak(dim, args.vectors)
     rows.append(dict(dim=dim, ours_vps=ours, freia_vps=freia, ratio=ours / freia,
-                     gflops=gflops, peak_gflops=matmul_peak(dim, args.vectors)))
-  print(f'device: {jax.devices()[0].device_kind}, {os.cpu_count()} cores, '
-        f'{args.vectors} vectors per step, 8 coupling blocks, condition {COND}')
-  print(f'{"dim":>5s} {"ours vec/s":>11s} {"FrEIA vec/s":>12s} {"ours/FrEIA":>10s} '
-        f'{"GFLOP/s":>8s} {"matmul peak":>11s} {"% of peak":>9s}')
-  for r in rows:
-    print(f'{r["dim"]:5d} {r["ours_vps"]:11.0f} {r["freia_vps"]:12.0f} {r["ratio"]:10.2f} '
-          f'{r["gflops"]:8.1f} {r["peak_gflops"]:11.1f} {100 * r["gflops"] / r["peak_gflops"]:8.1f}%')
-  if args.json:
+                     gflops=gflops, peak_gflops=peak))
+  shown = [dict(r, percent=100 * r['gflops'] / r['peak_gflops']) for r in rows]
+  table.report(shown, [('dim', 'dim', '5d'), ('ours_vps', 'ours vec/s', '11.0f'),
+                       ('freia_vps', 'FrEIA vec/s', '12.0f'), ('ratio', 'ours/FrEIA', '10.2f'),
+                       ('gflops', 'GFLOP/s', '8.1f'), ('peak_gflops', 'matmul peak', '11.1f'),
+                       ('percent', '% of peak', '9.1f')],
+               f'{args.vectors} vectors per step, 8 coupling blocks, condition {COND}')
+  if args.json:   # the rows without the derived percentage
     with open(args.json, 'w') as f:
       json.dump(rows, f, indent=2)
   return rows

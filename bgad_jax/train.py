@@ -209,8 +209,13 @@ def make_chunk_trainer(config, mesh: Mesh):
 
   jitted = jax.jit(run, static_argnums=(6, 9), donate_argnums=(0, 1))
 
+  replicated = NamedSharding(mesh, P())
+
   def train(params, opt_state, constants, data: LevelData, chunks: np.ndarray,
             lrs: np.ndarray, normal_only: bool):
+    # The same placement on every call (fresh states are uncommitted, returned
+    # ones are replicated on the mesh): otherwise the second call recompiles.
+    params, opt_state, constants = jax.device_put((params, opt_state, constants), replicated)
     chunks = jax.device_put(chunks, chunk_sharding)
     return jitted(params, opt_state, constants, data.features, data.masks, data.cond,
                   data.positions, chunks, jnp.asarray(lrs, jnp.float32), normal_only)

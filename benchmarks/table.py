@@ -1,0 +1,24 @@
+"""Shared output of the benchmarks: a device line, a table, optional JSON rows."""
+
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import jax
+
+Column = Tuple[str, str, str]   # (row key, header, format spec such as '11.0f')
+
+
+def report(rows: List[Dict], columns: Sequence[Column], setting: str,
+           json_path: Optional[str] = None) -> None:
+  """Prints ``device: ..., setting`` and a table of ``rows``; writes them as JSON."""
+  print(f'device: {jax.devices()[0].device_kind}, {os.cpu_count()} cores, {setting}')
+  widths = [max(len(header), int(spec.split('.')[0].rstrip('sdf') or 0))
+            for _, header, spec in columns]
+  print(' '.join(f'{header:>{w}s}' for (_, header, _), w in zip(columns, widths)))
+  for row in rows:
+    print(' '.join(f'{row[key]:>{w}{spec.lstrip("0123456789")}}'
+                   for (key, _, spec), w in zip(columns, widths)))
+  if json_path:
+    with open(json_path, 'w') as f:
+      json.dump(rows, f, indent=2)
