@@ -13,13 +13,22 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def _align_corners_taps(out_size: int, in_size: int):
+  """For each output position: its lower input neighbour and the weight of the upper one.
+
+  Aligned corners: output i samples input position i * (in - 1) / (out - 1).
+  Needs in_size >= 2. Returns (low int [out], frac float64 [out]).
+  """
+  pos = np.arange(out_size) * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
+  low = np.clip(np.floor(pos).astype(int), 0, in_size - 2)
+  return low, pos - low
+
+
 def align_corners_matrix(out_size: int, in_size: int) -> np.ndarray:
   """[out, in] float32 weights of 1-D linear interpolation with aligned corners."""
   if in_size == 1:
     return np.ones((out_size, 1), np.float32)
-  pos = np.arange(out_size) * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
-  low = np.clip(np.floor(pos).astype(int), 0, in_size - 2)
-  frac = pos - low
+  low, frac = _align_corners_taps(out_size, in_size)
   weights = np.zeros((out_size, in_size), np.float64)
   weights[np.arange(out_size), low] = 1.0 - frac
   weights[np.arange(out_size), low + 1] += frac
@@ -59,9 +68,7 @@ def _log_upsample_axis(log_maps: np.ndarray, size: int, axis: int) -> np.ndarray
   in_size = log_maps.shape[axis]
   if in_size == 1:
     return np.repeat(log_maps, size, axis=axis)
-  pos = np.arange(size) * ((in_size - 1) / (size - 1) if size > 1 else 0.0)
-  low = np.clip(np.floor(pos).astype(int), 0, in_size - 2)
-  frac = pos - low
+  low, frac = _align_corners_taps(size, in_size)
   shape = [1] * log_maps.ndim
   shape[axis] = size
   with np.errstate(divide='ignore'):   # log(0) = -inf is the right weight

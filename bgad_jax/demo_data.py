@@ -26,7 +26,7 @@ DEFECT_TYPES = ('crack', 'hole', 'scratch', 'stain')
 _FORMAT_VERSION = 1
 
 
-def _as_rgb(texture: np.ndarray) -> np.ndarray:
+def as_rgb(texture: np.ndarray) -> np.ndarray:
   return np.repeat(texture[:, :, None], 3, axis=2) if texture.ndim == 2 else texture[:, :, :3]
 
 
@@ -139,7 +139,7 @@ def generate(root: str, category: str = 'tissue', size: int = 128, num_train: in
     with open(stamp) as f:
       if json.load(f) == settings:
         return category_dir
-  texture = _as_rgb(TEXTURES[category]())
+  texture = as_rgb(TEXTURES[category]())
   split_row = int(texture.shape[0] * 0.6)
   rng = np.random.default_rng(seed)
   for i in range(num_train):

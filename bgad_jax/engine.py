@@ -58,18 +58,16 @@ def load_splits(config) -> Tuple[List[Dict], List[Dict]]:
   import tfds_mvtec   # slow import, only where data is read
   manual_dir, data_dir, category = dataset_location(config)
   data = config.data
-  force = False
+  built = os.fspath(tfds_mvtec.builder(category, data_dir).data_path)
+  stale = False   # a demo folder regenerated after its dataset was built
   if data.source == 'demo':
     demo = data.demo
     category_dir = demo_data.generate(manual_dir, category, demo.size, demo.num_train,
                                       demo.num_test_good, demo.num_per_defect, config.seed)
-    built = tfds_mvtec.builder(category, data_dir).data_path
     stamp = os.path.join(category_dir, 'demo_settings.json')
-    force = (not os.path.isdir(os.fspath(built))
-             or os.path.getmtime(stamp) > os.path.getmtime(os.fspath(built)))
-  if manual_dir and (force or not os.path.isdir(
-      os.fspath(tfds_mvtec.builder(category, data_dir).data_path))):
-    tfds_mvtec.build(category, data_dir, manual_dir, force=force)
+    stale = os.path.isdir(built) and os.path.getmtime(stamp) > os.path.getmtime(built)
+  if manual_dir and (stale or not os.path.isdir(built)):
+    tfds_mvtec.build(category, data_dir, manual_dir, force=stale)
   return (input_pipeline.load_examples(data_dir, category, 'train'),
           input_pipeline.load_examples(data_dir, category, 'test'))
 
@@ -403,7 +401,7 @@ def predict(config, workdir: str) -> str:
   with open(constants_path) as f:
     constants = json.load(f)
   names = sorted(n for n in os.listdir(folder)
-                 if n.lower().endswith(('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')))
+                 if n.lower().endswith(image_io.IMAGE_EXTENSIONS))
   if not names:
     raise FileNotFoundError(f'no images in {folder}')
   examples = []

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 PathOrBytes = Union[str, bytes]
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')   # what datasets may hold
 
 
 class ImageDecodeError(ValueError):
@@ -41,11 +42,20 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
   return np.round(np.clip(array, 0.0, 1.0) * 255).astype(np.uint8)   # float images in [0, 1]
 
 
+# Single-channel modes that PIL cannot convert to 8-bit without clipping.
+_DEEP_MODES = ('I', 'I;16', 'I;16B', 'I;16L', 'F', '1')
+
+
+def _single_channel(image: Image.Image) -> Optional[np.ndarray]:
+  """uint8 [H, W] for deep/bilevel single-channel images (scaled, not clipped), else None."""
+  return _to_uint8(np.asarray(image)) if image.mode in _DEEP_MODES else None
+
+
 def decode_image(source: PathOrBytes) -> np.ndarray:
   """Any PNG/JPEG/BMP/TIFF (grey, RGB, RGBA, palette, 16-bit) -> RGB uint8 [H, W, 3]."""
   image = _open(source, 'image')
-  if image.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F', '1'):
-    grey = _to_uint8(np.asarray(image))
+  grey = _single_channel(image)
+  if grey is not None:
     return np.repeat(grey[:, :, None], 3, axis=2)
   if image.mode != 'RGB':
     image = image.convert('RGB')   # L, LA, P, RGBA, CMYK, YCbCr ...
@@ -61,9 +71,8 @@ def decode_mask(source: PathOrBytes, size: Optional[Tuple[int, int]] = None) -> 
       size is resized with nearest neighbour, with a warning.
   """
   image = _open(source, 'mask')
-  if image.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F', '1'):
-    grey = _to_uint8(np.asarray(image))
-  else:
+  grey = _single_channel(image)
+  if grey is None:
     grey = np.asarray(image.convert('L'))
   if size is not None and grey.shape != tuple(size):
     logging.warning('mask %s is %dx%d but its image is %dx%d; resizing it (nearest)',

@@ -10,10 +10,14 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
+from PIL import Image
 from skimage import filters, measure, morphology
 
+from bgad_jax import demo_data
+from bgad_jax import image_io
+from bgad_jax.input_pipeline import resize_and_center_crop
+
 MVTEC_TEXTURES = ('carpet', 'grid', 'leather', 'tile', 'wood')
-_IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 
 
 # ----------------------------------------------------------------------------
@@ -73,9 +77,6 @@ def foreground_masks(images: Sequence[np.ndarray], category: str, mode: str = 'a
   if mode == 'auto':
     return [estimate_foreground(img) for img in images]
   if mode == 'folder':
-    from bgad_jax import image_io
-    from bgad_jax.input_pipeline import resize_and_center_crop
-    from PIL import Image
     masks = []
     for img, name in zip(images, names):
       stem = os.path.splitext(os.path.basename(name))[0]
@@ -249,7 +250,6 @@ def pseudo_anomaly(image: np.ndarray, texture: np.ndarray, rng: np.random.Genera
     mask are unchanged; inside, (1 - beta) * texture + beta * image with
     beta in [0, 0.8).
   """
-  from PIL import Image
   size = image.shape[:2]
   augmenters = augmenters or pseudo_augmenters()
   texture = np.asarray(Image.fromarray(texture).resize((size[1], size[0]), Image.BILINEAR))
@@ -267,11 +267,10 @@ def pseudo_anomaly(image: np.ndarray, texture: np.ndarray, rng: np.random.Genera
 def texture_sources(folder: str = '', limit: int = 200) -> List[np.ndarray]:
   """Anomaly-source textures: images under ``folder`` (recursively, e.g. DTD), or the
   textures that ship with scikit-image when no folder is given."""
-  from bgad_jax import demo_data, image_io
   if not folder:
-    return [demo_data._as_rgb(load()) for load in demo_data.TEXTURES.values()]
+    return [demo_data.as_rgb(load()) for load in demo_data.TEXTURES.values()]
   paths = sorted(os.path.join(d, f) for d, _, files in os.walk(folder) for f in files
-                 if f.lower().endswith(_IMAGE_EXTENSIONS))
+                 if f.lower().endswith(image_io.IMAGE_EXTENSIONS))
   if not paths:
     raise FileNotFoundError(f'no images under anomaly_source_path {folder}')
   return [image_io.decode_image(p) for p in paths[:limit]]

@@ -71,6 +71,24 @@ def create_state(config, channels: Sequence[int], rng) -> FlowTrainState:
 # Frozen features
 
 
+def sharded_batches(array: np.ndarray, batch_size: int, mesh: Mesh):
+  """Yields (device batch sharded over ``mesh``, number of real rows).
+
+  The batch size is rounded down to a multiple of the device count (at least
+  one row per device) and the last batch is padded by repeating its last row,
+  so that every call sees the same static shape.
+  """
+  devices = mesh.devices.size
+  batch_size = max(devices, batch_size - batch_size % devices)
+  sharding = NamedSharding(mesh, P('data'))
+  for start in range(0, len(array), batch_size):
+    batch = array[start:start + batch_size]
+    real = len(batch)
+    if real < batch_size:
+      batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - real, axis=0)])
+    yield jax.device_put(batch, sharding), real
+
+
 def extract_features(backbone, backbone_vars, images: np.ndarray, batch_size: int,
                      mesh: Mesh) -> List[np.ndarray]:
   """Backbone taps of all images, computed in batches sharded over ``mesh``.
@@ -82,17 +100,9 @@ def extract_features(backbone, backbone_vars, images: np.ndarray, batch_size: in
     One float32 array [N, h_l, w_l, C_l] per level (host memory).
   """
   apply = jax.jit(lambda v, x: [t.astype(jnp.float32) for t in backbone.apply(v, x)])
-  devices = mesh.devices.size
-  batch_size = max(devices, batch_size - batch_size % devices)
-  sharding = NamedSharding(mesh, P('data'))
   outputs: List[List[np.ndarray]] = []
-  for start in range(0, len(images), batch_size):
-    batch = images[start:start + batch_size]
-    real = len(batch)
-    if real < batch_size:   # static shapes: pad the last batch
-      batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - real, axis=0)])
-    taps = apply(backbone_vars, jax.device_put(batch, sharding))
-    outputs.append([np.asarray(t)[:real] for t in taps])
+  for batch, real in sharded_batches(images, batch_size, mesh):
+    outputs.append([np.asarray(t)[:real] for t in apply(backbone_vars, batch)])
   return [np.concatenate(level) for level in zip(*outputs)]
 
 
@@ -301,7 +311,6 @@ def make_lp_evaluator(config, mesh: Mesh, images_per_call: int = 8):
   """Returns ``lp_maps(state, level_features)``: per-level lp maps [N, h, w]."""
   flow = make_flow(config)
   conditional = config.flow.conditional
-  sharding = NamedSharding(mesh, P('data'))
 
   @jax.jit
   def level_lp(params, constants, feats, cond):
@@ -313,20 +322,12 @@ def make_lp_evaluator(config, mesh: Mesh, images_per_call: int = 8):
 
   def lp_maps(state: FlowTrainState, level_features: Sequence[np.ndarray]) -> List[np.ndarray]:
     maps = []
-    per_call = max(mesh.devices.size, images_per_call - images_per_call % mesh.devices.size)
     for level, feats in enumerate(level_features):
-      n, h, w, _ = feats.shape
+      _, h, w, _ = feats.shape
       cond = positional_encoding_2d(config.flow.pos_embed_dim, h, w).reshape(h * w, -1)
       key = level_key(level)
-      out = []
-      for start in range(0, n, per_call):
-        batch = feats[start:start + per_call]
-        real = len(batch)
-        if real < per_call:
-          batch = np.concatenate([batch, np.repeat(batch[-1:], per_call - real, axis=0)])
-        lp = level_lp(state.params[key], state.constants[key],
-                      jax.device_put(batch, sharding), cond)
-        out.append(np.asarray(lp)[:real])
+      out = [np.asarray(level_lp(state.params[key], state.constants[key], batch, cond))[:real]
+             for batch, real in sharded_batches(feats, images_per_call, mesh)]
       maps.append(np.concatenate(out))
     return maps
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from bgad_jax import flow as flow_lib
 from bgad_jax import losses
 from bgad_jax import train
+from bgad_jax.engine import make_mesh
 from configs import test as test_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,15 +42,14 @@ def test_batches_and_chunks():
   np.testing.assert_array_equal(chunks, again)
 
 
-def _setup(conditional=True, vectors=64, positions=16):
+def _setup():
+  """4 images of 4x4 five-channel features (64 vectors); the last image has anomalies."""
   config = test_config.get_config()
-  config.flow.conditional = conditional
   config.train.num_vectors = 16
-  from bgad_jax.engine import make_mesh
   mesh = make_mesh()
   rng = np.random.default_rng(0)
-  feats = rng.normal(size=(vectors // positions, 4, 4, 5)).astype(np.float32)
-  masks = np.zeros((vectors // positions, 8, 8), np.uint8)
+  feats = rng.normal(size=(4, 4, 4, 5)).astype(np.float32)
+  masks = np.zeros((4, 8, 8), np.uint8)
   masks[-1, :4] = 1
   data = train.level_data(feats, masks, config.flow.pos_embed_dim, mesh)
   state = train.create_state(config, (5,), jax.random.key(0))

@@ -13,13 +13,14 @@ import os
 import tarfile
 from typing import Dict, List, Optional
 
+from bgad_jax.image_io import IMAGE_EXTENSIONS
+
 CATEGORIES = ('bottle', 'cable', 'capsule', 'carpet', 'grid', 'hazelnut', 'leather',
               'metal_nut', 'pill', 'screw', 'tile', 'toothbrush', 'transistor', 'wood',
               'zipper')
 ARCHIVE_NAME = 'mvtec_anomaly_detection.tar.xz'
 DOWNLOAD_PAGE = 'https://www.mvtec.com/company/research/datasets/mvtec-ad'
 NORMAL_DIRS = ('good', 'ok')
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 
 
 class DatasetFolderError(FileNotFoundError):
