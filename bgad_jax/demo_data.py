@@ -141,6 +141,10 @@ def generate(root: str, category: str = 'tissue', size: int = 128, num_train: in
         return category_dir
   texture = as_rgb(TEXTURES[category]())
   split_row = int(texture.shape[0] * 0.6)
+  largest = min(texture.shape[0] - split_row, texture.shape[1])
+  if size > largest:
+    raise ValueError(f'demo images of {size} px do not fit the {category} texture: use a size '
+                     f'up to {largest} (data.demo.size) and let data.inp_size resize them')
   rng = np.random.default_rng(seed)
   for i in range(num_train):
     _save(_normal_crop(texture, rng, size, (0, split_row)),

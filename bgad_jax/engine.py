@@ -135,7 +135,8 @@ def evaluate_lp(config, lp_maps: List[np.ndarray], arrays: Dict[str, np.ndarray]
                 known_types) -> Tuple[Dict[str, Any], np.ndarray]:
   maps = anomaly_maps.test_set_anomaly_maps(lp_maps, config.data.inp_size)
   result = metrics.evaluate(maps, arrays['masks'], arrays['labels'], arrays['defect_types'],
-                            arrays['has_mask'], known_types)
+                            arrays['has_mask'], known_types,
+                            config.report.aupro_thresholds)
   return result, maps
 
 

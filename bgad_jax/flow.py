@@ -11,6 +11,7 @@ import math
 from typing import Any, Optional, Tuple
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 import flax.linen as nn
 
@@ -56,17 +57,65 @@ def softplus_beta_half(v: jnp.ndarray) -> jnp.ndarray:
   return 2.0 * jax.nn.softplus(0.5 * v)
 
 
+@jax.custom_vjp
+def _gathered_projection(table: jnp.ndarray, kernel: jnp.ndarray,
+                         index: jnp.ndarray) -> jnp.ndarray:
+  """(table @ kernel)[index]: [P, D], [D, H], [N] int -> [N, H].
+
+  The product is taken over the P table rows, not over the N gathered rows
+  (P < N at the coarse levels). The kernel's gradient is a plain matmul with
+  the gathered rows, so that training needs no scatter-add.
+  """
+  return jnp.dot(table, kernel)[index]
+
+
+def _gathered_projection_fwd(table, kernel, index):
+  return _gathered_projection(table, kernel, index), (table, kernel, index)
+
+
+def _gathered_projection_bwd(residuals, grad):
+  table, kernel, index = residuals
+  rows = table[index]
+  d_table = jax.ops.segment_sum(jnp.dot(grad, kernel.T), index, table.shape[0])
+  d_index = np.zeros(index.shape, jax.dtypes.float0)
+  return d_table, jnp.dot(rows.T, grad), d_index   # d_table: dead code unless asked for
+
+
+_gathered_projection.defvjp(_gathered_projection_fwd, _gathered_projection_bwd)
+
+
+class _ConditionedDense(nn.Module):
+  """nn.Dense on [x1, c] (same parameters and init as the reference's first layer).
+
+  With ``cond_index``, ``cond`` is a [P, D] table and the layer computes
+  x1 @ K[:C1] + (cond @ K[C1:])[cond_index]: each table row is projected once.
+  """
+  features: int
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x1, cond=None, cond_index=None):
+    len1 = x1.shape[-1]
+    in_dim = len1 + (0 if cond is None else cond.shape[-1])
+    kernel = self.param('kernel', torch_linear_init, (in_dim, self.features))
+    bias = self.param('bias', torch_bias_init(in_dim), (self.features,))
+    if cond_index is None:   # one matmul, as the reference: splitting it was no faster
+      h = x1 if cond is None else jnp.concatenate([x1, cond], axis=-1)
+      return jnp.dot(h, kernel, precision=self.precision) + bias
+    return (jnp.dot(x1, kernel[:len1], precision=self.precision) + bias
+            + _gathered_projection(cond, kernel[len1:], cond_index))
+
+
 class _Subnet(nn.Module):
-  """Dense(2 * in) -> ReLU -> Dense(out), PyTorch-default init (reference's subnet_fc)."""
+  """Dense(2 * in) -> ReLU -> Dense(out) on [x1, c], PyTorch-default init (reference's subnet_fc)."""
   out_dim: int
   precision: Any = None
 
   @nn.compact
-  def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
-    in_dim = h.shape[-1]
-    h = nn.Dense(2 * in_dim, kernel_init=torch_linear_init,
-                 bias_init=torch_bias_init(in_dim), precision=self.precision,
-                 name='dense_in')(h)
+  def __call__(self, x1: jnp.ndarray, cond: Optional[jnp.ndarray] = None,
+               cond_index: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+    in_dim = x1.shape[-1] + (0 if cond is None else cond.shape[-1])
+    h = _ConditionedDense(2 * in_dim, self.precision, name='dense_in')(x1, cond, cond_index)
     h = nn.relu(h)
     return nn.Dense(self.out_dim, kernel_init=torch_linear_init,
                     bias_init=torch_bias_init(2 * in_dim),
@@ -89,13 +138,15 @@ class CouplingBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, cond: Optional[jnp.ndarray] = None,
-               reverse: bool = False) -> Tuple[jnp.ndarray, jnp.ndarray]:
+               reverse: bool = False,
+               cond_index: Optional[jnp.ndarray] = None) -> Tuple[jnp.ndarray, jnp.ndarray]:
     """Applies the block.
 
     Args:
       x: [N, C] float32 input (output side when ``reverse``).
-      cond: optional [N, D] float32 condition.
+      cond: optional [N, D] float32 condition, or a [P, D] table with ``cond_index``.
       reverse: run the inverse map.
+      cond_index: optional [N] int32: vector n is conditioned on ``cond[cond_index[n]]``.
 
     Returns:
       (y, logdet): [N, C] output and [N] log|det J| of the map applied
@@ -116,8 +167,7 @@ class CouplingBlock(nn.Module):
     scale_logdet = jnp.sum(jnp.log(scale))
 
     def coupling(x1, x2, sign):
-      h = x1 if cond is None else jnp.concatenate([x1, cond], axis=-1)
-      a = 0.1 * subnet(h)
+      a = 0.1 * subnet(x1, cond, cond_index)
       log_scale = self.clamp_alpha * jnp.tanh(a[:, :len2])
       shift = a[:, len2:]
       if sign > 0:
@@ -151,13 +201,16 @@ class NormalizingFlow(nn.Module):
                    for _ in range(self.coupling_layers)]
 
   def __call__(self, x: jnp.ndarray, cond: Optional[jnp.ndarray] = None,
-               reverse: bool = False) -> Tuple[jnp.ndarray, jnp.ndarray]:
+               reverse: bool = False,
+               cond_index: Optional[jnp.ndarray] = None) -> Tuple[jnp.ndarray, jnp.ndarray]:
     """Maps features to latents (or back when ``reverse``).
 
     Args:
       x: [N, C] float32 feature vectors (latents when ``reverse``).
-      cond: optional [N, D] float32 positional condition.
+      cond: optional [N, D] float32 positional condition, or a [P, D] table of
+        conditions indexed by ``cond_index`` (same result; cheaper when P < N).
       reverse: run the inverse flow.
+      cond_index: optional [N] int32 rows of ``cond``.
 
     Returns:
       (z, logdet): [N, C] and [N] float32.
@@ -165,7 +218,7 @@ class NormalizingFlow(nn.Module):
     logdet = jnp.zeros(x.shape[:1], jnp.float32)
     blocks = reversed(self.blocks) if reverse else self.blocks
     for block in blocks:
-      x, block_logdet = block(x, cond, reverse=reverse)
+      x, block_logdet = block(x, cond, reverse=reverse, cond_index=cond_index)
       logdet = logdet + block_logdet
     return x, logdet
 

@@ -15,47 +15,88 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> Optional[float]:
   return float(roc_auc_score(labels, np.asarray(scores).ravel()))
 
 
-def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> Optional[float]:
+def _pro_fpr_curve(maps, masks, max_fpr):
+  """Descending distinct scores and PRO, FPR above each, down to the first FPR past ``max_fpr``.
+
+  A pixel is positive above t when its score exceeds t. PRO(t): the mean over
+  all ground-truth regions (8-connected, over all images) of the fraction of
+  the region above t; FPR(t): the fraction of normal pixels above t. Only the
+  pixels that reach this part of the curve are sorted.
+
+  Returns:
+    (scores, pro, fpr) float arrays, one entry per distinct score (the point
+    after that score's tied pixels turned positive), or None without
+    anomalous or without normal pixels.
+  """
+  masks = np.asarray(masks, bool)
+  scores = np.asarray(maps).ravel()
+  # 8-connected within each image, never across images; labels are unique over the set.
+  structure = np.zeros((3, 3, 3), bool)
+  structure[1] = True
+  regions, num_regions = ndimage.label(masks, structure=structure)
+  regions = regions.ravel()
+  positive = regions > 0
+  num_negative = int(positive.size - np.count_nonzero(positive))
+  if num_regions == 0 or num_negative == 0:
+    return None
+  area = np.bincount(regions, minlength=num_regions + 1).astype(np.float64)
+  negative_scores = scores[~positive]
+  positive_scores = scores[positive]
+  positive_weights = 1.0 / (num_regions * area[regions[positive]])
+  # Only pixels scoring at least the (k+1)-th highest normal pixel shape the
+  # curve up to its first point past max_fpr.
+  k = min(int(np.floor(max_fpr * num_negative)), num_negative - 1)
+  cut = np.partition(negative_scores, num_negative - 1 - k)[num_negative - 1 - k]
+  negative_top = np.sort(negative_scores[negative_scores >= cut])
+  top = positive_scores >= cut
+  order = np.argsort(positive_scores[top])   # anomalous pixels are few
+  positive_top = positive_scores[top][order]
+  # Merge the two ascending lists: each anomalous pixel's slot is its rank
+  # among the anomalous ones plus the number of normal pixels below it.
+  slots = np.arange(len(positive_top)) + np.searchsorted(negative_top, positive_top)
+  merged = np.empty(len(negative_top) + len(positive_top), scores.dtype)
+  pro_weight = np.zeros(len(merged))
+  is_normal = np.ones(len(merged), bool)
+  merged[slots] = positive_top
+  pro_weight[slots] = positive_weights[top][order]
+  is_normal[slots] = False
+  merged[is_normal] = negative_top
+  # From the highest score down: a point at the last pixel of each tied group.
+  merged, pro_weight, is_normal = merged[::-1], pro_weight[::-1], is_normal[::-1]
+  ends = np.append(np.flatnonzero(merged[1:] != merged[:-1]), len(merged) - 1)
+  return (merged[ends], np.cumsum(pro_weight)[ends],
+          np.cumsum(is_normal)[ends] / num_negative)
+
+
+def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3,
+          num_thresholds: int = 0) -> Optional[float]:
   """Area under the per-region-overlap curve up to ``max_fpr``, divided by ``max_fpr``.
 
-  Exact: every distinct score is a threshold (a pixel is positive when its
-  score exceeds the threshold). PRO(t) is the mean over all ground-truth regions
-  (8-connected, over all images) of the fraction of the region above t; FPR(t)
-  is the fraction of normal pixels above t. Both are cumulative sums over the
-  pixels sorted by score, so the whole curve costs one sort. The curve is
-  integrated with the trapezoid rule and interpolated at ``max_fpr``.
+  Exact by default: every distinct score is a threshold; the curve from (0, 0)
+  is integrated with the trapezoid rule and interpolated at ``max_fpr``.
+  ``num_thresholds`` > 0 reproduces the reference instead: thresholds
+  max - k * (max - min) / num_thresholds for k < num_thresholds, the points
+  with FPR <= max_fpr, their FPRs min-max rescaled to [0, 1], trapezoid rule.
+  (Regions count their own pixels; the reference's filled bounding-box crops
+  differ only for regions with holes.)
 
   Args:
     maps: [N, H, W] anomaly scores.
     masks: [N, H, W] ground truth (nonzero = anomalous).
+    max_fpr: FPR limit of the integral.
+    num_thresholds: 0 for the exact curve, else the reference's threshold count.
 
   Returns:
     AUPRO in [0, 1], or None without anomalous or without normal pixels.
   """
-  masks = np.asarray(masks).astype(bool)
-  scores = np.asarray(maps, np.float64).ravel()
-  regions = np.zeros(masks.shape, np.int64)
-  num_regions = 0
-  structure = np.ones((3, 3), bool)   # 8-connectivity
-  for i in range(masks.shape[0]):
-    labelled, count = ndimage.label(masks[i], structure=structure)
-    regions[i] = np.where(labelled > 0, labelled + num_regions, 0)
-    num_regions += count
-  regions = regions.ravel()
-  num_negative = int((regions == 0).sum())
-  if num_regions == 0 or num_negative == 0:
+  curve = _pro_fpr_curve(maps, masks, max_fpr)
+  if curve is None:
     return None
-  area = np.bincount(regions, minlength=num_regions + 1).astype(np.float64)
-  pro_weight = np.where(regions > 0, 1.0 / (num_regions * area[regions]), 0.0)
-  fpr_weight = np.where(regions == 0, 1.0 / num_negative, 0.0)
-  order = np.argsort(-scores, kind='stable')
-  fpr = np.cumsum(fpr_weight[order])
-  pro = np.cumsum(pro_weight[order])
-  sorted_scores = scores[order]
-  ends = np.flatnonzero(np.diff(sorted_scores) != 0)   # last pixel of each tied group
-  ends = np.append(ends, len(sorted_scores) - 1)
-  fpr = np.concatenate([[0.0], fpr[ends]])
-  pro = np.concatenate([[0.0], pro[ends]])
+  scores, pro, fpr = curve
+  if num_thresholds:
+    return _thresholded_aupro(np.asarray(maps), scores, pro, fpr, max_fpr, num_thresholds)
+  fpr = np.concatenate([[0.0], fpr])
+  pro = np.concatenate([[0.0], pro])
   beyond = np.searchsorted(fpr, max_fpr, side='right')   # first point past max_fpr
   if beyond < len(fpr):
     f0, f1, p0, p1 = fpr[beyond - 1], fpr[beyond], pro[beyond - 1], pro[beyond]
@@ -65,9 +106,26 @@ def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> Optional
   return float(np.trapezoid(pro, fpr) / max_fpr)
 
 
+def _thresholded_aupro(maps, scores, pro, fpr, max_fpr, num_thresholds):
+  """The reference's discretised AUPRO, read off the exact curve (see `aupro`)."""
+  top, bottom = float(maps.max()), float(maps.min())
+  thresholds = top - np.arange(num_thresholds) * ((top - bottom) / num_thresholds)
+  # Point of the highest distinct score <= t: everything above t is positive.
+  ascending = scores[::-1]
+  index = len(scores) - np.searchsorted(ascending, thresholds, side='right') - 1
+  # Below the curve's last score FPR only grows past max_fpr: those drop out.
+  at = np.clip(index, 0, None)
+  step_pro = np.where(index < 0, 0.0, pro[at])
+  step_fpr = np.where(index < 0, 0.0, fpr[at])
+  keep = step_fpr <= max_fpr
+  selected, kept_pro = step_fpr[keep], step_pro[keep]
+  span = selected.max() - selected.min()
+  return float(np.trapezoid(kept_pro, (selected - selected.min()) / span))
+
+
 def evaluate(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray,
              defect_types: Sequence[str], has_mask: np.ndarray,
-             known_types: Sequence[str] = ()) -> Dict[str, object]:
+             known_types: Sequence[str] = (), aupro_thresholds: int = 0) -> Dict[str, object]:
   """All metrics of one evaluation.
 
   Image scores are map maxima. Pixel metrics use normal images and the
@@ -75,6 +133,7 @@ def evaluate(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray,
   has one (image-level-only data). ``per_type``: each defect type's images
   against all normal images. ``seen``/``unseen``: the same for the known
   defect types and the others, when ``known_types`` is given.
+  ``aupro_thresholds``: see `aupro`.
   """
   maps = np.asarray(maps)
   labels = np.asarray(labels)
@@ -95,7 +154,8 @@ def evaluate(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray,
   results = dict(
       img_auroc=auroc(labels, image_scores),
       pix_auroc=auroc(masks[pixel_ok], maps[pixel_ok]) if pixels_available else None,
-      aupro=aupro(maps[pixel_ok], masks[pixel_ok]) if pixels_available else None,
+      aupro=(aupro(maps[pixel_ok], masks[pixel_ok], num_thresholds=aupro_thresholds)
+             if pixels_available else None),
       per_type={t: subset_metrics(defect_types == t)
                 for t in sorted(set(defect_types[labels == 1]))},
       image_scores=image_scores)

@@ -14,7 +14,7 @@ step counts.
 """
 
 import dataclasses
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import flax
 import jax
@@ -174,44 +174,77 @@ def plan_rng(seed: int, epoch: int, sub_epoch: int, stream: int) -> np.random.Ge
   return np.random.default_rng([seed, epoch, sub_epoch, stream])
 
 
-def make_chunk_trainer(config, mesh: Mesh):
-  """Returns ``train(params, opt_state, constants, data, chunks, lrs, normal_only)``.
+def flow_condition(table: jnp.ndarray, rows: jnp.ndarray) -> Dict[str, Optional[jnp.ndarray]]:
+  """Keyword arguments ``cond``/``cond_index`` of the flow for vectors at ``rows``.
 
-  Runs one optimiser step per chunk with ``lax.scan``; returns the new params
-  and Adam state, the per-chunk losses and which chunks were skipped (the
-  first meta-epoch skips chunks that contain abnormal vectors; non-finite
-  losses are never applied).
+  Args:
+    table: [P, D] float32 positional condition of the P positions of a level.
+    rows: [N] int32 position of each vector.
+
+  Returns:
+    The table with ``rows`` as index when P < N (the flow then projects each
+    table row once), else the [N, D] gathered rows.
+  """
+  if table.shape[0] < rows.shape[0]:
+    return dict(cond=table, cond_index=rows)
+  return dict(cond=table[rows], cond_index=None)
+
+
+def make_train_step(config, normal_only: bool):
+  """Returns the pure optimiser step of one chunk.
+
+  ``step(params, opt_state, constants, x, abnormal, cond, lr)`` with ``x`` [N, C]
+  float32 vectors, ``abnormal`` [N] float32, ``cond`` the flow's condition
+  keywords (`flow_condition`, or {} when unconditional) and ``lr`` a float32
+  scalar returns ``(params, opt_state, loss, skipped)``. A skipped step (first
+  meta-epoch chunk with abnormal vectors, or a non-finite loss) returns the
+  inputs unchanged.
   """
   flow = make_flow(config)
   optimizer = make_optimizer()
   loss_config = config.loss
+
+  def step(params, opt_state, constants, x, abnormal, cond, lr):
+    def loss_fn(p):
+      z, logdet = flow.apply({'params': p, flow_lib.CONSTANTS: constants}, x, **cond)
+      lp = flow_lib.per_dim_log_likelihood(z, logdet)
+      if normal_only:
+        return losses.normal_only_loss(lp, abnormal)
+      loss, _ = losses.bgad_loss(lp, abnormal, loss_config)
+      return loss, jnp.zeros((), bool)
+
+    (loss, skip), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    skip = skip | ~jnp.isfinite(loss)
+    opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, 'learning_rate': lr})
+    updates, new_opt = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(skip, a, b), old, new)
+    return keep(params, new_params), keep(opt_state, new_opt), loss, skip
+
+  return step
+
+
+def make_chunk_trainer(config, mesh: Mesh):
+  """Returns ``train(params, opt_state, constants, data, chunks, lrs, normal_only)``.
+
+  Runs one optimiser step (`make_train_step`) per chunk with ``lax.scan``;
+  returns the new params and Adam state, the per-chunk losses and which chunks
+  were skipped (the first meta-epoch skips chunks that contain abnormal
+  vectors; non-finite losses are never applied).
+  """
   conditional = config.flow.conditional
   chunk_sharding = NamedSharding(mesh, P(None, 'data'))
 
   def run(params, opt_state, constants, features, masks, cond, positions, chunks, lrs,
           normal_only):
+    train_step = make_train_step(config, normal_only)
+
     def step(carry, inputs):
-      params, opt_state = carry
       ids, lr = inputs
-      x, m = features[ids], masks[ids]
-      c = cond[ids % positions] if conditional else None
-
-      def loss_fn(p):
-        z, logdet = flow.apply({'params': p, flow_lib.CONSTANTS: constants}, x, c)
-        lp = flow_lib.per_dim_log_likelihood(z, logdet)
-        if normal_only:
-          loss, skip = losses.normal_only_loss(lp, m)
-          return loss, skip
-        loss, _ = losses.bgad_loss(lp, m, loss_config)
-        return loss, jnp.zeros((), bool)
-
-      (loss, skip), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      skip = skip | ~jnp.isfinite(loss)
-      opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, 'learning_rate': lr})
-      updates, new_opt = optimizer.update(grads, opt_state, params)
-      new_params = optax.apply_updates(params, updates)
-      keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(skip, a, b), old, new)
-      return (keep(params, new_params), keep(opt_state, new_opt)), (loss, skip)
+      c = flow_condition(cond, ids % positions) if conditional else {}
+      params, opt_state, loss, skip = train_step(*carry, constants, features[ids], masks[ids],
+                                                 c, lr)
+      return (params, opt_state), (loss, skip)
 
     (params, opt_state), (chunk_losses, skipped) = jax.lax.scan(
         step, (params, opt_state), (chunks, lrs))
@@ -316,8 +349,8 @@ def make_lp_evaluator(config, mesh: Mesh, images_per_call: int = 8):
   def level_lp(params, constants, feats, cond):
     n, h, w, c = feats.shape
     x = feats.reshape(n * h * w, c)
-    cond_all = jnp.tile(cond, (n, 1)) if conditional else None
-    z, logdet = flow.apply({'params': params, flow_lib.CONSTANTS: constants}, x, cond_all)
+    c = flow_condition(cond, jnp.tile(jnp.arange(h * w), n)) if conditional else {}
+    z, logdet = flow.apply({'params': params, flow_lib.CONSTANTS: constants}, x, **c)
     return flow_lib.per_dim_log_likelihood(z, logdet).reshape(n, h, w)
 
   def lp_maps(state: FlowTrainState, level_features: Sequence[np.ndarray]) -> List[np.ndarray]:

@@ -63,6 +63,9 @@ def get_config(arg=None):
 
   config.report = ml_collections.ConfigDict()
   config.report.num_overlays = 12
+  # AUPRO up to FPR 0.3: 0 = exact (every score a threshold); 1000 = the
+  # reference's sweep of 1000 equally spaced thresholds (slightly lower).
+  config.report.aupro_thresholds = 0
 
   config.predict = ml_collections.ConfigDict()
   config.predict.images = ''                    # folder of images for --mode=predict

@@ -49,3 +49,8 @@ def test_defect_changes_exactly_its_mask(defect_type):
 def test_unknown_category_is_an_error(tmp_path):
   with pytest.raises(ValueError, match='tissue'):
     demo_data.generate(str(tmp_path), 'marble')
+
+
+def test_size_beyond_the_texture_is_a_clear_error(tmp_path):
+  with pytest.raises(ValueError, match=r'demo images of 256 px do not fit the tissue texture'):
+    demo_data.generate(str(tmp_path), 'tissue', size=256)

@@ -28,6 +28,16 @@ def test_exact_aupro_matches_1000_threshold_loop(seed):
   assert abs(exact - loop_aupro(scores, masks)) < 1e-3
 
 
+@pytest.mark.parametrize('seed,steps,ties', [(0, 1000, False), (1, 37, True), (2, 500, True)])
+def test_reference_thresholds_option_equals_the_loop(seed, steps, ties):
+  scores, masks = _synthetic_set(seed, n=10, size=40)
+  if ties:
+    scores = (np.round(scores * 8) / 8).astype(np.float32)
+  expected = loop_aupro(scores, masks, max_steps=steps)
+  assert abs(metrics.aupro(scores, masks, num_thresholds=steps) - expected) < 1e-12
+  assert metrics.aupro(scores, masks) != pytest.approx(expected, abs=1e-12)
+
+
 def test_threshold_loop_converges_to_exact_aupro():
   # The 1000-step loop is ~1e-3 low (coarse thresholds); finer loops close the gap.
   scores, masks = _synthetic_set(0)
