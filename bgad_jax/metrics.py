@@ -110,7 +110,7 @@ def _thresholded_aupro(maps, scores, pro, fpr, max_fpr, num_thresholds):
   """The reference's discretised AUPRO, read off the exact curve (see `aupro`)."""
   top, bottom = float(maps.max()), float(maps.min())
   thresholds = top - np.arange(num_thresholds) * ((top - bottom) / num_thresholds)
-  # Point of the highest distinct score <= t: everything above t is positive.
+  # The curve's point after the lowest distinct score above t (all of them positive).
   ascending = scores[::-1]
   index = len(scores) - np.searchsorted(ascending, thresholds, side='right') - 1
   # Below the curve's last score FPR only grows past max_fpr: those drop out.
