@@ -15,7 +15,6 @@ threshold (the reference relabels them 1000 times, so it is slower still).
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 from scipy import ndimage
@@ -43,15 +42,6 @@ def synthetic_test_set(images: int, size: int, seed: int = 0):
   return (signal + noise / noise.std()).astype(np.float32), masks
 
 
-def _timed(fn, repeats):
-  best, value = float('inf'), None
-  for _ in range(repeats):
-    start = time.perf_counter()
-    value = fn()
-    best = min(best, time.perf_counter() - start)
-  return best, value
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--images', type=int, default=150)
@@ -60,10 +50,10 @@ def main(argv=None):
   parser.add_argument('--json', default=None)
   args = parser.parse_args(argv)
   maps, masks = synthetic_test_set(args.images, args.size)
-  exact_s, exact = _timed(lambda: metrics.aupro(maps, masks), args.repeats)
-  option_s, option = _timed(lambda: metrics.aupro(maps, masks, num_thresholds=1000),
-                            args.repeats)
-  loop_s, loop = _timed(lambda: loop_aupro(maps, masks), 1)
+  exact_s, exact = table.best_of(lambda: metrics.aupro(maps, masks), args.repeats)
+  option_s, option = table.best_of(
+      lambda: metrics.aupro(maps, masks, num_thresholds=1000), args.repeats)
+  loop_s, loop = table.best_of(lambda: loop_aupro(maps, masks), 1)
   rows = [dict(method=name, aupro=value, diff_to_loop=abs(value - loop), seconds=seconds,
                speedup=loop_s / seconds)
           for name, value, seconds in [('1000-threshold loop', loop, loop_s),

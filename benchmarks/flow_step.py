@@ -19,7 +19,6 @@ jnp or torch reach on any of the step's matmul shapes on this machine.
 import argparse
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -41,13 +40,7 @@ LEVELS = [('efficientnet_lite0', 0, 24, 64), ('efficientnet_lite0', 1, 40, 32),
 
 def _best_rate(fn, items: int, repeats: int) -> float:
   """Items per second of ``fn()``, best of ``repeats`` timed calls after a warm-up."""
-  fn()
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - start)
-  return items / best
+  return items / table.best_of(fn, repeats, warmup=True)[0]
 
 
 def matmul_shapes(dim: int, vectors: int, positions: int):

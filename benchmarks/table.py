@@ -1,12 +1,28 @@
-"""Shared output of the benchmarks: a device line, a table, optional JSON rows."""
+"""Shared by the benchmarks: best-of timing, and a device line, a table, optional JSON rows."""
 
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 
 Column = Tuple[str, str, str]   # (row key, header, format spec such as '11.0f')
+
+
+def best_of(fn: Callable[[], Any], repeats: int, warmup: bool = False) -> Tuple[float, Any]:
+  """(shortest wall time in seconds of ``repeats`` calls of ``fn``, the last call's result).
+
+  With ``warmup``, one untimed call first (compilation, caches).
+  """
+  if warmup:
+    fn()
+  best, value = float('inf'), None
+  for _ in range(repeats):
+    start = time.perf_counter()
+    value = fn()
+    best = min(best, time.perf_counter() - start)
+  return best, value
 
 
 def report(rows: List[Dict], columns: Sequence[Column], setting: str,

@@ -39,4 +39,4 @@ def run(config, workdir: str, mode: str):
   results = (engine.train_and_evaluate(config, workdir) if mode == 'train'
              else engine.evaluate_checkpoint(config, workdir))
   _print_result(results, workdir)
-  return {k: results[k] for k in ('img_auroc', 'pix_auroc', 'aupro')}
+  return report.headline(results)

@@ -140,10 +140,6 @@ def evaluate_lp(config, lp_maps: List[np.ndarray], arrays: Dict[str, np.ndarray]
   return result, maps
 
 
-def _headline(result) -> Dict[str, Any]:
-  return {k: result[k] for k in ('img_auroc', 'pix_auroc', 'aupro')}
-
-
 # ----------------------------------------------------------------------------
 # Train
 
@@ -192,6 +188,13 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   total_epochs = config.train.meta_epochs
   session_start, session_epoch = time.time(), int(state.epoch)
   warmup_total = train.warmup_batches(config, num_normal, num_train_images)
+
+  def evaluate_test_set(state):
+    t0 = time.time()
+    outcome = evaluate_lp(config, lp_evaluator(state, test_feats), test_arrays, known_types)
+    meta['seconds']['eval'] += time.time() - t0
+    return outcome
+
   result, maps = None, None
   try:
     while int(state.epoch) < total_epochs:
@@ -203,26 +206,22 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       meta['seconds']['train'] += time.time() - t0
       row = dict(epoch=epoch + 1, **stats)   # meta-epochs completed, 1-based
       if (epoch + 1) % config.train.eval_every == 0 or epoch + 1 == total_epochs:
-        t0 = time.time()
-        result, maps = evaluate_lp(config, lp_evaluator(state, test_feats), test_arrays,
-                                   known_types)
-        meta['seconds']['eval'] += time.time() - t0
-        row.update(_headline(result))
+        result, maps = evaluate_test_set(state)
+        row.update(report.headline(result))
       meta['history'].append(row)
       writer.write(epoch, {k: v for k, v in row.items() if k != 'epoch'})
       checkpoint.save(mngr, state, meta)
       done = epoch + 1
       eta = (time.time() - session_start) / (done - session_epoch) * (total_epochs - done)
+      scores = (f"img {report.format_percent(row['img_auroc'])}  "
+                f"pix {report.format_percent(row['pix_auroc'])}  " if 'img_auroc' in row else '')
       print(f"epoch {done}/{total_epochs}  loss {stats['loss']:.4f}  lr {stats['lr']:.2e}  "
-            + (f"img {_fmt_pct(row.get('img_auroc'))}  pix {_fmt_pct(row.get('pix_auroc'))}  "
-               if 'img_auroc' in row else '') + f'ETA {eta:.0f}s', flush=True)
+            f'{scores}ETA {eta:.0f}s', flush=True)
   finally:
     writer.close()
 
   if result is None:   # resumed after the last epoch: evaluate the final state
-    t0 = time.time()
-    result, maps = evaluate_lp(config, lp_evaluator(state, test_feats), test_arrays, known_types)
-    meta['seconds']['eval'] += time.time() - t0
+    result, maps = evaluate_test_set(state)
 
   # Deployable constants, from the normal training images' lp maps.
   normal_lp = lp_evaluator(state, [f[:num_normal] for f in train_feats])
@@ -304,10 +303,6 @@ def _training_set(config, mesh, backbone, backbone_vars, mean, std, train_arrays
   return levels, len(order) + num_paste + num_pseudo
 
 
-def _fmt_pct(value):
-  return 'n/a' if value is None else f'{100 * value:.2f}'
-
-
 def _best_epoch(history):
   scored = [r for r in history if r.get('img_auroc') is not None]
   if not scored:
@@ -321,7 +316,7 @@ def _write_outputs(config, workdir, state, meta, result, maps, test_arrays, know
                    feature_seconds, total_seconds):
   results = dict(
       name=f'{config.data.source}/{config.data.category}', epoch=int(state.epoch),
-      **_headline(result), per_type=result['per_type'],
+      **report.headline(result), per_type=result['per_type'],
       best_epoch=_best_epoch(meta['history']),
       seconds=dict(features=feature_seconds, train=meta['seconds']['train'],
                    eval=meta['seconds']['eval'], total=total_seconds),

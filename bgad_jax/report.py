@@ -8,8 +8,17 @@ import numpy as np
 from PIL import Image
 
 
-def _fmt(value: Optional[float]) -> str:
+HEADLINE_METRICS = ('img_auroc', 'pix_auroc', 'aupro')
+
+
+def format_percent(value: Optional[float]) -> str:
+  """A [0, 1] metric as a percentage with two decimals; 'n/a' for None."""
   return 'n/a' if value is None else f'{100 * value:.2f}'
+
+
+def headline(results: Dict[str, Any]) -> Dict[str, Optional[float]]:
+  """Image AUROC, pixel AUROC and AUPRO of a results dict."""
+  return {key: results[key] for key in HEADLINE_METRICS}
 
 
 def to_jsonable(value):
@@ -35,22 +44,23 @@ def results_markdown(results: Dict[str, Any]) -> str:
   """A table a person reads: headline metrics, per defect type, seen/unseen, best epoch."""
   lines = [f"# {results.get('name', 'BGAD')} results (last epoch {results['epoch']})", '',
            '| metric | value (%) |', '|---|---|',
-           f"| image AUROC | {_fmt(results['img_auroc'])} |",
-           f"| pixel AUROC | {_fmt(results['pix_auroc'])} |",
-           f"| AUPRO (FPR <= 0.3) | {_fmt(results['aupro'])} |", '',
+           f"| image AUROC | {format_percent(results['img_auroc'])} |",
+           f"| pixel AUROC | {format_percent(results['pix_auroc'])} |",
+           f"| AUPRO (FPR <= 0.3) | {format_percent(results['aupro'])} |", '',
            '| defect type | n | image AUROC | pixel AUROC |', '|---|---|---|---|']
   for name, row in results['per_type'].items():
-    lines.append(f"| {name} | {row['n']} | {_fmt(row['img_auroc'])} | {_fmt(row['pix_auroc'])} |")
+    lines.append(f"| {name} | {row['n']} | {format_percent(row['img_auroc'])} | "
+                 f"{format_percent(row['pix_auroc'])} |")
   for group in ('seen', 'unseen'):
     if group in results:
       row = results[group]
-      lines.append(f"| *{group} types* | {row['n']} | {_fmt(row['img_auroc'])} | "
-                   f"{_fmt(row['pix_auroc'])} |")
+      lines.append(f"| *{group} types* | {row['n']} | {format_percent(row['img_auroc'])} | "
+                   f"{format_percent(row['pix_auroc'])} |")
   best = results.get('best_epoch')
   if best:
     lines += ['', f"Best epoch {best['epoch']} (selected on the test set, as the reference "
-              f"reports it): image AUROC {_fmt(best['img_auroc'])}, pixel AUROC "
-              f"{_fmt(best['pix_auroc'])}."]
+              f"reports it): image AUROC {format_percent(best['img_auroc'])}, pixel AUROC "
+              f"{format_percent(best['pix_auroc'])}."]
   if results.get('known_anomalies'):
     lines += ['', 'Known (training) anomalies: ' + ', '.join(results['known_anomalies'])]
   return '\n'.join(lines) + '\n'
@@ -60,11 +70,12 @@ def summary_markdown(rows: Dict[str, Dict[str, Any]]) -> str:
   """One row per category plus the mean (categories with a value)."""
   lines = ['| category | image AUROC | pixel AUROC | AUPRO |', '|---|---|---|---|']
   for name, r in rows.items():
-    lines.append(f"| {name} | {_fmt(r['img_auroc'])} | {_fmt(r['pix_auroc'])} | {_fmt(r['aupro'])} |")
+    lines.append(f'| {name} | ' + ' | '.join(format_percent(r[k]) for k in HEADLINE_METRICS)
+                 + ' |')
   means = []
-  for key in ('img_auroc', 'pix_auroc', 'aupro'):
+  for key in HEADLINE_METRICS:
     values = [r[key] for r in rows.values() if r[key] is not None]
-    means.append(_fmt(float(np.mean(values)) if values else None))
+    means.append(format_percent(float(np.mean(values)) if values else None))
   lines.append(f'| **mean** | {means[0]} | {means[1]} | {means[2]} |')
   return '\n'.join(lines) + '\n'
 

@@ -120,7 +120,7 @@ def _rand_augment(augmenters, rng: np.random.Generator, count: int = 3):
 
 
 def _move_regions_into(mask: np.ndarray, foreground: np.ndarray, rng: np.random.Generator
-                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       ) -> Tuple[np.ndarray, np.ndarray]:
   """Moves each connected region of ``mask`` so its centre lands on a foreground point.
 
   Returns:

@@ -113,6 +113,11 @@ def downsample_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
   return masks[:, rows][:, :, cols]
 
 
+def condition_table(pos_embed_dim: int, height: int, width: int) -> np.ndarray:
+  """The positional condition of every position of an h x w level: [h * w, D] float32."""
+  return positional_encoding_2d(pos_embed_dim, height, width).reshape(height * width, -1)
+
+
 @dataclasses.dataclass
 class LevelData:
   """One level's training vectors on the devices."""
@@ -131,8 +136,7 @@ def level_data(features: np.ndarray, masks: np.ndarray, pos_embed_dim: int,
       features=jax.device_put(features.reshape(n * h * w, c), replicated),
       masks=jax.device_put(downsample_masks(masks, h, w).reshape(-1).astype(np.float32),
                            replicated),
-      cond=jax.device_put(positional_encoding_2d(pos_embed_dim, h, w).reshape(h * w, -1),
-                          replicated),
+      cond=jax.device_put(condition_table(pos_embed_dim, h, w), replicated),
       positions=h * w)
 
 
@@ -241,9 +245,9 @@ def make_chunk_trainer(config, mesh: Mesh):
 
     def step(carry, inputs):
       ids, lr = inputs
-      c = flow_condition(cond, ids % positions) if conditional else {}
+      condition = flow_condition(cond, ids % positions) if conditional else {}
       params, opt_state, loss, skip = train_step(*carry, constants, features[ids], masks[ids],
-                                                 c, lr)
+                                                 condition, lr)
       return (params, opt_state), (loss, skip)
 
     (params, opt_state), (chunk_losses, skipped) = jax.lax.scan(
@@ -267,7 +271,7 @@ def make_chunk_trainer(config, mesh: Mesh):
 
 
 def train_meta_epoch(state: FlowTrainState, config, train_levels: Sequence[LevelData],
-                     normal_images: np.ndarray, all_images: int, trainer,
+                     normal_images: int, all_images: int, trainer,
                      warmup: Tuple[int, int]) -> Tuple[FlowTrainState, Dict[str, float]]:
   """One meta-epoch: ``sub_epochs`` passes, every level, every chunk.
 
@@ -349,15 +353,15 @@ def make_lp_evaluator(config, mesh: Mesh, images_per_call: int = 8):
   def level_lp(params, constants, feats, cond):
     n, h, w, c = feats.shape
     x = feats.reshape(n * h * w, c)
-    c = flow_condition(cond, jnp.tile(jnp.arange(h * w), n)) if conditional else {}
-    z, logdet = flow.apply({'params': params, flow_lib.CONSTANTS: constants}, x, **c)
+    condition = flow_condition(cond, jnp.tile(jnp.arange(h * w), n)) if conditional else {}
+    z, logdet = flow.apply({'params': params, flow_lib.CONSTANTS: constants}, x, **condition)
     return flow_lib.per_dim_log_likelihood(z, logdet).reshape(n, h, w)
 
   def lp_maps(state: FlowTrainState, level_features: Sequence[np.ndarray]) -> List[np.ndarray]:
     maps = []
     for level, feats in enumerate(level_features):
       _, h, w, _ = feats.shape
-      cond = positional_encoding_2d(config.flow.pos_embed_dim, h, w).reshape(h * w, -1)
+      cond = condition_table(config.flow.pos_embed_dim, h, w)
       key = level_key(level)
       out = [np.asarray(level_lp(state.params[key], state.constants[key], batch, cond))[:real]
              for batch, real in sharded_batches(feats, images_per_call, mesh)]
