@@ -9,16 +9,23 @@ run and on the same inputs: bgad_jax (the jitted lax.scan trainer used in
 training, vectors gathered from random positions of whole images) and FrEIA
 0.2 + the reference loss in torch 2.13 (threads = cores, conditions gathered
 beforehand). Throughputs are the best of ``--repeats`` timed passes of
-``--steps`` steps each.
+``--steps`` steps each; the two sides' passes alternate, so that both see the
+same phases of a noisy machine.
 
 GFLOP/s: XLA's count of the floating-point operations of our compiled step
-divided by its time. peak_gflops: the highest fp32 matmul throughput that
-jnp or torch reach on any of the step's matmul shapes on this machine.
+divided by its time. Peaks: the highest fp32 matmul throughput that jnp or
+torch reach on any of the step's matmul shapes (read from the compiled
+step's HLO) on this machine. Matmul floor: the step's matmuls alone, each at
+the faster of jnp and torch for its shape and layout, back to back; "% of
+floor" is that time over the step's.
 """
 
 import argparse
+import collections
 import os
+import re
 import sys
+from typing import Dict, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -38,37 +45,55 @@ LEVELS = [('efficientnet_lite0', 0, 24, 64), ('efficientnet_lite0', 1, 40, 32),
           ('tf_efficientnet_b6', 1, 72, 32), ('tf_efficientnet_b6', 2, 200, 16)]
 
 
-def _best_rate(fn, items: int, repeats: int) -> float:
-  """Items per second of ``fn()``, best of ``repeats`` timed calls after a warm-up."""
-  return items / table.best_of(fn, repeats, warmup=True)[0]
+_ARRAY = re.compile(r'%(\S+) = f32\[([0-9,]*)\]\{[0-9,]*\} [a-z]')
+_DOT = re.compile(r'= f32\[[0-9,]+\]\{[0-9,]*\} dot\(%(\S+), %(\S+)\), '
+                  r'lhs_contracting_dims=\{(\d)\}, rhs_contracting_dims=\{(\d)\}')
+
+Matmul = Tuple[Tuple[int, int], Tuple[int, int], int, int]   # lhs, rhs, contracting dims
 
 
-def matmul_shapes(dim: int, vectors: int, positions: int):
-  """(m, k, n) of every matmul of our step: forward, input and weight gradients."""
-  len1, len2 = dim - dim // 2, dim // 2
-  hidden = 2 * (len1 + COND)
-  forward = [(vectors, hidden, 2 * len2), (vectors, dim, dim)]
-  if positions < vectors:   # indexed condition table (bgad_jax.train.flow_condition)
-    forward += [(vectors, len1, hidden), (positions, COND, hidden)]
-  else:
-    forward += [(vectors, len1 + COND, hidden)]
-  grads = []
-  for m, k, n in forward:
-    grads += [(m, n, k), (k, m, n)]   # dX = dY @ W.T, dW = X.T @ dY
-  return forward + grads
+def step_matmuls(hlo_text: str) -> collections.Counter:
+  """The matmuls of a compiled XLA:CPU program, from its optimised HLO text.
+
+  Returns:
+    Counter of (lhs shape, rhs shape, lhs contracting dim, rhs contracting
+    dim) -> how many times the program runs that matmul.
+  """
+  shapes = {m.group(1): tuple(int(d) for d in m.group(2).split(',') if d)
+            for m in _ARRAY.finditer(hlo_text)}
+  matmuls = collections.Counter(
+      (shapes[m.group(1)], shapes[m.group(2)], int(m.group(3)), int(m.group(4)))
+      for m in _DOT.finditer(hlo_text))
+  found = hlo_text.count(' dot(')
+  if sum(matmuls.values()) != found:
+    raise ValueError(f'parsed {sum(matmuls.values())} of the {found} dots: only 2-D fp32 '
+                     'matmuls with one contracting dimension are understood')
+  return matmuls
 
 
-def matmul_peak(shapes, repeats: int = 3):
-  """Highest GFLOP/s of jnp and of torch fp32 matmuls over ``shapes``."""
+def matmul_flops(matmul: Matmul) -> float:
+  lhs, rhs, lhs_contract, rhs_contract = matmul
+  return 2.0 * lhs[0] * lhs[1] * rhs[1 - rhs_contract]
+
+
+def matmul_times(matmuls, repeats: int = 3) -> Dict[Matmul, Dict[str, float]]:
+  """Seconds of one jnp and one torch fp32 matmul of each shape (best of ``repeats`` x 10).
+
+  Operands keep the program's layouts: a contracting dim 0 on the left or 1
+  on the right is a transposed view for torch, as for XLA.
+  """
   import torch
   rng = np.random.default_rng(0)
-  best = {'jnp': 0.0, 'torch': 0.0}
-  jitted = jax.jit(jnp.dot)
-  for m, k, n in set(shapes):
-    a = rng.standard_normal((m, k)).astype(np.float32)
-    b = rng.standard_normal((k, n)).astype(np.float32)
-    flops = 2.0 * m * k * n * 10
-    ja, jb, ta, tb = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
+  times = {}
+  for matmul in matmuls:
+    lhs, rhs, lhs_contract, rhs_contract = matmul
+    a = rng.standard_normal(lhs).astype(np.float32)
+    b = rng.standard_normal(rhs).astype(np.float32)
+    dims = (((lhs_contract,), (rhs_contract,)), ((), ()))
+    jitted = jax.jit(lambda x, y, dims=dims: jax.lax.dot_general(x, y, dims))
+    ja, jb = jnp.asarray(a), jnp.asarray(b)
+    ta = torch.from_numpy(a).t() if lhs_contract == 0 else torch.from_numpy(a)
+    tb = torch.from_numpy(b).t() if rhs_contract == 1 else torch.from_numpy(b)
 
     def jnp_ten():
       for _ in range(10):
@@ -79,9 +104,26 @@ def matmul_peak(shapes, repeats: int = 3):
       for _ in range(10):
         torch.mm(ta, tb)
 
-    best['jnp'] = max(best['jnp'], _best_rate(jnp_ten, flops, repeats) / 1e9)
-    best['torch'] = max(best['torch'], _best_rate(torch_ten, flops, repeats) / 1e9)
-  return best
+    times[matmul] = {'jnp': table.best_of(jnp_ten, repeats, warmup=True)[0] / 10,
+                     'torch': table.best_of(torch_ten, repeats, warmup=True)[0] / 10}
+  return times
+
+
+def matmul_limits(matmuls, times) -> Dict[str, float]:
+  """Peaks and the step's matmul floor from per-shape times.
+
+  Returns:
+    ``peak_jnp_gflops``/``peak_torch_gflops``: the fastest matmul of any of
+    the shapes; ``floor_s``: the step's matmuls, each at the faster of jnp and
+    torch, run back to back (no other work); ``floor_gflops``: their flops
+    over that time.
+  """
+  peaks = {lib: max(matmul_flops(m) / t[lib] for m, t in times.items()) / 1e9
+           for lib in ('jnp', 'torch')}
+  floor = sum(count * min(times[m].values()) for m, count in matmuls.items())
+  flops = sum(count * matmul_flops(m) for m, count in matmuls.items())
+  return dict(peak_jnp_gflops=peaks['jnp'], peak_torch_gflops=peaks['torch'],
+              floor_s=floor, floor_gflops=flops / floor / 1e9)
 
 
 def _inputs(dim, positions, vectors, steps):
@@ -98,8 +140,8 @@ def _inputs(dim, positions, vectors, steps):
   return feats, masks, chunks, cond
 
 
-def bench_ours(dim, positions, vectors, steps, repeats):
-  """(vectors/s, XLA flops of one step) of the bgad_jax trainer."""
+def ours_runner(dim, positions, vectors, steps):
+  """(``run()`` of ``steps`` trainer steps, XLA flops of one step, its optimised HLO)."""
   config = common.get_config()
   config.train.num_vectors = vectors
   feats, masks, chunks, cond = _inputs(dim, positions, vectors, steps)
@@ -116,7 +158,6 @@ def bench_ours(dim, positions, vectors, steps, repeats):
     jax.block_until_ready(losses)
     carry[:] = [params, opt]   # the trainer donates its inputs
 
-  rate = _best_rate(run, steps * vectors, repeats)
   ids = jnp.asarray(chunks[0])
   step = jax.jit(train.make_train_step(config, normal_only=False))
   compiled = step.lower(state.params[key], state.opt_state[key], state.constants[key],
@@ -125,10 +166,11 @@ def bench_ours(dim, positions, vectors, steps, repeats):
                         jnp.float32(2e-4)).compile()
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-  return rate, float(analysis['flops'])
+  return run, float(analysis['flops']), compiled.as_text()
 
 
-def bench_freia(dim, positions, vectors, steps, repeats):
+def freia_runner(dim, positions, vectors, steps):
+  """``run()`` of ``steps`` FrEIA + reference-loss steps in torch on the same inputs."""
   import torch
   from tests.support import freia_reference
   torch.set_num_threads(os.cpu_count())
@@ -147,7 +189,7 @@ def bench_freia(dim, positions, vectors, steps, repeats):
       loss.backward()
       optimizer.step()
 
-  return _best_rate(run, steps * vectors, repeats)
+  return run
 
 
 def main(argv=None):
@@ -164,23 +206,30 @@ def main(argv=None):
   rows = []
   for backbone, level, dim, side in levels:
     positions = side * side
-    ours, flops = bench_ours(dim, positions, args.vectors, args.steps, args.repeats)
-    freia = bench_freia(dim, positions, args.vectors, args.steps, args.repeats)
-    peak = matmul_peak(matmul_shapes(dim, args.vectors, positions))
+    run_ours, flops, hlo = ours_runner(dim, positions, args.vectors, args.steps)
+    run_freia = freia_runner(dim, positions, args.vectors, args.steps)
+    seconds = table.best_of_interleaved([run_ours, run_freia], args.repeats)
+    ours, freia = (args.steps * args.vectors / t for t in seconds)
+    matmuls = step_matmuls(hlo)
+    limits = matmul_limits(matmuls, matmul_times(matmuls, args.repeats))
     gflops = flops * ours / args.vectors / 1e9
-    peak_gflops = max(peak.values())
+    peak_gflops = max(limits['peak_jnp_gflops'], limits['peak_torch_gflops'])
+    step_s = args.vectors / ours
     rows.append(dict(backbone=backbone, level=level, dim=dim, positions=positions,
                      ours_vps=ours, freia_vps=freia, ratio=ours / freia,
                      step_gflop=flops / 1e9, gflops=gflops, peak_gflops=peak_gflops,
-                     peak_jnp_gflops=peak['jnp'], peak_torch_gflops=peak['torch'],
-                     percent_of_peak=100 * gflops / peak_gflops))
+                     percent_of_peak=100 * gflops / peak_gflops, step_ms=1e3 * step_s,
+                     floor_ms=1e3 * limits['floor_s'],
+                     percent_of_floor=100 * limits['floor_s'] / step_s, **limits))
   table.report(rows, [('backbone', 'backbone', '19s'), ('level', 'level', '5d'),
                       ('dim', 'dim', '4d'), ('positions', 'positions', '9d'),
                       ('ours_vps', 'ours vec/s', '10.0f'), ('freia_vps', 'FrEIA vec/s', '11.0f'),
                       ('ratio', 'ours/FrEIA', '10.2f'), ('step_gflop', 'GFLOP/step', '10.2f'),
                       ('gflops', 'GFLOP/s', '7.1f'), ('peak_jnp_gflops', 'jnp peak', '8.1f'),
                       ('peak_torch_gflops', 'torch peak', '10.1f'),
-                      ('percent_of_peak', '% of peak', '9.1f')],
+                      ('percent_of_peak', '% of peak', '9.1f'), ('step_ms', 'step ms', '7.1f'),
+                      ('floor_ms', 'matmul floor ms', '15.1f'),
+                      ('percent_of_floor', '% of floor', '10.1f')],
                f'{args.vectors} vectors per step, 8 coupling blocks, condition {COND}, '
                f'best of {args.repeats} x {args.steps} steps', args.json)
   return rows

@@ -25,6 +25,21 @@ def best_of(fn: Callable[[], Any], repeats: int, warmup: bool = False) -> Tuple[
   return best, value
 
 
+def best_of_interleaved(fns: Sequence[Callable[[], Any]], repeats: int) -> List[float]:
+  """Shortest wall time in seconds of each of ``fns`` over ``repeats`` rounds.
+
+  Each round calls every function once, in turn, after one untimed warm-up
+  call each: on a machine whose speed drifts, all of them see the same drift.
+  """
+  for fn in fns:
+    fn()
+  best = [float('inf')] * len(fns)
+  for _ in range(repeats):
+    for i, fn in enumerate(fns):
+      best[i] = min(best[i], best_of(fn, 1)[0])
+  return best
+
+
 def report(rows: List[Dict], columns: Sequence[Column], setting: str,
            json_path: Optional[str] = None) -> None:
   """Prints ``device: ..., setting`` and a table of ``rows``; writes them as JSON."""

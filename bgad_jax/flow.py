@@ -7,6 +7,7 @@ Variables of a flow live in two collections:
     and restored with the parameters.
 """
 
+import functools
 import math
 from typing import Any, Optional, Tuple
 
@@ -14,6 +15,7 @@ import jax
 import numpy as np
 import jax.numpy as jnp
 import flax.linen as nn
+from jax.custom_derivatives import SymbolicZero
 
 CONSTANTS = 'constants'
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -57,31 +59,84 @@ def softplus_beta_half(v: jnp.ndarray) -> jnp.ndarray:
   return 2.0 * jax.nn.softplus(0.5 * v)
 
 
-@jax.custom_vjp
+# Custom JVPs of the subnet's first layer, on [x1, c] with c the positional
+# condition (constant in training). Each rule adds one matmul per input that
+# has a tangent, so that reverse mode forms no gradient for the condition
+# (autodiff of one matmul on the concatenation forms the input gradient of all
+# C1 + D columns and slices x1's out of it: that wasted matmul was the
+# costliest op of a training step at dims 24 and 40). Zero tangents arrive as
+# SymbolicZero and get no matmul.
+
+
+def _has_tangent(tangent) -> bool:
+  return not isinstance(tangent, SymbolicZero)
+
+
+def _sum_terms(terms, like: jnp.ndarray) -> jnp.ndarray:
+  return functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(like)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _concat_dense(x1: jnp.ndarray, cond: jnp.ndarray, kernel: jnp.ndarray,
+                  precision=None) -> jnp.ndarray:
+  """[x1, cond] @ kernel: [N, C1], [N, D], [C1 + D, H] float32 -> [N, H]."""
+  return jnp.dot(jnp.concatenate([x1, cond], axis=-1), kernel, precision=precision)
+
+
+@functools.partial(_concat_dense.defjvp, symbolic_zeros=True)
+def _concat_dense_jvp(precision, primals, tangents):
+  x1, cond, kernel = primals
+  d_x1, d_cond, d_kernel = tangents
+  len1 = x1.shape[-1]
+  inputs = jnp.concatenate([x1, cond], axis=-1)
+  out = jnp.dot(inputs, kernel, precision=precision)
+  terms = []
+  if _has_tangent(d_kernel):   # transposes to one inputs.T @ grad
+    terms.append(jnp.dot(inputs, d_kernel, precision=precision))
+  if _has_tangent(d_x1):
+    terms.append(jnp.dot(d_x1, kernel[:len1], precision=precision))
+  if _has_tangent(d_cond):
+    terms.append(jnp.dot(d_cond, kernel[len1:], precision=precision))
+  return out, _sum_terms(terms, out)
+
+
+def _project_tangent_rows(table, index, d_kernel, precision=None):
+  """(table @ d_kernel)[index]: its transpose sums the gradient per table row (a
+  P x D x H matmul after an N x H scatter-add; cheapest on CPU)."""
+  return jnp.dot(table, d_kernel, precision=precision)[index]
+
+
+def _gathered_tangent_rows(table, index, d_kernel, precision=None):
+  """table[index] @ d_kernel: the same value; its transpose is an N x D x H
+  matmul with the gathered rows, deterministic on GPUs (scatter-adds are not)."""
+  return jnp.dot(table[index], d_kernel, precision=precision)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _gathered_projection(table: jnp.ndarray, kernel: jnp.ndarray,
-                         index: jnp.ndarray) -> jnp.ndarray:
+                         index: jnp.ndarray, precision=None) -> jnp.ndarray:
   """(table @ kernel)[index]: [P, D], [D, H], [N] int -> [N, H].
 
   The product is taken over the P table rows, not over the N gathered rows
-  (P < N at the coarse levels). The kernel's gradient is a plain matmul with
-  the gathered rows, so that training needs no scatter-add.
+  (P < N at the coarse levels).
   """
-  return jnp.dot(table, kernel)[index]
+  return jnp.dot(table, kernel, precision=precision)[index]
 
 
-def _gathered_projection_fwd(table, kernel, index):
-  return _gathered_projection(table, kernel, index), (table, kernel, index)
-
-
-def _gathered_projection_bwd(residuals, grad):
-  table, kernel, index = residuals
-  rows = table[index]
-  d_table = jax.ops.segment_sum(jnp.dot(grad, kernel.T), index, table.shape[0])
-  d_index = np.zeros(index.shape, jax.dtypes.float0)
-  return d_table, jnp.dot(rows.T, grad), d_index   # d_table: dead code unless asked for
-
-
-_gathered_projection.defvjp(_gathered_projection_fwd, _gathered_projection_bwd)
+@functools.partial(_gathered_projection.defjvp, symbolic_zeros=True)
+def _gathered_projection_jvp(precision, primals, tangents):
+  table, kernel, index = primals
+  d_table, d_kernel, _ = tangents
+  out = _gathered_projection(table, kernel, index, precision)
+  terms = []
+  if _has_tangent(d_kernel):
+    terms.append(jax.lax.platform_dependent(
+        table, index, d_kernel,
+        cpu=functools.partial(_project_tangent_rows, precision=precision),
+        default=functools.partial(_gathered_tangent_rows, precision=precision)))
+  if _has_tangent(d_table):
+    terms.append(jnp.dot(d_table, kernel, precision=precision)[index])
+  return out, _sum_terms(terms, out)
 
 
 class _ConditionedDense(nn.Module):
@@ -99,11 +154,12 @@ class _ConditionedDense(nn.Module):
     in_dim = len1 + (0 if cond is None else cond.shape[-1])
     kernel = self.param('kernel', torch_linear_init, (in_dim, self.features))
     bias = self.param('bias', torch_bias_init(in_dim), (self.features,))
-    if cond_index is None:   # one matmul, as the reference: splitting it was no faster
-      h = x1 if cond is None else jnp.concatenate([x1, cond], axis=-1)
-      return jnp.dot(h, kernel, precision=self.precision) + bias
+    if cond is None:
+      return jnp.dot(x1, kernel, precision=self.precision) + bias
+    if cond_index is None:   # one forward matmul, as the reference: splitting it was no faster
+      return _concat_dense(x1, cond, kernel, self.precision) + bias
     return (jnp.dot(x1, kernel[:len1], precision=self.precision) + bias
-            + _gathered_projection(cond, kernel[len1:], cond_index))
+            + _gathered_projection(cond, kernel[len1:], cond_index, self.precision))
 
 
 class _Subnet(nn.Module):

@@ -35,16 +35,53 @@ def test_flow_step_benchmark_smoke(tmp_path):
   assert row['freia_vps'] > 0 and row['peak_gflops'] == max(row['peak_jnp_gflops'],
                                                              row['peak_torch_gflops'])
   assert row['step_gflop'] > 0 and 'ours/FrEIA' in stdout
+  assert row['floor_ms'] > 0 and '% of floor' in stdout
+  assert abs(row['percent_of_floor'] - 100 * row['floor_ms'] / row['step_ms']) < 1e-9
 
 
-def test_flow_step_matmul_shapes_follow_the_condition_path():
+def _step_matmuls(dim, vectors, positions):
+  import jax
+  import jax.numpy as jnp
   from benchmarks import flow_step
-  # dim 200: x1 100 channels, hidden 2 * (100 + 128) = 456, output 200.
-  table = flow_step.matmul_shapes(200, 4096, 256)
-  assert (256, 128, 456) in table and (4096, 100, 456) in table
-  assert (128, 256, 456) in table   # weight gradient of the table projection
-  gathered = flow_step.matmul_shapes(200, 4096, 4096)
-  assert (4096, 228, 456) in gathered and (256, 128, 456) not in gathered
+  from bgad_jax import train
+  from configs import common
+  config = common.get_config()
+  state = train.create_state(config, (dim,), jax.random.key(0))
+  key = train.level_key(0)
+  rows = jnp.arange(vectors, dtype=jnp.int32) % positions
+  table = jnp.ones((positions, config.flow.pos_embed_dim))
+  step = jax.jit(train.make_train_step(config, normal_only=False))
+  compiled = step.lower(state.params[key], state.opt_state[key], state.constants[key],
+                        jnp.ones((vectors, dim)), jnp.zeros((vectors,)),
+                        train.flow_condition(table, rows), jnp.float32(1e-4)).compile()
+  return flow_step.step_matmuls(compiled.as_text())
+
+
+def test_flow_step_reads_the_matmuls_of_the_compiled_step():
+  # dim 8: x1 4 channels, condition 128, hidden 2 * (4 + 128) = 264, output 8.
+  table = _step_matmuls(8, vectors=64, positions=16)
+  assert table[((16, 128), (128, 264), 1, 0)] == 8     # each table row projected once
+  assert table[((16, 128), (16, 264), 0, 0)] == 8      # kernel gradient over summed rows
+  assert not any(lhs == (64, 128) for lhs, *_ in table)   # no gathered-row matmul on CPU
+  gathered = _step_matmuls(8, vectors=64, positions=64)
+  assert gathered[((64, 132), (132, 264), 1, 0)] == 8
+  assert gathered[((64, 132), (64, 264), 0, 0)] == 8   # one kernel gradient for [x1, c]
+  # Input gradient for x1 only (block 0's input needs none); none for the condition.
+  assert gathered[((64, 264), (4, 264), 1, 1)] == 7
+  assert not any(rhs[0] == 132 and lc == 1 and rc == 1 for _, rhs, lc, rc in gathered)
+
+
+def test_matmul_floor_and_peaks_from_per_shape_times():
+  from benchmarks import flow_step
+  small, large = ((10, 20), (20, 30), 1, 0), ((100, 20), (100, 30), 0, 0)
+  assert flow_step.matmul_flops(small) == 2 * 10 * 20 * 30
+  assert flow_step.matmul_flops(large) == 2 * 20 * 100 * 30
+  times = {small: {'jnp': 1e-6, 'torch': 2e-6}, large: {'jnp': 3e-5, 'torch': 2e-5}}
+  limits = flow_step.matmul_limits({small: 3, large: 2}, times)
+  assert limits['floor_s'] == 3 * 1e-6 + 2 * 2e-5
+  assert abs(limits['peak_jnp_gflops'] - 12000 / 1e-6 / 1e9) < 1e-9
+  assert abs(limits['peak_torch_gflops'] - 120000 / 2e-5 / 1e9) < 1e-9
+  assert abs(limits['floor_gflops'] - (3 * 12000 + 2 * 120000) / 4.3e-5 / 1e9) < 1e-6
 
 
 def test_aupro_benchmark_smoke(tmp_path):

@@ -128,6 +128,67 @@ def test_indexed_condition_table_equals_gathered_rows():
   assert float(jnp.abs(g_table).max()) > 0
 
 
+def test_first_layer_derivatives_equal_autodiff_of_one_matmul():
+  # The custom JVP of the [x1, c] layer must give the derivatives of the plain
+  # matmul: forward mode, and reverse mode for any subset of its inputs.
+  rng = np.random.default_rng(5)
+  x1, cond = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((9, 4), (9, 6)))
+  kernel = jnp.asarray(rng.standard_normal((10, 7)), jnp.float32)
+  plain = lambda a, c, k: jnp.dot(jnp.concatenate([a, c], axis=-1), k)
+  ours = flow_lib._concat_dense
+  tangents = tuple(jnp.asarray(rng.standard_normal(v.shape), jnp.float32)
+                   for v in (x1, cond, kernel))
+  got = jax.jvp(ours, (x1, cond, kernel), tangents)
+  want = jax.jvp(plain, (x1, cond, kernel), tangents)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  weights = jnp.asarray(rng.standard_normal((9, 7)), jnp.float32)
+  for argnums in [(0, 1, 2), (2,), (0,), (1,)]:
+    got = jax.grad(lambda *v: jnp.sum(weights * ours(*v)), argnums)(x1, cond, kernel)
+    want = jax.grad(lambda *v: jnp.sum(weights * plain(*v)), argnums)(x1, cond, kernel)
+    for a, b in zip(got, want):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_table_kernel_tangent_forms_transpose_alike():
+  # CPU takes (table @ dK)[index] (its transpose sums the gradient per table
+  # row), other platforms table[index] @ dK (a deterministic matmul): same
+  # values and the same kernel gradient.
+  rng = np.random.default_rng(6)
+  table = jnp.asarray(rng.standard_normal((5, 6)), jnp.float32)
+  index = jnp.asarray(rng.integers(0, 5, size=31), jnp.int32)
+  d_kernel = jnp.asarray(rng.standard_normal((6, 8)), jnp.float32)
+  grad = jnp.asarray(rng.standard_normal((31, 8)), jnp.float32)
+  forms = [flow_lib._project_tangent_rows, flow_lib._gathered_tangent_rows]
+  values = [form(table, index, d_kernel) for form in forms]
+  np.testing.assert_allclose(values[0], values[1], rtol=1e-5, atol=1e-5)
+  transposed = [jax.linear_transpose(lambda k, f=form: f(table, index, k), d_kernel)(grad)[0]
+                for form in forms]
+  np.testing.assert_allclose(transposed[0], transposed[1], rtol=1e-5, atol=1e-5)
+  expected = np.asarray(table)[np.asarray(index)].T @ np.asarray(grad)
+  np.testing.assert_allclose(transposed[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_indexed_condition_forward_mode_equals_gathered_rows():
+  flow = flow_lib.NormalizingFlow(coupling_layers=2)
+  x, table = _inputs(5, n=24, cond_dim=4)
+  table = jnp.asarray(table[:6])
+  index = jnp.asarray(np.arange(24) % 6, jnp.int32)
+  variables = flow.init(jax.random.key(0), x, table[index])
+  direction = jax.tree.map(lambda p: jnp.full_like(p, 0.01), variables['params'])
+
+  def lp(params, indexed):
+    kwargs = dict(cond=table, cond_index=index) if indexed else dict(cond=table[index])
+    z, logdet = flow.apply({**variables, 'params': params}, x, **kwargs)
+    return flow_lib.per_dim_log_likelihood(z, logdet)
+
+  got = jax.jvp(lambda p: lp(p, True), (variables['params'],), (direction,))
+  want = jax.jvp(lambda p: lp(p, False), (variables['params'],), (direction,))
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  assert float(jnp.abs(got[1]).max()) > 0
+
+
 @pytest.mark.parametrize('conditional', [True, False])
 def test_logdet_is_log_abs_det_jacobian(conditional):
   channels = 7
