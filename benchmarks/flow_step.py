@@ -6,23 +6,30 @@
 By default one row per flow level of Lite0 and B6 at 256x256 input: dims 24,
 40, 112 and 40, 72, 200 on 64x64, 32x32 and 16x16 positions. Compares, in one
 run and on the same inputs: bgad_jax (the jitted lax.scan trainer used in
-training, vectors gathered from random positions of whole images) and FrEIA
-0.2 + the reference loss in torch 2.13 (threads = cores, conditions gathered
-beforehand). Throughputs are the best of ``--repeats`` timed passes of
-``--steps`` steps each; the two sides' passes alternate, so that both see the
-same phases of a noisy machine.
+training, vectors gathered from random positions of whole images), the same
+with ``flow.factored_condition=False`` ("dense": the reference's one matmul on
+[x1, c]) and FrEIA 0.2 + the reference loss in torch 2.13 (threads = cores,
+conditions gathered beforehand). Throughputs are the best of ``--repeats``
+timed passes of ``--steps`` steps each; the three sides' passes alternate, so
+that all see the same phases of a noisy machine.
 
-GFLOP/s: XLA's count of the floating-point operations of our compiled step
-divided by its time. Peaks: the highest fp32 matmul throughput that jnp or
-torch reach on any of the step's matmul shapes (read from the compiled
-step's HLO) on this machine. Matmul floor: the step's matmuls alone, each at
-the faster of jnp and torch for its shape and layout, back to back; "% of
-floor" is that time over the step's. The matmul columns are read on CPU only
-(nan elsewhere: an accelerator's compiled step calls matmul libraries).
+GFLOP/step: XLA's count of the floating-point operations of our compiled
+step; "ref GFLOP/step" that of the dense step, i.e. the reference's
+computation. GFLOP/s: our step's own flops over its time; "ref % of peak":
+the reference's flops over our step's time (the share of the peak that a
+dense implementation would need to be as fast as ours); "dense % of peak":
+the dense step's flops over its own time. Peak: the highest fp32 matmul
+throughput that jnp or torch reach on any matmul shape of the two compiled
+steps (read from their HLO) on this machine. Matmul floor: our step's
+matmuls alone, each at the faster of jnp and torch for its shape and layout,
+back to back; "% of floor" is that time over the step's. The matmul columns
+are read on CPU only (nan elsewhere: an accelerator's compiled step calls
+matmul libraries).
 """
 
 import argparse
 import collections
+import math
 import os
 import re
 import sys
@@ -137,18 +144,22 @@ def _inputs(dim, positions, vectors, steps):
   masks = np.zeros(images * positions, np.float32)
   masks[rng.choice(images * positions, images * positions // 50, replace=False)] = 1.0
   chunks = rng.permutation(images * positions)[:total].astype(np.int32).reshape(steps, vectors)
-  cond = rng.standard_normal((positions, COND)).astype(np.float32)
-  return feats, masks, chunks, cond
+  side = math.isqrt(positions)
+  return feats, masks, chunks, train.condition_tables(COND, side, side)
 
 
-def ours_runner(dim, positions, vectors, steps):
-  """(``run()`` of ``steps`` trainer steps, XLA flops of one step, its optimised HLO)."""
+def ours_runner(dim, positions, vectors, steps, factored=True):
+  """(``run()`` of ``steps`` trainer steps, XLA flops of one step, its optimised HLO).
+
+  ``factored``: config ``flow.factored_condition``.
+  """
   config = common.get_config()
   config.train.num_vectors = vectors
+  config.flow.factored_condition = factored
   feats, masks, chunks, cond = _inputs(dim, positions, vectors, steps)
   state = train.create_state(config, (dim,), jax.random.key(0))
   data = train.LevelData(features=jnp.asarray(feats), masks=jnp.asarray(masks),
-                         cond=jnp.asarray(cond), positions=positions)
+                         cond=jax.tree.map(jnp.asarray, cond), positions=positions)
   trainer = train.make_chunk_trainer(config, make_mesh())
   key = train.level_key(0)
   carry = [state.params[key], state.opt_state[key]]
@@ -163,7 +174,8 @@ def ours_runner(dim, positions, vectors, steps):
   step = jax.jit(train.make_train_step(config, normal_only=False))
   compiled = step.lower(state.params[key], state.opt_state[key], state.constants[key],
                         data.features[ids], data.masks[ids],
-                        train.flow_condition(data.cond, ids % positions),
+                        train.flow_condition(data.cond, ids % positions,
+                                             config.flow.factored_condition),
                         jnp.float32(2e-4)).compile()
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
@@ -179,7 +191,9 @@ def freia_runner(dim, positions, vectors, steps):
   model = freia_reference.build_freia_flow(dim, cond_dim=COND)
   optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-4)
   x = [torch.from_numpy(feats[c]) for c in chunks]
-  c = [torch.from_numpy(cond[ch % positions]) for ch in chunks]
+  cond = np.array(train.flow_condition(cond, chunks.reshape(-1) % positions,
+                                       factored=False)['cond']).reshape(*chunks.shape, COND)
+  c = [torch.from_numpy(rows) for rows in cond]
   m = [torch.from_numpy(masks[ch]) for ch in chunks]
 
   def run():
@@ -208,31 +222,44 @@ def main(argv=None):
   for backbone, level, dim, side in levels:
     positions = side * side
     run_ours, flops, hlo = ours_runner(dim, positions, args.vectors, args.steps)
+    run_dense, dense_flops, dense_hlo = ours_runner(dim, positions, args.vectors, args.steps,
+                                                    factored=False)
     run_freia = freia_runner(dim, positions, args.vectors, args.steps)
-    seconds = table.best_of_interleaved([run_ours, run_freia], args.repeats)
-    ours, freia = (args.steps * args.vectors / t for t in seconds)
+    seconds = table.best_of_interleaved([run_ours, run_dense, run_freia], args.repeats)
+    ours, dense, freia = (args.steps * args.vectors / t for t in seconds)
     if jax.default_backend() == 'cpu':
-      matmuls = step_matmuls(hlo)
-      limits = matmul_limits(matmuls, matmul_times(matmuls, args.repeats))
+      matmuls, dense_matmuls = step_matmuls(hlo), step_matmuls(dense_hlo)
+      # Peaks over the shapes of both steps; the floor is the factored step's.
+      limits = matmul_limits(matmuls, matmul_times(set(matmuls) | set(dense_matmuls),
+                                                   args.repeats))
     else:   # accelerators' HLO calls matmul libraries: no dots to read
       limits = dict.fromkeys(['peak_jnp_gflops', 'peak_torch_gflops', 'floor_s',
                               'floor_gflops'], float('nan'))
-    gflops = flops * ours / args.vectors / 1e9
     peak_gflops = max(limits['peak_jnp_gflops'], limits['peak_torch_gflops'])
+    gflops = flops * ours / args.vectors / 1e9
+    ref_gflops = dense_flops * ours / args.vectors / 1e9
+    dense_gflops = dense_flops * dense / args.vectors / 1e9
     step_s = args.vectors / ours
     rows.append(dict(backbone=backbone, level=level, dim=dim, positions=positions,
-                     ours_vps=ours, freia_vps=freia, ratio=ours / freia,
-                     step_gflop=flops / 1e9, gflops=gflops, peak_gflops=peak_gflops,
-                     percent_of_peak=100 * gflops / peak_gflops, step_ms=1e3 * step_s,
-                     floor_ms=1e3 * limits['floor_s'],
+                     ours_vps=ours, dense_vps=dense, freia_vps=freia, ratio=ours / freia,
+                     step_gflop=flops / 1e9, ref_gflop=dense_flops / 1e9, gflops=gflops,
+                     ref_gflops=ref_gflops, dense_gflops=dense_gflops, peak_gflops=peak_gflops,
+                     percent_of_peak=100 * gflops / peak_gflops,
+                     ref_percent_of_peak=100 * ref_gflops / peak_gflops,
+                     dense_percent_of_peak=100 * dense_gflops / peak_gflops,
+                     step_ms=1e3 * step_s, floor_ms=1e3 * limits['floor_s'],
                      percent_of_floor=100 * limits['floor_s'] / step_s, **limits))
   table.report(rows, [('backbone', 'backbone', '19s'), ('level', 'level', '5d'),
                       ('dim', 'dim', '4d'), ('positions', 'positions', '9d'),
-                      ('ours_vps', 'ours vec/s', '10.0f'), ('freia_vps', 'FrEIA vec/s', '11.0f'),
+                      ('ours_vps', 'ours vec/s', '10.0f'), ('dense_vps', 'dense vec/s', '11.0f'),
+                      ('freia_vps', 'FrEIA vec/s', '11.0f'),
                       ('ratio', 'ours/FrEIA', '10.2f'), ('step_gflop', 'GFLOP/step', '10.2f'),
-                      ('gflops', 'GFLOP/s', '7.1f'), ('peak_jnp_gflops', 'jnp peak', '8.1f'),
-                      ('peak_torch_gflops', 'torch peak', '10.1f'),
-                      ('percent_of_peak', '% of peak', '9.1f'), ('step_ms', 'step ms', '7.1f'),
+                      ('ref_gflop', 'ref GFLOP/step', '14.2f'),
+                      ('gflops', 'GFLOP/s', '7.1f'), ('peak_gflops', 'peak', '6.1f'),
+                      ('percent_of_peak', '% of peak', '9.1f'),
+                      ('ref_percent_of_peak', 'ref % of peak', '13.1f'),
+                      ('dense_percent_of_peak', 'dense % of peak', '15.1f'),
+                      ('step_ms', 'step ms', '7.1f'),
                       ('floor_ms', 'matmul floor ms', '15.1f'),
                       ('percent_of_floor', '% of floor', '10.1f')],
                f'{args.vectors} vectors per step, 8 coupling blocks, condition {COND}, '

@@ -9,7 +9,7 @@ Variables of a flow live in two collections:
 
 import functools
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import jax
 import numpy as np
@@ -18,6 +18,9 @@ import flax.linen as nn
 from jax.custom_derivatives import SymbolicZero
 
 CONSTANTS = 'constants'
+# A condition: one [N, D] or [P, D] array, or a sequence of tables (and the
+# matching ``cond_index``: one [N] int32 array, or one per table).
+Condition = Union[jnp.ndarray, Sequence[jnp.ndarray]]
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 # FrEIA's SOFTPLUS global affine: gamma such that 0.1 * softplus_beta(gamma) = 1.
 _GLOBAL_SCALE_INIT = 2.0 * math.log(math.exp(5.0) - 1.0)
@@ -113,37 +116,63 @@ def _gathered_tangent_rows(table, index, d_kernel, precision=None):
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _gathered_projection(table: jnp.ndarray, kernel: jnp.ndarray,
-                         index: jnp.ndarray, precision=None) -> jnp.ndarray:
-  """(table @ kernel)[index]: [P, D], [D, H], [N] int -> [N, H].
+def _gathered_projection(tables: Tuple[jnp.ndarray, ...], kernels: Tuple[jnp.ndarray, ...],
+                         indices: Tuple[jnp.ndarray, ...], precision=None) -> jnp.ndarray:
+  """sum_k (tables[k] @ kernels[k])[indices[k]]: [P_k, D_k], [D_k, H], [N] int -> [N, H].
 
-  The product is taken over the P table rows, not over the N gathered rows
-  (P < N at the coarse levels).
+  The products are taken over the P_k table rows, not over the N gathered
+  rows. Several tables are first summed into one table of every combination
+  of their rows (P_0 * P_1 * ... rows: the h * w positions for the column
+  and row codes), so that the N rows are gathered once.
   """
-  return jnp.dot(table, kernel, precision=precision)[index]
+  table, index = None, None
+  for rows, kernel, rows_index in zip(tables, kernels, indices):
+    projected = jnp.dot(rows, kernel, precision=precision)
+    if table is None:
+      table, index = projected, rows_index
+    else:
+      table = (table[:, None, :] + projected[None, :, :]).reshape(-1, table.shape[-1])
+      index = index * rows.shape[0] + rows_index
+  return table[index]
 
 
 @functools.partial(_gathered_projection.defjvp, symbolic_zeros=True)
 def _gathered_projection_jvp(precision, primals, tangents):
-  table, kernel, index = primals
-  d_table, d_kernel, _ = tangents
-  out = _gathered_projection(table, kernel, index, precision)
+  # Per-table tangents: their transposes sum the gradient into each small
+  # table, never into the combined one.
+  tables, kernels, indices = primals
+  d_tables, d_kernels, _ = tangents
+  out = _gathered_projection(tables, kernels, indices, precision)
   terms = []
-  if _has_tangent(d_kernel):
-    terms.append(jax.lax.platform_dependent(
-        table, index, d_kernel,
-        cpu=functools.partial(_project_tangent_rows, precision=precision),
-        default=functools.partial(_gathered_tangent_rows, precision=precision)))
-  if _has_tangent(d_table):
-    terms.append(jnp.dot(d_table, kernel, precision=precision)[index])
+  for table, kernel, index, d_table, d_kernel in zip(tables, kernels, indices,
+                                                     d_tables, d_kernels):
+    if _has_tangent(d_kernel):
+      terms.append(jax.lax.platform_dependent(
+          table, index, d_kernel,
+          cpu=functools.partial(_project_tangent_rows, precision=precision),
+          default=functools.partial(_gathered_tangent_rows, precision=precision)))
+    if _has_tangent(d_table):
+      terms.append(jnp.dot(d_table, kernel, precision=precision)[index])
   return out, _sum_terms(terms, out)
+
+
+def condition_dim(cond) -> int:
+  """Channels D of a flow condition: an [N, D] array, or a sequence of tables
+  whose widths sum to D (see `NormalizingFlow`); 0 for None."""
+  if cond is None:
+    return 0
+  if isinstance(cond, (tuple, list)):
+    return sum(table.shape[-1] for table in cond)
+  return cond.shape[-1]
 
 
 class _ConditionedDense(nn.Module):
   """nn.Dense on [x1, c] (same parameters and init as the reference's first layer).
 
-  With ``cond_index``, ``cond`` is a [P, D] table and the layer computes
-  x1 @ K[:C1] + (cond @ K[C1:])[cond_index]: each table row is projected once.
+  With ``cond_index``, ``cond`` is a [P, D] table, or a sequence of [P_k, D_k]
+  tables with one index each (c = the concatenated rows), and the layer
+  computes x1 @ K[:C1] + sum_k (table_k @ K_k)[index_k], K_k the kernel rows of
+  table k: each table row is projected once.
   """
   features: int
   precision: Any = None
@@ -151,15 +180,21 @@ class _ConditionedDense(nn.Module):
   @nn.compact
   def __call__(self, x1, cond=None, cond_index=None):
     len1 = x1.shape[-1]
-    in_dim = len1 + (0 if cond is None else cond.shape[-1])
+    in_dim = len1 + condition_dim(cond)
     kernel = self.param('kernel', torch_linear_init, (in_dim, self.features))
     bias = self.param('bias', torch_bias_init(in_dim), (self.features,))
     if cond is None:
       return jnp.dot(x1, kernel, precision=self.precision) + bias
     if cond_index is None:   # one forward matmul, as the reference: splitting it was no faster
+      if isinstance(cond, (tuple, list)):
+        raise ValueError('a sequence of condition tables needs cond_index, one index per table')
       return _concat_dense(x1, cond, kernel, self.precision) + bias
+    tables, indices = ((tuple(cond), tuple(cond_index)) if isinstance(cond, (tuple, list))
+                       else ((cond,), (cond_index,)))
+    bounds = np.cumsum([len1] + [table.shape[-1] for table in tables])
+    kernels = tuple(kernel[start:stop] for start, stop in zip(bounds[:-1], bounds[1:]))
     return (jnp.dot(x1, kernel[:len1], precision=self.precision) + bias
-            + _gathered_projection(cond, kernel[len1:], cond_index, self.precision))
+            + _gathered_projection(tables, kernels, indices, self.precision))
 
 
 class _Subnet(nn.Module):
@@ -168,9 +203,9 @@ class _Subnet(nn.Module):
   precision: Any = None
 
   @nn.compact
-  def __call__(self, x1: jnp.ndarray, cond: Optional[jnp.ndarray] = None,
-               cond_index: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-    in_dim = x1.shape[-1] + (0 if cond is None else cond.shape[-1])
+  def __call__(self, x1: jnp.ndarray, cond: Optional[Condition] = None,
+               cond_index: Optional[Condition] = None) -> jnp.ndarray:
+    in_dim = x1.shape[-1] + condition_dim(cond)
     h = _ConditionedDense(2 * in_dim, self.precision, name='dense_in')(x1, cond, cond_index)
     h = nn.relu(h)
     return nn.Dense(self.out_dim, kernel_init=torch_linear_init,
@@ -193,16 +228,19 @@ class CouplingBlock(nn.Module):
   precision: Any = None
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, cond: Optional[jnp.ndarray] = None,
+  def __call__(self, x: jnp.ndarray, cond: Optional[Condition] = None,
                reverse: bool = False,
-               cond_index: Optional[jnp.ndarray] = None) -> Tuple[jnp.ndarray, jnp.ndarray]:
+               cond_index: Optional[Condition] = None) -> Tuple[jnp.ndarray, jnp.ndarray]:
     """Applies the block.
 
     Args:
       x: [N, C] float32 input (output side when ``reverse``).
-      cond: optional [N, D] float32 condition, or a [P, D] table with ``cond_index``.
+      cond: optional [N, D] float32 condition, or a [P, D] table with ``cond_index``,
+        or a sequence of [P_k, D_k] tables (sum of D_k = D) with one index each.
       reverse: run the inverse map.
-      cond_index: optional [N] int32: vector n is conditioned on ``cond[cond_index[n]]``.
+      cond_index: optional [N] int32: vector n is conditioned on ``cond[cond_index[n]]``;
+        with a sequence of tables, a sequence of [N] int32 (the condition of vector
+        n is the concatenation of ``cond[k][cond_index[k][n]]``).
 
     Returns:
       (y, logdet): [N, C] output and [N] log|det J| of the map applied
@@ -256,17 +294,20 @@ class NormalizingFlow(nn.Module):
     self.blocks = [CouplingBlock(self.clamp_alpha, self.precision)
                    for _ in range(self.coupling_layers)]
 
-  def __call__(self, x: jnp.ndarray, cond: Optional[jnp.ndarray] = None,
+  def __call__(self, x: jnp.ndarray, cond: Optional[Condition] = None,
                reverse: bool = False,
-               cond_index: Optional[jnp.ndarray] = None) -> Tuple[jnp.ndarray, jnp.ndarray]:
+               cond_index: Optional[Condition] = None) -> Tuple[jnp.ndarray, jnp.ndarray]:
     """Maps features to latents (or back when ``reverse``).
 
     Args:
       x: [N, C] float32 feature vectors (latents when ``reverse``).
       cond: optional [N, D] float32 positional condition, or a [P, D] table of
-        conditions indexed by ``cond_index`` (same result; cheaper when P < N).
+        conditions indexed by ``cond_index`` (same result; cheaper when P < N),
+        or a sequence of tables whose indexed rows concatenate to the condition
+        (the positional condition is a column table and a row table: see
+        `pos_embed.positional_codes_2d`).
       reverse: run the inverse flow.
-      cond_index: optional [N] int32 rows of ``cond``.
+      cond_index: optional [N] int32 rows of ``cond``, or one per table.
 
     Returns:
       (z, logdet): [N, C] and [N] float32.

@@ -34,12 +34,14 @@ def test_flow_step_benchmark_smoke(tmp_path):
   assert row['dim'] == 6 and row['positions'] == 16 and row['ours_vps'] > 0
   assert row['freia_vps'] > 0 and row['peak_gflops'] == max(row['peak_jnp_gflops'],
                                                              row['peak_torch_gflops'])
-  assert row['step_gflop'] > 0 and 'ours/FrEIA' in stdout
+  assert row['step_gflop'] > 0 and 'ours/FrEIA' in stdout and row['dense_vps'] > 0
+  assert row['ref_gflop'] > row['step_gflop']   # the factored condition does less work
+  assert abs(row['ref_gflops'] / row['gflops'] - row['ref_gflop'] / row['step_gflop']) < 1e-9
   assert row['floor_ms'] > 0 and '% of floor' in stdout
   assert abs(row['percent_of_floor'] - 100 * row['floor_ms'] / row['step_ms']) < 1e-9
 
 
-def _step_matmuls(dim, vectors, positions):
+def _step_matmuls(dim, vectors, side, factored):
   import jax
   import jax.numpy as jnp
   from benchmarks import flow_step
@@ -48,27 +50,30 @@ def _step_matmuls(dim, vectors, positions):
   config = common.get_config()
   state = train.create_state(config, (dim,), jax.random.key(0))
   key = train.level_key(0)
-  rows = jnp.arange(vectors, dtype=jnp.int32) % positions
-  table = jnp.ones((positions, config.flow.pos_embed_dim))
+  positions = jnp.arange(vectors, dtype=jnp.int32) % (side * side)
+  tables = train.condition_tables(config.flow.pos_embed_dim, side, side)
   step = jax.jit(train.make_train_step(config, normal_only=False))
   compiled = step.lower(state.params[key], state.opt_state[key], state.constants[key],
                         jnp.ones((vectors, dim)), jnp.zeros((vectors,)),
-                        train.flow_condition(table, rows), jnp.float32(1e-4)).compile()
+                        train.flow_condition(tables, positions, factored),
+                        jnp.float32(1e-4)).compile()
   return flow_step.step_matmuls(compiled.as_text())
 
 
 def test_flow_step_reads_the_matmuls_of_the_compiled_step():
   # dim 8: x1 4 channels, condition 128, hidden 2 * (4 + 128) = 264, output 8.
-  table = _step_matmuls(8, vectors=64, positions=16)
-  assert table[((16, 128), (128, 264), 1, 0)] == 8     # each table row projected once
-  assert table[((16, 128), (16, 264), 0, 0)] == 8      # kernel gradient over summed rows
-  assert not any(lhs == (64, 128) for lhs, *_ in table)   # no gathered-row matmul on CPU
-  gathered = _step_matmuls(8, vectors=64, positions=64)
-  assert gathered[((64, 132), (132, 264), 1, 0)] == 8
-  assert gathered[((64, 132), (64, 264), 0, 0)] == 8   # one kernel gradient for [x1, c]
+  # Factored on a 4 x 4 level: a column table and a row table, [4, 64] each.
+  table = _step_matmuls(8, vectors=64, side=4, factored=True)
+  assert table[((4, 64), (64, 264), 1, 0)] == 16     # both tables projected once per block
+  assert table[((4, 64), (4, 264), 0, 0)] == 16      # kernel gradients over summed rows
+  assert table[((64, 4), (4, 264), 1, 0)] == 8       # x1's share of the first layer
+  assert not any(128 in lhs or 132 in lhs for lhs, *_ in table)   # no [N, D] condition
+  dense = _step_matmuls(8, vectors=64, side=4, factored=False)
+  assert dense[((64, 132), (132, 264), 1, 0)] == 8
+  assert dense[((64, 132), (64, 264), 0, 0)] == 8   # one kernel gradient for [x1, c]
   # Input gradient for x1 only (block 0's input needs none); none for the condition.
-  assert gathered[((64, 264), (4, 264), 1, 1)] == 7
-  assert not any(rhs[0] == 132 and lc == 1 and rc == 1 for _, rhs, lc, rc in gathered)
+  assert dense[((64, 264), (4, 264), 1, 1)] == 7
+  assert not any(rhs[0] == 132 and lc == 1 and rc == 1 for _, rhs, lc, rc in dense)
 
 
 def test_matmul_floor_and_peaks_from_per_shape_times():
@@ -102,3 +107,47 @@ def test_end_to_end_benchmark_smoke(tmp_path):
   assert row['setup'] == 'demo' and row['size'] == 32 and row['meta_epochs'] == 1
   assert row['features_s'] > 0 and row['meta_epoch_s'] > 0 and row['eval_s'] > 0
   assert row['total_s'] > row['meta_epoch_s'] and 's/meta-epoch' in stdout
+
+
+def test_precision_benchmark_smoke(tmp_path):
+  out = tmp_path / 'precision.json'
+  stdout = _run('precision.py', '--dims', '6', '--side', '4', '--vectors', '64',
+                '--train_steps', '2', '--json', str(out))
+  (row,) = json.loads(out.read_text())
+  assert row['dim'] == 6 and 'bf16 max' in stdout
+  # Fewer mantissa bits, larger differences; neither is zero.
+  assert 0 < row['tf32_max'] < row['bf16_max'] < 1.0
+
+
+def test_mantissa_rounding_equals_bfloat16_cast():
+  import jax.numpy as jnp
+  import numpy as np
+  from benchmarks.precision import round_mantissa
+  x = np.random.default_rng(0).standard_normal(10000).astype(np.float32) * 100
+  x[:4] = [1 + 2 ** -8, 1 + 3 * 2 ** -8, 0.0, -1 - 2 ** -8]   # ties to even, zero, sign
+  expected = np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32))
+  np.testing.assert_array_equal(np.asarray(round_mantissa(jnp.asarray(x), 7)), expected)
+  np.testing.assert_array_equal(np.asarray(round_mantissa(jnp.asarray(x), 23)), x)
+
+
+def test_rounding_interpreter_is_exact_with_all_bits():
+  # With all 23 mantissa bits kept, evaluating the flow's jaxpr (custom JVP
+  # calls and jitted helpers inside) must give the compiled flow's lp.
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from benchmarks.precision import eval_rounding_matmuls
+  from bgad_jax import flow as flow_lib
+  flow = flow_lib.NormalizingFlow(coupling_layers=2)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((32, 5)), jnp.float32)
+  cond = jnp.asarray(rng.standard_normal((32, 8)), jnp.float32)
+  variables = flow.init(jax.random.key(0), x, cond)
+  lp = lambda v, x, c: flow_lib.per_dim_log_likelihood(*flow.apply(v, x, c))
+  closed = jax.make_jaxpr(lp)(variables, x, cond)
+  flat = jax.tree.leaves((variables, x, cond))
+  exact = np.asarray(jax.jit(lp)(variables, x, cond))
+  np.testing.assert_allclose(np.asarray(eval_rounding_matmuls(closed, flat, 23)[0]), exact,
+                             rtol=1e-6, atol=1e-6)
+  assert not np.allclose(np.asarray(eval_rounding_matmuls(closed, flat, 7)[0]), exact,
+                         rtol=1e-6, atol=1e-6)

@@ -105,27 +105,50 @@ def test_inverse_round_trip(channels):
   np.testing.assert_allclose(logdet_back, -logdet, atol=TOL, rtol=TOL)
 
 
-def test_indexed_condition_table_equals_gathered_rows():
-  # The table path projects each of the P rows once; values and all gradients
-  # (parameters and table) must equal those of the [N, D] gathered rows.
-  flow = flow_lib.NormalizingFlow(coupling_layers=3)
-  x, table = _inputs(9, n=40, cond_dim=6)
-  table = jnp.asarray(table[:7])
-  index = jnp.asarray(np.random.default_rng(3).integers(0, 7, size=40), jnp.int32)
-  variables = flow.init(jax.random.key(0), x, table[index])
+def _gathered(tables, indices):
+  return jnp.concatenate([t[i] for t, i in zip(tables, indices)], axis=-1)
 
-  def total(params, table, indexed):
-    kwargs = dict(cond=table, cond_index=index) if indexed else dict(cond=table[index])
+
+# One [7, 6] table, or a [7, 4] and a [3, 2] table (the factored positional
+# condition's layout: each vector's condition is its rows of both, concatenated).
+@pytest.mark.parametrize('widths,rows', [((6,), (7,)), ((4, 2), (7, 3))])
+def test_indexed_condition_tables_equal_gathered_rows(widths, rows):
+  # The table path projects each table row once; values and all gradients
+  # (parameters and tables) must equal those of the [N, D] gathered rows.
+  flow = flow_lib.NormalizingFlow(coupling_layers=3)
+  x, cond = _inputs(9, n=40, cond_dim=sum(widths))
+  rng = np.random.default_rng(3)
+  tables, start = [], 0
+  for width, count in zip(widths, rows):
+    tables.append(jnp.asarray(cond[:count, start:start + width]))
+    start += width
+  indices = tuple(jnp.asarray(rng.integers(0, count, size=40), jnp.int32) for count in rows)
+  variables = flow.init(jax.random.key(0), x, _gathered(tables, indices))
+
+  def total(params, tables, indexed):
+    if indexed:
+      kwargs = (dict(cond=tables[0], cond_index=indices[0]) if len(tables) == 1
+                else dict(cond=tuple(tables), cond_index=indices))
+    else:
+      kwargs = dict(cond=_gathered(tables, indices))
     z, logdet = flow.apply({**variables, 'params': params}, x, **kwargs)
     return jnp.sum(flow_lib.per_dim_log_likelihood(z, logdet) ** 2)
 
   grad = jax.value_and_grad(total, argnums=(0, 1))
-  (value, (g_params, g_table)) = grad(variables['params'], table, True)
-  (expected, (e_params, e_table)) = grad(variables['params'], table, False)
+  (value, (g_params, g_tables)) = grad(variables['params'], tables, True)
+  (expected, (e_params, e_tables)) = grad(variables['params'], tables, False)
   np.testing.assert_allclose(value, expected, rtol=1e-6)
-  for a, b in zip([g_table, *jax.tree.leaves(g_params)], [e_table, *jax.tree.leaves(e_params)]):
+  for a, b in zip([*g_tables, *jax.tree.leaves(g_params)],
+                  [*e_tables, *jax.tree.leaves(e_params)]):
     np.testing.assert_allclose(a, b, atol=1e-5 * float(np.abs(b).max()))   # fp32 sums
-  assert float(jnp.abs(g_table).max()) > 0
+  assert all(float(jnp.abs(g).max()) > 0 for g in g_tables)
+
+
+def test_condition_tables_need_an_index_each():
+  flow = flow_lib.NormalizingFlow(coupling_layers=1)
+  x, cond = _inputs(4, n=6, cond_dim=4)
+  with pytest.raises(ValueError, match='one index per table'):
+    flow.init(jax.random.key(0), x, (cond[:, :2], cond[:, 2:]))
 
 
 def test_first_layer_derivatives_equal_autodiff_of_one_matmul():

@@ -17,6 +17,7 @@ from bgad_jax import flow as flow_lib
 from bgad_jax import losses
 from bgad_jax import train
 from bgad_jax.engine import make_mesh
+from bgad_jax.pos_embed import positional_encoding_2d
 from configs import test as test_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,10 +57,13 @@ def _setup():
   return config, mesh, data, state
 
 
-# 16 vectors = the 16 positions: gathered condition rows; 32 vectors: indexed table.
+# Chunks of 16 and 32 vectors over the 16 positions; the factored condition
+# (column and row tables) and the reference's [N, D] condition rows.
 @pytest.mark.parametrize('first', [48, 32])
-def test_chunk_step_equals_one_manual_adam_step(first):
+@pytest.mark.parametrize('factored', [True, False])
+def test_chunk_step_equals_one_manual_adam_step(first, factored):
   config, mesh, data, state = _setup()
+  config.flow.factored_condition = factored
   chunk = np.arange(first, 64, dtype=np.int32)[None]   # last image: has abnormal vectors
   trainer = train.make_chunk_trainer(config, mesh)
   key = train.level_key(0)
@@ -70,7 +74,7 @@ def test_chunk_step_equals_one_manual_adam_step(first):
 
   flow = train.make_flow(config)
   x, m = data.features[chunk[0]], data.masks[chunk[0]]
-  c = data.cond[chunk[0] % data.positions]
+  c = positional_encoding_2d(config.flow.pos_embed_dim, 4, 4).reshape(16, -1)[chunk[0] % 16]
 
   def loss_fn(p):
     z, logdet = flow.apply({'params': p, flow_lib.CONSTANTS: state.constants[key]}, x, c)
@@ -83,6 +87,41 @@ def test_chunk_step_equals_one_manual_adam_step(first):
   np.testing.assert_allclose(float(chunk_losses[0]), float(loss), rtol=1e-6)
   for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('factored', [True, False])
+def test_flow_condition_gives_each_vector_its_positional_code(factored):
+  # A 3 x 5 level: position p = r * 5 + c must get concat(col_code[c], row_code[r]).
+  encoding = np.asarray(positional_encoding_2d(16, 3, 5)).reshape(15, 16)
+  tables = train.condition_tables(16, 3, 5)
+  assert tables[0].shape == (5, 8) and tables[1].shape == (3, 8)
+  positions = jnp.asarray([14, 0, 7, 5, 4, 7], jnp.int32)
+  condition = train.flow_condition(tables, positions, factored)
+  if factored:
+    rows = np.concatenate([np.asarray(t)[np.asarray(i)]
+                           for t, i in zip(condition['cond'], condition['cond_index'])], -1)
+  else:
+    assert condition['cond_index'] is None
+    rows = np.asarray(condition['cond'])
+  np.testing.assert_array_equal(rows, encoding[np.asarray(positions)])
+
+
+@pytest.mark.parametrize('precision,expected', [('highest', 'HIGHEST'), ('default', 'DEFAULT')])
+def test_flow_matmul_precision_reaches_every_matmul(precision, expected):
+  # On GPUs and TPUs the default float32 matmul is TF32 / one bfloat16 pass;
+  # 'highest' must reach every forward and backward matmul of a training step.
+  config, _, data, state = _setup()
+  config.flow.matmul_precision = precision
+  key = train.level_key(0)
+  step = jax.jit(train.make_train_step(config, normal_only=False))
+  ids = jnp.arange(16)
+  text = step.lower(state.params[key], state.opt_state[key], state.constants[key],
+                    data.features[ids], data.masks[ids], train.flow_condition(data.cond, ids),
+                    jnp.float32(1e-3)).as_text()
+  dots = [line for line in text.splitlines() if 'stablehlo.dot_general' in line]
+  assert len(dots) > 2 * config.flow.coupling_layers
+  for line in dots:
+    assert f'precision = [{expected}, {expected}]' in line, line
 
 
 def test_first_epoch_skips_chunks_with_anomalies():
