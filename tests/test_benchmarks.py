@@ -101,12 +101,14 @@ def test_aupro_benchmark_smoke(tmp_path):
 
 def test_end_to_end_benchmark_smoke(tmp_path):
   out = tmp_path / 'e2e.json'
-  stdout = _run('end_to_end.py', '--setups', 'demo', '--meta_epochs', '1', '--tiny',
+  stdout = _run('end_to_end.py', '--setups', 'demo,demo:dense', '--meta_epochs', '1', '--tiny',
                 '--json', str(out))
-  (row,) = json.loads(out.read_text())
-  assert row['setup'] == 'demo' and row['size'] == 32 and row['meta_epochs'] == 1
-  assert row['features_s'] > 0 and row['meta_epoch_s'] > 0 and row['eval_s'] > 0
-  assert row['total_s'] > row['meta_epoch_s'] and 's/meta-epoch' in stdout
+  rows = json.loads(out.read_text())
+  assert [row['setup'] for row in rows] == ['demo', 'demo:dense'] and 's/meta-epoch' in stdout
+  for row in rows:
+    assert row['size'] == 32 and row['meta_epochs'] == 1
+    assert row['features_s'] > 0 and row['meta_epoch_s'] > 0 and row['eval_s'] > 0
+    assert row['total_s'] > row['meta_epoch_s']
 
 
 def test_precision_benchmark_smoke(tmp_path):
