@@ -47,10 +47,6 @@ from configs import common  # noqa: E402
 from benchmarks import table  # noqa: E402
 
 COND = 128
-# (backbone, level, channels, side of the square feature map at 256x256 input)
-LEVELS = [('efficientnet_lite0', 0, 24, 64), ('efficientnet_lite0', 1, 40, 32),
-          ('efficientnet_lite0', 2, 112, 16), ('tf_efficientnet_b6', 0, 40, 64),
-          ('tf_efficientnet_b6', 1, 72, 32), ('tf_efficientnet_b6', 2, 200, 16)]
 
 
 _ARRAY = re.compile(r'%(\S+) = f32\[([0-9,]*)\]\{[0-9,]*\} [a-z]')
@@ -209,17 +205,13 @@ def freia_runner(dim, positions, vectors, steps):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--dims', default=None, help='channel counts instead of the real levels')
-  parser.add_argument('--side', type=int, default=16, help='feature map side with --dims')
-  parser.add_argument('--vectors', type=int, default=4096)
+  table.add_flow_level_flags(parser)
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--json', default=None)
   args = parser.parse_args(argv)
-  levels = LEVELS if args.dims is None else [
-      ('-', 0, int(d), args.side) for d in args.dims.split(',')]
   rows = []
-  for backbone, level, dim, side in levels:
+  for backbone, level, dim, side in table.flow_levels(args):
     positions = side * side
     run_ours, flops, hlo = ours_runner(dim, positions, args.vectors, args.steps)
     run_dense, dense_flops, dense_hlo = ours_runner(dim, positions, args.vectors, args.steps,

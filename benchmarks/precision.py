@@ -31,10 +31,6 @@ from bgad_jax.engine import make_mesh  # noqa: E402
 from configs import common  # noqa: E402
 from benchmarks import table  # noqa: E402
 
-# (backbone, level, channels, side of the square feature map at 256x256 input)
-LEVELS = [('efficientnet_lite0', 0, 24, 64), ('efficientnet_lite0', 1, 40, 32),
-          ('efficientnet_lite0', 2, 112, 16), ('tf_efficientnet_b6', 0, 40, 64),
-          ('tf_efficientnet_b6', 1, 72, 32), ('tf_efficientnet_b6', 2, 200, 16)]
 MODES = (('tf32', 10), ('bf16', 7))   # name, explicit mantissa bits kept
 
 
@@ -94,7 +90,8 @@ def trained_flow(dim, side, vectors, steps, seed=0):
   data = train.LevelData(
       features=jnp.asarray(_features(rng, images * positions, dim)),
       masks=jnp.zeros(images * positions, jnp.float32),
-      cond=jax.tree.map(jnp.asarray, train.condition_tables(128, side, side)),
+      cond=jax.tree.map(jnp.asarray,
+                        train.condition_tables(config.flow.pos_embed_dim, side, side)),
       positions=positions)
   state = train.create_state(config, (dim,), jax.random.key(seed))
   key = train.level_key(0)
@@ -115,7 +112,7 @@ def lp_differences(dim, side, vectors, train_steps):
   rng = np.random.default_rng(1)
   x = jnp.asarray(_features(rng, vectors, dim))
   positions = jnp.asarray(rng.integers(0, side * side, vectors), jnp.int32)
-  tables = train.condition_tables(128, side, side)
+  tables = train.condition_tables(config.flow.pos_embed_dim, side, side)
   condition = train.flow_condition(tables, positions, factored=False)
 
   def lp(p, x, cond):
@@ -138,16 +135,12 @@ def lp_differences(dim, side, vectors, train_steps):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--dims', default=None, help='channel counts instead of the real levels')
-  parser.add_argument('--side', type=int, default=16, help='feature map side with --dims')
-  parser.add_argument('--vectors', type=int, default=4096)
+  table.add_flow_level_flags(parser)
   parser.add_argument('--train_steps', type=int, default=100)
   parser.add_argument('--json', default=None)
   args = parser.parse_args(argv)
-  levels = LEVELS if args.dims is None else [
-      ('-', 0, int(d), args.side) for d in args.dims.split(',')]
   rows = []
-  for backbone, level, dim, side in levels:
+  for backbone, level, dim, side in table.flow_levels(args):
     row = lp_differences(dim, side, args.vectors, args.train_steps)
     rows.append(dict(backbone=backbone, level=level, **row))
   columns = [('backbone', 'backbone', '19s'), ('level', 'level', '5d'), ('dim', 'dim', '4d'),

@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: best-of timing, and a device line, a table, optional JSON rows."""
+"""Shared by the benchmarks: best-of timing, the flow levels, and a device line, a table,
+optional JSON rows."""
 
 import json
 import os
@@ -8,6 +9,25 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import jax
 
 Column = Tuple[str, str, str]   # (row key, header, format spec such as '11.0f')
+# The flow levels of Lite0 and B6 at 256x256 input:
+# (backbone, level, channels, side of the square feature map).
+FLOW_LEVELS = [('efficientnet_lite0', 0, 24, 64), ('efficientnet_lite0', 1, 40, 32),
+               ('efficientnet_lite0', 2, 112, 16), ('tf_efficientnet_b6', 0, 40, 64),
+               ('tf_efficientnet_b6', 1, 72, 32), ('tf_efficientnet_b6', 2, 200, 16)]
+
+
+def add_flow_level_flags(parser) -> None:
+  """``--dims``/``--side`` (channel counts instead of the real levels) and ``--vectors``."""
+  parser.add_argument('--dims', default=None, help='channel counts instead of the real levels')
+  parser.add_argument('--side', type=int, default=16, help='feature map side with --dims')
+  parser.add_argument('--vectors', type=int, default=4096)
+
+
+def flow_levels(args) -> List[Tuple[str, int, int, int]]:
+  """`FLOW_LEVELS`, or one row per ``--dims`` entry on a ``--side`` square map."""
+  if args.dims is None:
+    return FLOW_LEVELS
+  return [('-', 0, int(dim), args.side) for dim in args.dims.split(',')]
 
 
 def best_of(fn: Callable[[], Any], repeats: int, warmup: bool = False) -> Tuple[float, Any]:

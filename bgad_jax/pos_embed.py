@@ -40,14 +40,8 @@ def positional_encoding_2d(dim: int, height: int, width: int,
                            dtype=jnp.float32) -> jnp.ndarray:
   """Sinusoidal position map with BGAD's channel layout.
 
-  Channels [0, dim/2) encode the column index and [dim/2, dim) the row index
-  (`positional_codes_2d`).
-
-  Args:
-    dim: number of channels D; must be a multiple of 4.
-    height: rows h of the feature map.
-    width: columns w of the feature map.
-    dtype: output dtype.
+  Channels [0, dim/2) encode the column index and [dim/2, dim) the row index;
+  arguments as `positional_codes_2d`.
 
   Returns:
     [height, width, dim] array (NHWC without the batch axis).
