@@ -21,7 +21,7 @@ from scipy import ndimage
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bgad_jax import metrics  # noqa: E402
+from bgad_jax.evaluation import metrics  # noqa: E402
 from benchmarks import table  # noqa: E402
 from tests.support.reference_metrics import loop_aupro  # noqa: E402
 

@@ -17,8 +17,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bgad_jax import backbone as backbone_lib  # noqa: E402
-from bgad_jax import weight_conversion  # noqa: E402
+from bgad_jax.models import backbone as backbone_lib  # noqa: E402
+from bgad_jax.models import weight_conversion  # noqa: E402
 from benchmarks import table  # noqa: E402
 
 

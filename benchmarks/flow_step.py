@@ -41,8 +41,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bgad_jax import train  # noqa: E402
-from bgad_jax.engine import make_mesh  # noqa: E402
+from bgad_jax.models.pos_embed import condition_tables, flow_condition  # noqa: E402
+from bgad_jax.training import step as step_lib  # noqa: E402
+from bgad_jax.training.state import FlowTrainState  # noqa: E402
+from bgad_jax.training.training_set import LevelData  # noqa: E402
 from configs import common  # noqa: E402
 from benchmarks import table  # noqa: E402
 
@@ -141,7 +143,7 @@ def _inputs(dim, positions, vectors, steps):
   masks[rng.choice(images * positions, images * positions // 50, replace=False)] = 1.0
   chunks = rng.permutation(images * positions)[:total].astype(np.int32).reshape(steps, vectors)
   side = math.isqrt(positions)
-  return feats, masks, chunks, train.condition_tables(COND, side, side)
+  return feats, masks, chunks, condition_tables(COND, side, side)
 
 
 def ours_runner(dim, positions, vectors, steps, factored=True):
@@ -153,26 +155,24 @@ def ours_runner(dim, positions, vectors, steps, factored=True):
   config.train.num_vectors = vectors
   config.flow.factored_condition = factored
   feats, masks, chunks, cond = _inputs(dim, positions, vectors, steps)
-  state = train.create_state(config, (dim,), jax.random.key(0))
-  data = train.LevelData(features=jnp.asarray(feats), masks=jnp.asarray(masks),
-                         cond=jax.tree.map(jnp.asarray, cond), positions=positions)
-  trainer = train.make_chunk_trainer(config, make_mesh())
-  key = train.level_key(0)
-  carry = [state.params[key], state.opt_state[key]]
-  lrs = np.full(steps, 2e-4, np.float32)
+  state = FlowTrainState.create(config, (dim,), jax.random.key(0)).level(0)
+  data = LevelData(features=jnp.asarray(feats), masks=jnp.asarray(masks),
+                   cond=jax.tree.map(jnp.asarray, cond), positions=positions)
+  loss = step_lib.LossSettings.from_config(config.loss)
+  carry = [jax.tree.map(jnp.array, state)]
+  lrs = jnp.full(steps, 2e-4, jnp.float32)
+  chunks = jnp.asarray(chunks)
 
   def run():
-    params, opt, losses, _ = trainer(*carry, state.constants[key], data, chunks, lrs, False)
-    jax.block_until_ready(losses)
-    carry[:] = [params, opt]   # the trainer donates its inputs
+    new_state, metrics = step_lib.train_chunks(carry[0], data, chunks, lrs, loss, False)
+    jax.block_until_ready(metrics['loss'])
+    carry[0] = new_state   # train_chunks donates its input state
 
-  ids = jnp.asarray(chunks[0])
-  step = jax.jit(train.make_train_step(config, normal_only=False))
-  compiled = step.lower(state.params[key], state.opt_state[key], state.constants[key],
-                        data.features[ids], data.masks[ids],
-                        train.flow_condition(data.cond, ids % positions,
-                                             config.flow.factored_condition),
-                        jnp.float32(2e-4)).compile()
+  ids = chunks[0]
+  step = jax.jit(step_lib.train_step, static_argnames=('loss', 'normal_only'))
+  compiled = step.lower(state, data.features[ids], data.masks[ids],
+                        flow_condition(data.cond, ids % positions, factored),
+                        jnp.float32(2e-4), loss, False).compile()
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
   return run, float(analysis['flops']), compiled.as_text()
@@ -187,8 +187,8 @@ def freia_runner(dim, positions, vectors, steps):
   model = freia_reference.build_freia_flow(dim, cond_dim=COND)
   optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-4)
   x = [torch.from_numpy(feats[c]) for c in chunks]
-  cond = np.array(train.flow_condition(cond, chunks.reshape(-1) % positions,
-                                       factored=False)['cond']).reshape(*chunks.shape, COND)
+  cond = np.array(flow_condition(cond, chunks.reshape(-1) % positions,
+                                 factored=False)['cond']).reshape(*chunks.shape, COND)
   c = [torch.from_numpy(rows) for rows in cond]
   m = [torch.from_numpy(masks[ch]) for ch in chunks]
 

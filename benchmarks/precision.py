@@ -25,9 +25,11 @@ from jax.extend import core as jax_core
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bgad_jax import flow as flow_lib  # noqa: E402
-from bgad_jax import train  # noqa: E402
-from bgad_jax.engine import make_mesh  # noqa: E402
+from bgad_jax.models import flow as flow_lib  # noqa: E402
+from bgad_jax.models.pos_embed import condition_tables, flow_condition  # noqa: E402
+from bgad_jax.training import step as step_lib  # noqa: E402
+from bgad_jax.training.state import FlowTrainState, make_flow  # noqa: E402
+from bgad_jax.training.training_set import LevelData  # noqa: E402
 from configs import common  # noqa: E402
 from benchmarks import table  # noqa: E402
 
@@ -87,33 +89,30 @@ def trained_flow(dim, side, vectors, steps, seed=0):
   positions = side * side
   rng = np.random.default_rng(seed)
   images = max(1, -(-steps * vectors // positions))
-  data = train.LevelData(
+  data = LevelData(
       features=jnp.asarray(_features(rng, images * positions, dim)),
       masks=jnp.zeros(images * positions, jnp.float32),
-      cond=jax.tree.map(jnp.asarray,
-                        train.condition_tables(config.flow.pos_embed_dim, side, side)),
+      cond=jax.tree.map(jnp.asarray, condition_tables(config.flow.pos_embed_dim, side, side)),
       positions=positions)
-  state = train.create_state(config, (dim,), jax.random.key(seed))
-  key = train.level_key(0)
-  params, constants = state.params[key], state.constants[key]
+  state = FlowTrainState.create(config, (dim,), jax.random.key(seed)).level(0)
   if steps:
     chunks = rng.permutation(images * positions)[:steps * vectors].astype(np.int32)
-    trainer = train.make_chunk_trainer(config, make_mesh())
-    params, _, _, _ = trainer(params, state.opt_state[key], constants, data,
-                              chunks.reshape(steps, vectors), np.full(steps, 2e-4, np.float32),
-                              True)
+    state, _ = step_lib.train_chunks(state, data, jnp.asarray(chunks.reshape(steps, vectors)),
+                                     jnp.full(steps, 2e-4, jnp.float32),
+                                     step_lib.LossSettings.from_config(config.loss), True)
+  params, constants = state.params, state.constants
   return config, params, constants
 
 
 def lp_differences(dim, side, vectors, train_steps):
   """Row of |lp(rounded matmuls) - lp(float32)| statistics per emulated mode."""
   config, params, constants = trained_flow(dim, side, vectors, train_steps)
-  flow = train.make_flow(config)
+  flow = make_flow(config.flow)
   rng = np.random.default_rng(1)
   x = jnp.asarray(_features(rng, vectors, dim))
   positions = jnp.asarray(rng.integers(0, side * side, vectors), jnp.int32)
-  tables = train.condition_tables(config.flow.pos_embed_dim, side, side)
-  condition = train.flow_condition(tables, positions, factored=False)
+  tables = condition_tables(config.flow.pos_embed_dim, side, side)
+  condition = flow_condition(tables, positions, factored=False)
 
   def lp(p, x, cond):
     z, logdet = flow.apply({'params': p, flow_lib.CONSTANTS: constants}, x, cond)

@@ -3,7 +3,8 @@
 import os
 
 from bgad_jax import engine
-from bgad_jax import report
+from bgad_jax import validation
+from bgad_jax.evaluation import report
 
 
 def _print_result(results, workdir):
@@ -19,6 +20,7 @@ def _print_result(results, workdir):
 
 def run(config, workdir: str, mode: str):
   """Runs ``mode`` ('train', 'eval' or 'predict') of ``config`` in ``workdir``."""
+  validation.validate(config)
   if config.data.category == 'all':
     from tfds_mvtec.layout import CATEGORIES
     rows = {}

@@ -1,4 +1,4 @@
-"""Published BGAD settings (spec sections 4-8); every other config starts here."""
+"""Published BGAD settings (docs/METHOD.md); every other config starts here."""
 
 import ml_collections
 
@@ -58,7 +58,7 @@ def get_config(arg=None):
   config.data.tfds_dir = '~/tensorflow_datasets'
   config.data.inp_size = 256
   config.data.num_anomalies = 10                # 0: unsupervised (maximum likelihood only)
-  config.data.anomaly_strategy = '0,1'
+  config.data.anomaly_strategy = ('real', 'cutpaste')   # aliases 0, 1 (and perlin: 2)
   config.data.anomaly_count_mode = 'total'      # 'total' (spread over types) or 'per_type'
   config.data.anomaly_repeats = 5               # strategy 0: each known anomaly repeated
   config.data.synthetic_repeats = 5             # strategies 1/2: synthetic images per anomaly
@@ -66,7 +66,7 @@ def get_config(arg=None):
   config.data.foreground = 'auto'               # 'auto', 'all' or 'folder'
   config.data.foreground_dir = ''               # masks named like the images, for 'folder'
   config.data.anomaly_source_path = ''          # strategy 2 textures (e.g. DTD); '' = built-in
-  config.data.known_defect_types = ''           # comma-separated; '' = all types
+  config.data.known_defect_types = ()           # e.g. crack,hole; () = all types
   config.data.not_in_test = True
 
   config.report = ml_collections.ConfigDict()

@@ -16,7 +16,7 @@ def get_config(arg=None):
   config.data.category = arg or 'tissue'
   config.data.inp_size = 128
   config.data.num_anomalies = 8                 # 2 per defect type
-  config.data.anomaly_strategy = '0'
+  config.data.anomaly_strategy = ('real',)
   config.data.demo = ml_collections.ConfigDict(dict(
       size=128, num_train=64, num_test_good=16, num_per_defect=8))
   config.train.meta_epochs = 6

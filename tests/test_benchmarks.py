@@ -45,18 +45,18 @@ def _step_matmuls(dim, vectors, side, factored):
   import jax
   import jax.numpy as jnp
   from benchmarks import flow_step
-  from bgad_jax import train
+  from bgad_jax.models.pos_embed import condition_tables, flow_condition
+  from bgad_jax.training import step as step_lib
+  from bgad_jax.training.state import FlowTrainState
   from configs import common
   config = common.get_config()
-  state = train.create_state(config, (dim,), jax.random.key(0))
-  key = train.level_key(0)
+  state = FlowTrainState.create(config, (dim,), jax.random.key(0)).level(0)
   positions = jnp.arange(vectors, dtype=jnp.int32) % (side * side)
-  tables = train.condition_tables(config.flow.pos_embed_dim, side, side)
-  step = jax.jit(train.make_train_step(config, normal_only=False))
-  compiled = step.lower(state.params[key], state.opt_state[key], state.constants[key],
-                        jnp.ones((vectors, dim)), jnp.zeros((vectors,)),
-                        train.flow_condition(tables, positions, factored),
-                        jnp.float32(1e-4)).compile()
+  tables = condition_tables(config.flow.pos_embed_dim, side, side)
+  step = jax.jit(step_lib.train_step, static_argnames=('loss', 'normal_only'))
+  compiled = step.lower(state, jnp.ones((vectors, dim)), jnp.zeros((vectors,)),
+                        flow_condition(tables, positions, factored), jnp.float32(1e-4),
+                        step_lib.LossSettings.from_config(config.loss), False).compile()
   return flow_step.step_matmuls(compiled.as_text())
 
 
@@ -139,7 +139,7 @@ def test_rounding_interpreter_is_exact_with_all_bits():
   import jax.numpy as jnp
   import numpy as np
   from benchmarks.precision import eval_rounding_matmuls
-  from bgad_jax import flow as flow_lib
+  from bgad_jax.models import flow as flow_lib
   flow = flow_lib.NormalizingFlow(coupling_layers=2)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((32, 5)), jnp.float32)

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support import tensorboard_events
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -47,7 +49,14 @@ def test_train_writes_every_output(trained):
   assert results['config']['data']['category'] == 'tissue'
   assert (workdir / 'results.md').read_text().startswith('# demo/tissue results')
   assert len(list((workdir / 'overlays').glob('*.png'))) == 4
-  assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  scalars = tensorboard_events.scalars(str(workdir / 'tensorboard'))
+  for tag in ('loss', 'lr', 'ml', 'loss_n', 'loss_a', 'b_n', 'b_a', 'abnormal_chunks',
+              'img_auroc'):
+    assert [step for step, _ in scalars[tag]][-1] == 2, tag   # the last meta-epoch's row
+  last = results['history'][-1]
+  assert last['b_a'] == pytest.approx(last['b_n'] - 0.1, abs=1e-5)   # margin_tau
+  assert 0.0 < last['abnormal_chunks'] <= 1.0 and results['history'][0]['loss_n'] is None
+  assert scalars['loss_a'][-1][1] == pytest.approx(last['loss_a'], rel=1e-6)
   assert 'Known anomalies used for training: test/' in stdout
   assert 'results.json' in stdout and 'overlays' in stdout
 
@@ -99,38 +108,9 @@ def test_killed_run_resumes_to_the_same_metrics(trained, tmp_path):
     assert resumed[key] == pytest.approx(uninterrupted[key], abs=1e-6)
 
 
-def _examples():
-  good = [dict(label=0, defect_type='good', filename=f'test/good/{i}.png') for i in range(3)]
-  bad = [dict(label=1, defect_type='crack', filename=f'test/crack/{i}.png') for i in range(3)]
-  return good + bad
-
-
-def test_unsupervised_mode_uses_no_anomalies():
-  from bgad_jax import engine
-  from configs import test as test_config
-  config = test_config.get_config()
-  config.data.num_anomalies = 0
-  known, test = engine.split_known(config, _examples())
-  assert known == [] and len(test) == 6
-
-
-def test_strategy_parsing():
-  from bgad_jax import engine
-  from configs import mvtec
-  config = mvtec.get_config('carpet')
-  assert engine.strategies(config) == ['0', '1']   # published
-  config.data.anomaly_strategy = '0,3'
-  with pytest.raises(ValueError, match='anomaly_strategy'):
-    engine.strategies(config)
-  config.data.anomaly_strategy = '1'
-  config.data.num_anomalies = 0
-  with pytest.raises(ValueError, match='CutPaste'):
-    engine.strategies(config)
-
-
 def test_all_strategies_train_end_to_end(trained, tmp_path):
   _, data_root, _ = trained
-  _main(tmp_path / 'synth', data_root, '--config.data.anomaly_strategy=0,1,2',
+  _main(tmp_path / 'synth', data_root, '--config.data.anomaly_strategy=real,cutpaste,perlin',
         '--config.train.meta_epochs=2', '--config.data.synthetic_repeats=1')
   results = json.loads((tmp_path / 'synth' / 'results.json').read_text())
   for key in ('img_auroc', 'pix_auroc', 'aupro'):

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import tfds_mvtec
-from bgad_jax import input_pipeline
+from bgad_jax.data import pipeline
 from tfds_mvtec import layout
 
 DUMMY = os.path.join(os.path.dirname(tfds_mvtec.__file__), 'dummy_data')
@@ -26,8 +26,8 @@ def _file_mask(category, filename):
 @pytest.mark.parametrize('category', ['bottle', 'grid'])
 def test_build_and_read_every_example(tmp_path, category):
   tfds_mvtec.build(category, str(tmp_path), DUMMY)
-  train = input_pipeline.load_examples(str(tmp_path), category, 'train')
-  test = input_pipeline.load_examples(str(tmp_path), category, 'test')
+  train = pipeline.load_examples(str(tmp_path), category, 'train')
+  test = pipeline.load_examples(str(tmp_path), category, 'test')
   expected = layout.scan_category(os.path.join(DUMMY, category), category, True)
   assert [e['filename'] for e in train] == [r.filename for r in expected['train']]
   assert [e['filename'] for e in test] == [r.filename for r in expected['test']]
@@ -47,9 +47,9 @@ def test_build_and_read_every_example(tmp_path, category):
 
 
 def test_building_never_imports_tensorflow(tmp_path):
-  code = ('import sys, tfds_mvtec; from bgad_jax import input_pipeline;'
+  code = ('import sys, tfds_mvtec; from bgad_jax.data import pipeline;'
           f'tfds_mvtec.build("bottle", {str(tmp_path)!r}, {DUMMY!r});'
-          f'input_pipeline.load_examples({str(tmp_path)!r}, "bottle", "test");'
+          f'pipeline.load_examples({str(tmp_path)!r}, "bottle", "test");'
           'assert "tensorflow" not in sys.modules, "TensorFlow was imported"')
   result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           timeout=600)
@@ -67,7 +67,7 @@ def test_build_command_from_archive(tmp_path):
       capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'bottle: train 3, test 5' in result.stdout
-  test = input_pipeline.load_examples(str(tmp_path / 'data'), 'bottle', 'test')
+  test = pipeline.load_examples(str(tmp_path / 'data'), 'bottle', 'test')
   assert sum(e['label'] for e in test) == 3
 
 
@@ -76,7 +76,7 @@ def test_own_folder_without_masks(tmp_path):
   shutil.copytree(os.path.join(DUMMY, 'bottle'), root / 'widget')
   shutil.rmtree(root / 'widget' / 'ground_truth')
   tfds_mvtec.build('widget', str(tmp_path / 'data'), str(root))
-  test = input_pipeline.load_examples(str(tmp_path / 'data'), 'widget', 'test')
+  test = pipeline.load_examples(str(tmp_path / 'data'), 'widget', 'test')
   anomalies = [e for e in test if e['label'] == 1]
   assert len(anomalies) == 3 and not any(e['has_mask'] for e in anomalies)
   assert all(e['has_mask'] for e in test if e['label'] == 0)
@@ -99,8 +99,8 @@ def test_missing_manual_dir_content_names_folder_category_and_archive(tmp_path):
 
 
 def test_reading_unbuilt_dataset_says_how_to_build(tmp_path):
-  with pytest.raises(input_pipeline.DatasetNotBuiltError, match='python -m tfds_mvtec.build'):
-    input_pipeline.load_examples(str(tmp_path), 'carpet', 'test')
+  with pytest.raises(pipeline.DatasetNotBuiltError, match='python -m tfds_mvtec.build'):
+    pipeline.load_examples(str(tmp_path), 'carpet', 'test')
 
 
 def test_fifteen_builder_configs():

@@ -13,7 +13,7 @@ import os
 import tarfile
 from typing import Dict, List, Optional
 
-from bgad_jax.image_io import IMAGE_EXTENSIONS
+from bgad_jax.data.image_io import IMAGE_EXTENSIONS
 
 CATEGORIES = ('bottle', 'cable', 'capsule', 'carpet', 'grid', 'hazelnut', 'leather',
               'metal_nut', 'pill', 'screw', 'tile', 'toothbrush', 'transistor', 'wood',

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import tensorflow_datasets as tfds
 
-from bgad_jax import image_io
+from bgad_jax.data import image_io
 from tfds_mvtec import layout
 
 _DESCRIPTION = """MVTec AD: 15 categories of industrial objects and textures with

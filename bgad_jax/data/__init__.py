@@ -1,0 +1,1 @@
+"""Data: image decoding, input pipeline, known anomalies, anomaly strategies, demo data."""

@@ -1,0 +1,102 @@
+"""Which labelled anomalies a run trains with (docs/METHOD.md, "Known anomalies").
+
+The known anomalies are taken from the test split (MVTec AD has no labelled
+training anomalies); by default they are removed from the test set.
+"""
+
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+
+class NotEnoughAnomaliesError(ValueError):
+  """A category has fewer anomalies than the run asks for."""
+
+
+def _quotas(available: Dict[str, int], total: int, rng) -> Dict[str, int]:
+  """Spreads ``total`` evenly over types; the remainder goes to random types."""
+  types = sorted(available)
+  quotas = {t: 0 for t in types}
+  remaining = total
+  while remaining > 0:
+    open_types = [t for t in types if quotas[t] < available[t]]
+    share = remaining // len(open_types)
+    if share == 0:   # fewer left than open types: a random subset gets one more
+      for t in rng.choice(open_types, size=remaining, replace=False):
+        quotas[t] += 1
+      break
+    for t in open_types:
+      take = min(share, available[t] - quotas[t])
+      quotas[t] += take
+      remaining -= take
+  return quotas
+
+
+def select_known_anomalies(test_examples: Sequence[Dict], num_anomalies: int,
+                           count_mode: str = 'total',
+                           known_defect_types: Sequence[str] = (),
+                           seed: int = 0) -> Tuple[List[Dict], List[Dict]]:
+  """Picks the labelled anomalies a run trains with (strategy `real`).
+
+  Args:
+    test_examples: the test split.
+    num_anomalies: how many; per defect type when ``count_mode == 'per_type'``,
+      in total (spread evenly over the types, remainder at random) when 'total'.
+    known_defect_types: only these types may be picked (the paper's "hard"
+      setting); empty means all types.
+    seed: selection seed; the result depends only on it and the file names.
+
+  Returns:
+    (known, rest): the picked examples, and the test examples without them.
+
+  Raises:
+    NotEnoughAnomaliesError, ValueError (unknown type or count_mode).
+  """
+  if count_mode not in ('total', 'per_type'):
+    raise ValueError(f"count_mode must be 'total' or 'per_type', got {count_mode!r}")
+  anomalies = sorted((e for e in test_examples if e['label'] == 1), key=lambda e: e['filename'])
+  by_type: Dict[str, List[Dict]] = {}
+  for example in anomalies:
+    by_type.setdefault(example['defect_type'], []).append(example)
+  if known_defect_types:
+    unknown = sorted(set(known_defect_types) - set(by_type))
+    if unknown:
+      raise ValueError(f'known_defect_types {unknown} are not among the test defect types '
+                       f'{sorted(by_type)}')
+    by_type = {t: by_type[t] for t in known_defect_types}
+  rng = np.random.default_rng(seed)
+  available = {t: len(v) for t, v in by_type.items()}
+  if count_mode == 'per_type':
+    short = {t: n for t, n in available.items() if n < num_anomalies}
+    if short:
+      raise NotEnoughAnomaliesError(
+          f'{num_anomalies} anomalies per type asked, but types {short} have fewer')
+    quotas = {t: num_anomalies for t in available}
+  else:
+    if sum(available.values()) < num_anomalies:
+      raise NotEnoughAnomaliesError(
+          f'{num_anomalies} anomalies asked, but only {sum(available.values())} exist among '
+          f'types {sorted(available)}')
+    quotas = _quotas(available, num_anomalies, rng)
+  known = []
+  for defect_type in sorted(quotas):
+    pool = by_type[defect_type]
+    picks = rng.choice(len(pool), size=quotas[defect_type], replace=False)
+    known.extend(pool[i] for i in sorted(picks))
+  chosen = {e['filename'] for e in known}
+  rest = [e for e in test_examples if e['filename'] not in chosen]
+  return known, rest
+
+
+def split_known(data_config, test_examples: Sequence[Dict], known_types: Sequence[str],
+                seed: int) -> Tuple[List[Dict], List[Dict]]:
+  """(known anomalies for training, the test set to evaluate on) for ``config.data``.
+
+  No known anomalies when ``num_anomalies`` is 0 (unsupervised); with
+  ``not_in_test`` the known ones leave the test set.
+  """
+  if data_config.num_anomalies <= 0:
+    return [], list(test_examples)
+  known, rest = select_known_anomalies(test_examples, data_config.num_anomalies,
+                                       data_config.anomaly_count_mode, known_types, seed)
+  return known, (rest if data_config.not_in_test else list(test_examples))

@@ -1,0 +1,122 @@
+"""Input pipeline: examples -> normalised host arrays (docs/METHOD.md, "Inputs").
+
+Everything here is numpy on the host; the engine moves batches to devices with
+``jax.device_put`` and a sharding. Example dicts have:
+  image uint8 [H, W, 3], mask uint8 [H, W] in {0, 1}, has_mask bool, label int
+  (0 normal, 1 anomalous), defect_type str ('good' for normal), filename str.
+"""
+
+import os
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+
+class DatasetNotBuiltError(FileNotFoundError):
+  """The TFDS dataset of a category has not been built yet."""
+
+
+def _text(value) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def load_examples(data_dir: str, category: str, split: str,
+                  masks_required: Optional[bool] = None) -> List[Dict]:
+  """Reads one split of a built tfds_mvtec dataset, sorted by filename.
+
+  Raises:
+    DatasetNotBuiltError: naming the folder and the command that builds it.
+  """
+  import tfds_mvtec   # imported here: TFDS start-up is slow and predict does not need it
+  builder = tfds_mvtec.builder(category, data_dir, masks_required)
+  if not os.path.isdir(os.fspath(builder.data_path)):
+    raise DatasetNotBuiltError(
+        f'dataset {builder.name}/{builder.builder_config.name} is not built in {data_dir} '
+        f'(no folder {builder.data_path}). Build it with: python -m tfds_mvtec.build '
+        f'--manual_dir <folder with {category}/ or mvtec_anomaly_detection.tar.xz> '
+        f'--data_dir {data_dir} --categories {category}')
+  source = builder.as_data_source(split=split)
+  examples = []
+  for i in range(len(source)):
+    record = source[i]
+    examples.append(dict(
+        image=np.asarray(record['image']), mask=(np.asarray(record['mask'])[..., 0] > 127).astype(np.uint8),
+        has_mask=bool(record['has_mask']), label=int(record['label']),
+        defect_type=_text(record['defect_type']), filename=_text(record['filename'])))
+  return sorted(examples, key=lambda e: e['filename'])
+
+
+def resize_and_center_crop(array: np.ndarray, size: int, resample) -> np.ndarray:
+  """torchvision ``Resize(size)`` (shorter side) then ``CenterCrop(size)`` on uint8 arrays.
+
+  Args:
+    array: uint8 [H, W] or [H, W, C].
+    size: output side.
+    resample: PIL filter; the reference uses LANCZOS ('ANTIALIAS') for images
+      and NEAREST for masks.
+  """
+  height, width = array.shape[:2]
+  if height <= width:
+    new_h, new_w = size, int(size * width / height)
+  else:
+    new_h, new_w = int(size * height / width), size
+  image = Image.fromarray(array)
+  if (new_h, new_w) != (height, width):
+    image = image.resize((new_w, new_h), resample)
+  top = int(round((new_h - size) / 2.0))
+  left = int(round((new_w - size) / 2.0))
+  return np.asarray(image.crop((left, top, left + size, top + size)))
+
+
+def preprocess(examples: Sequence[Dict], inp_size: int, mean: Sequence[float],
+               std: Sequence[float]) -> Dict[str, np.ndarray]:
+  """Resizes, crops and normalises a list of examples.
+
+  Returns:
+    images float32 [N, S, S, 3] ((x / 255 - mean) / std), pixels uint8
+    [N, S, S, 3] (resized, not normalised), masks uint8 [N, S, S] {0, 1},
+    labels int32 [N], has_mask bool [N], defect_types and filenames (object
+    arrays [N]).
+  """
+  pixels, masks = [], []
+  for example in examples:
+    pixels.append(resize_and_center_crop(example['image'], inp_size, Image.LANCZOS))
+    masks.append(resize_and_center_crop(example['mask'], inp_size, Image.NEAREST))
+  pixels = np.stack(pixels)
+  return dict(
+      images=normalise(pixels, mean, std),
+      pixels=pixels,
+      masks=np.stack(masks).astype(np.uint8),
+      labels=np.array([e['label'] for e in examples], np.int32),
+      has_mask=np.array([e['has_mask'] for e in examples], bool),
+      defect_types=np.array([e['defect_type'] for e in examples], object),
+      filenames=np.array([e['filename'] for e in examples], object))
+
+
+def normalise(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+  """uint8 [..., 3] -> float32 (x / 255 - mean) / std."""
+  return ((pixels.astype(np.float32) / 255.0 - np.asarray(mean, np.float32))
+          / np.asarray(std, np.float32)).astype(np.float32)
+
+
+def batches(arrays: Dict[str, np.ndarray], batch_size: int, shuffle: bool = False,
+            seed: int = 0, drop_remainder: bool = False) -> Iterator[Dict[str, np.ndarray]]:
+  """Yields batches of every array in ``arrays`` (same leading size N).
+
+  Shapes stay static: unless ``drop_remainder``, the last batch is padded by
+  repeating its first rows, and every batch carries ``valid`` (bool [B])
+  marking real rows. Shuffling is a permutation from ``seed``.
+  """
+  n = len(next(iter(arrays.values())))
+  order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+  stop = n - n % batch_size if drop_remainder else n
+  for start in range(0, stop, batch_size):
+    index = order[start:start + batch_size]
+    valid = np.ones(batch_size, bool)
+    if len(index) < batch_size:
+      valid[len(index):] = False
+      index = np.concatenate([index, np.resize(index, batch_size - len(index))])
+    batch = {key: value[index] for key, value in arrays.items()}
+    batch['valid'] = valid
+    yield batch

@@ -1,0 +1,1 @@
+"""Evaluation: lp inference, anomaly maps, metrics, reports."""

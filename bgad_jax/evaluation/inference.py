@@ -1,0 +1,44 @@
+"""Per-level log-likelihood maps of a trained state (the input of every anomaly map)."""
+
+from typing import List, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from bgad_jax.models import flow as flow_lib
+from bgad_jax.training.sharding import sharded_batches
+from bgad_jax.training.state import FlowTrainState, LevelState
+
+
+@jax.jit
+def _level_lp(state: LevelState, features: jnp.ndarray, tables) -> jnp.ndarray:
+  n, h, w, c = features.shape
+  x = features.reshape(n * h * w, c)
+  z, logdet = state.apply(x, state.condition.flow_kwargs(tables, jnp.tile(jnp.arange(h * w), n)))
+  return flow_lib.per_dim_log_likelihood(z, logdet).reshape(n, h, w)
+
+
+def lp_maps(state: FlowTrainState, level_features: Sequence[np.ndarray], mesh: Mesh,
+            images_per_call: int = 8) -> List[np.ndarray]:
+  """Per-dimension log-likelihood maps of every image at every level.
+
+  Args:
+    state: the trained flows.
+    level_features: one float32 [N, h_l, w_l, C_l] array per level.
+    mesh: the devices images are sharded over.
+    images_per_call: images per jitted call (rounded to the device count).
+
+  Returns:
+    One float32 [N, h_l, w_l] array per level (host memory).
+  """
+  maps = []
+  for level, features in enumerate(level_features):
+    _, h, w, _ = features.shape
+    level_state = state.level(level).replace(opt_state=None)   # not needed here
+    tables = level_state.condition.tables(h, w)
+    out = [np.asarray(_level_lp(level_state, batch, tables))[:real]
+           for batch, real in sharded_batches(features, images_per_call, mesh)]
+    maps.append(np.concatenate(out))
+  return maps

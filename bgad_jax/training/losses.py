@@ -1,0 +1,146 @@
+"""BGAD losses as pure, jittable functions of (lp, abnormal_mask, config) (docs/METHOD.md, "Losses").
+
+Every function works on one chunk of N feature vectors with static shapes:
+``lp`` is the [N] float32 per-dimension log-likelihood and ``abnormal_mask`` an
+[N] array (bool or {0, 1}) marking abnormal vectors. Sets that the reference
+selects by boolean indexing are masks here; a mean over an empty set is 0 with
+zero gradient (the reference produces NaN there but no gradient).
+
+``config`` is any object with the attributes ``pos_beta``, ``margin_tau``,
+``normalizer``, ``bgspp_lambda`` and ``focal_weighting`` (e.g. ``config.loss``).
+"""
+
+from typing import Any, Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+
+
+def masked_mean(values: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+  """Mean of ``values`` where ``mask``; 0 (and zero gradient) when the mask is empty."""
+  mask = mask.astype(bool)
+  total = jnp.sum(jnp.where(mask, values, 0.0))
+  return total / jnp.maximum(jnp.sum(mask), 1).astype(values.dtype)
+
+
+def max_likelihood_terms(lp: jnp.ndarray) -> jnp.ndarray:
+  """Per-vector maximum-likelihood loss -log(sigmoid(lp)): [N] -> [N]."""
+  return -jax.nn.log_sigmoid(lp)
+
+
+def normal_focal_weights(lp, normalizer=10.0, alpha=11.7, gamma=0.5):
+  """Focal weights of normal vectors, no gradient: [N] -> [N].
+
+  With u = lp / normalizer: 1 where u > -0.2, else alpha * (1 - e^u)^gamma * |u|.
+  """
+  u = jax.lax.stop_gradient(lp) / normalizer
+  low = u <= -0.2
+  u_low = jnp.where(low, u, -1.0)  # keeps the unused branch finite
+  focal = alpha * jnp.power(1.0 - jnp.exp(u_low), gamma) * jnp.abs(u_low)
+  return jnp.where(low, focal, 1.0)
+
+
+def abnormal_focal_weights(lp, normalizer=10.0, alpha=0.53, gamma=2.0):
+  """Focal weights of abnormal vectors, no gradient: [N] -> [N].
+
+  With u = lp / normalizer: 1 where u <= -1, else alpha * (1 + e^u)^gamma / |u|.
+  """
+  u = jax.lax.stop_gradient(lp) / normalizer
+  high = u > -1.0
+  u_high = jnp.where(high, u, -0.5)  # keeps the unused branch finite
+  focal = alpha * jnp.power(1.0 + jnp.exp(u_high), gamma) / jnp.abs(u_high)
+  return jnp.where(high, focal, 1.0)
+
+
+def focal_weights(lp, abnormal_mask, normalizer=10.0):
+  """Normal weights at normal vectors, abnormal weights at abnormal ones: [N] -> [N]."""
+  return jnp.where(abnormal_mask.astype(bool),
+                   abnormal_focal_weights(lp, normalizer),
+                   normal_focal_weights(lp, normalizer))
+
+
+def logp_boundaries(lp, abnormal_mask, pos_beta=0.01, margin_tau=0.1,
+                    normalizer=10.0) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """Normal and abnormal boundaries (b_n, b_a) from the normal vectors, no gradient.
+
+  b_n is the element at index floor(N_normal * pos_beta) of the ascending
+  normal lp, divided by ``normalizer``; b_a = b_n - margin_tau. Both are +inf
+  when the chunk has no normal vector (then no vector is inside either set).
+
+  Returns:
+    Two float32 scalars.
+  """
+  normal = ~abnormal_mask.astype(bool)
+  lp = jax.lax.stop_gradient(lp)
+  ascending = jnp.sort(jnp.where(normal, lp, jnp.inf))
+  n_normal = jnp.sum(normal)
+  # float32 product and truncation, as the reference computes the index.
+  index = jnp.floor(n_normal.astype(jnp.float32) * jnp.float32(pos_beta))
+  index = jnp.clip(index.astype(jnp.int32), 0, lp.shape[0] - 1)
+  b_n = ascending[index] / normalizer
+  return b_n, b_n - margin_tau
+
+
+def semi_push_pull_terms(lp, abnormal_mask, b_n, b_a, normalizer=10.0,
+                         weights=None) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """Boundary-guided semi-push-pull terms (loss_n, loss_a), scalars.
+
+  With v = lp / normalizer: loss_n = mean over normal vectors with v <= b_n of
+  w * (b_n - v) (pulls low-likelihood normals up to the boundary);
+  loss_a = mean over abnormal vectors with v >= b_a of w * (v - b_a) (pushes
+  abnormals below the margin). ``weights`` defaults to 1.
+  """
+  abnormal = abnormal_mask.astype(bool)
+  v = lp / normalizer
+  if weights is None:
+    weights = jnp.ones_like(lp)
+  pull = ~abnormal & (v <= b_n)
+  push = abnormal & (v >= b_a)
+  loss_n = masked_mean(weights * (b_n - v), pull)
+  loss_a = masked_mean(weights * (v - b_a), push)
+  return loss_n, loss_a
+
+
+def normal_only_loss(lp, abnormal_mask) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """First-meta-epoch loss: mean(-log_sigmoid(lp)) over the chunk.
+
+  Returns:
+    (loss, skip): the reference skips the optimiser step for a chunk that
+    contains any abnormal vector; ``skip`` is that boolean scalar.
+  """
+  skip = jnp.any(abnormal_mask.astype(bool))
+  return jnp.mean(max_likelihood_terms(lp)), skip
+
+
+def bgad_loss(lp, abnormal_mask, config: Any) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+  """Full loss of one chunk after the first meta-epoch.
+
+  Chunk without abnormal vectors: mean(w_n * ml). Chunk with abnormal vectors:
+  masked mean of w_n * ml over normal vectors + bgspp_lambda * (loss_n + loss_a).
+  Focal weights are 1 when ``config.focal_weighting`` is off.
+
+  Args:
+    lp: [N] float32 per-dimension log-likelihoods.
+    abnormal_mask: [N] bool or {0, 1}.
+    config: loss settings (see module docstring).
+
+  Returns:
+    (loss, aux): scalar loss and a dict of its scalar terms (``ml``,
+    ``loss_n``, ``loss_a``, ``b_n``, ``b_a``, ``has_abnormal``).
+  """
+  abnormal = abnormal_mask.astype(bool)
+  has_abnormal = jnp.any(abnormal)
+  if config.focal_weighting:
+    weights = focal_weights(lp, abnormal, config.normalizer)
+  else:
+    weights = jnp.ones_like(lp)
+  ml = masked_mean(weights * max_likelihood_terms(lp), ~abnormal)
+  b_n, b_a = logp_boundaries(lp, abnormal, config.pos_beta, config.margin_tau,
+                             config.normalizer)
+  loss_n, loss_a = semi_push_pull_terms(lp, abnormal, b_n, b_a,
+                                        config.normalizer, weights)
+  contrastive = jnp.where(has_abnormal,
+                          config.bgspp_lambda * (loss_n + loss_a), 0.0)
+  aux = dict(ml=ml, loss_n=loss_n, loss_a=loss_a, b_n=b_n, b_a=b_a,
+             has_abnormal=has_abnormal)
+  return ml + contrastive, aux

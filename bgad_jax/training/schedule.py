@@ -1,0 +1,50 @@
+"""Learning-rate schedule (docs/METHOD.md, "Learning rate"), as pure functions."""
+
+import math
+
+
+def epoch_lr(train_config, epoch: int) -> float:
+  """The learning rate of meta-epoch ``epoch`` after warm-up.
+
+  Cosine from lr to eta_min = lr * decay_rate**3 over ``meta_epochs``; with
+  ``lr_cosine`` off, lr * decay_rate**k after k passed milestones
+  (``lr_decay_epochs`` are percentages of ``meta_epochs``).
+  """
+  lr = train_config.lr
+  if train_config.lr_cosine:
+    eta_min = lr * train_config.lr_decay_rate ** 3
+    return eta_min + (lr - eta_min) * (1 + math.cos(math.pi * epoch / train_config.meta_epochs)) / 2
+  milestones = [p * train_config.meta_epochs // 100 for p in train_config.lr_decay_epochs]
+  return lr * train_config.lr_decay_rate ** sum(epoch >= m for m in milestones)
+
+
+def batch_lr(train_config, epoch: int, warmup_step: int, warmup_steps: int) -> float:
+  """The learning rate of one image batch.
+
+  During the first ``lr_warm_epochs`` meta-epochs it rises linearly from lr / 10
+  (at the first batch) towards ``epoch_lr(lr_warm_epochs)``; ``warmup_step`` is
+  the number of batches already trained in those epochs and ``warmup_steps``
+  their total. (The reference divides by its number of data loaders instead of
+  batches, which restarts the ramp every sub-epoch; this is the intended ramp.)
+  """
+  if train_config.lr_warm and epoch < train_config.lr_warm_epochs:
+    start = train_config.lr / 10.0
+    end = epoch_lr(train_config, train_config.lr_warm_epochs)
+    return start + (warmup_step / warmup_steps) * (end - start)
+  return epoch_lr(train_config, epoch)
+
+
+def warmup_batches(train_config, normal_images: int, all_images: int,
+                   before_epoch=None) -> int:
+  """Image batches in the warm-up meta-epochs (only those before ``before_epoch``).
+
+  The first meta-epoch trains on the normal images only, later ones on all.
+  """
+  epochs = train_config.lr_warm_epochs if train_config.lr_warm else 0
+  if before_epoch is not None:
+    epochs = min(epochs, before_epoch)
+  total = 0
+  for epoch in range(epochs):
+    images = normal_images if epoch == 0 else all_images
+    total += (images // train_config.batch_size) * train_config.sub_epochs
+  return total

@@ -1,0 +1,139 @@
+"""Config checks at entry: one error that names every bad field, and list-field parsing.
+
+List-valued fields (``data.anomaly_strategy``, ``data.known_defect_types``) are
+tuples in the configs; on the command line they accept a comma string
+(``--config.data.anomaly_strategy=0,1``) or a tuple
+(``--config.data.anomaly_strategy="('real', 'cutpaste')"``).
+"""
+
+from typing import Iterable, List, Tuple
+
+import jax
+
+from bgad_jax.data import strategies as strategies_lib
+from bgad_jax.data.dataset import SOURCES
+from bgad_jax.models import backbone as backbone_lib
+
+
+class ConfigError(ValueError):
+  """One or more config fields have values bgad_jax cannot run with."""
+
+
+def as_list(value) -> List[str]:
+  """A list field as strings: a tuple/list of items, a comma string, or a mix of both."""
+  items = value if isinstance(value, (tuple, list)) else [value]
+  names = []
+  for item in items:
+    names += [part.strip() for part in str(item).split(',') if part.strip()]
+  return names
+
+
+def strategies(config) -> Tuple[str, ...]:
+  """The canonical anomaly strategies of ``config.data.anomaly_strategy``."""
+  return strategies_lib.resolve(as_list(config.data.anomaly_strategy))
+
+
+def known_defect_types(config) -> List[str]:
+  """``config.data.known_defect_types`` as a list ([] = every type may be known)."""
+  return as_list(config.data.known_defect_types)
+
+
+def _one_of(errors, name, value, allowed: Iterable):
+  allowed = tuple(allowed)
+  if value not in allowed:
+    errors.append(f'{name}={value!r}: must be one of {", ".join(map(str, allowed))}')
+
+
+def _at_least(errors, name, value, low):
+  if not value >= low:
+    errors.append(f'{name}={value!r}: must be >= {low}')
+
+
+def _check_backbone(config, errors):
+  backbone = config.backbone
+  _one_of(errors, 'backbone.name', backbone_lib.canonical_name(backbone.name),
+          backbone_lib.BACKBONES)
+  _one_of(errors, 'backbone.normalization', backbone.normalization, ('imagenet', 'backbone'))
+  _one_of(errors, 'backbone.dtype', backbone.dtype, ('float32', 'bfloat16'))
+  _one_of(errors, 'backbone.depthwise_impl', backbone.depthwise_impl, ('auto', 'conv', 'shifted'))
+
+
+def _check_flow_and_loss(config, errors):
+  flow, loss = config.flow, config.loss
+  _at_least(errors, 'flow.coupling_layers', flow.coupling_layers, 1)
+  if not flow.clamp_alpha > 0:
+    errors.append(f'flow.clamp_alpha={flow.clamp_alpha!r}: must be > 0')
+  if flow.pos_embed_dim <= 0 or flow.pos_embed_dim % 4:
+    errors.append(f'flow.pos_embed_dim={flow.pos_embed_dim!r}: must be a positive multiple of 4')
+  try:
+    jax.lax.Precision(flow.matmul_precision)
+  except ValueError:
+    errors.append(f'flow.matmul_precision={flow.matmul_precision!r}: must be a JAX precision '
+                  'name (highest, high, default)')
+  if not 0 <= loss.pos_beta < 1:
+    errors.append(f'loss.pos_beta={loss.pos_beta!r}: must be in [0, 1)')
+  if not loss.normalizer > 0:
+    errors.append(f'loss.normalizer={loss.normalizer!r}: must be > 0')
+  _at_least(errors, 'loss.margin_tau', loss.margin_tau, 0)
+  _at_least(errors, 'loss.bgspp_lambda', loss.bgspp_lambda, 0)
+
+
+def _check_train(config, errors, num_devices):
+  train = config.train
+  for name in ('meta_epochs', 'sub_epochs', 'batch_size', 'num_vectors', 'eval_every'):
+    _at_least(errors, f'train.{name}', train[name], 1)
+  _at_least(errors, 'train.lr_warm_epochs', train.lr_warm_epochs, 0)
+  if not train.lr > 0:
+    errors.append(f'train.lr={train.lr!r}: must be > 0')
+  if not 0 < train.lr_decay_rate <= 1:
+    errors.append(f'train.lr_decay_rate={train.lr_decay_rate!r}: must be in (0, 1]')
+  if train.num_vectors >= 1 and train.num_vectors % num_devices:
+    errors.append(f'train.num_vectors={train.num_vectors}: must be divisible by the number of '
+                  f'devices ({num_devices})')
+
+
+def _check_data(config, errors):
+  data = config.data
+  _one_of(errors, 'data.source', data.source, SOURCES)
+  if not data.category:
+    errors.append("data.category='': name the class (e.g. configs/folder.py:<category>)")
+  elif data.source == 'mvtec':
+    from tfds_mvtec.layout import CATEGORIES
+    _one_of(errors, 'data.category', data.category, CATEGORIES + ('all',))
+  _at_least(errors, 'data.inp_size', data.inp_size, 16)
+  _at_least(errors, 'data.num_anomalies', data.num_anomalies, 0)
+  _at_least(errors, 'data.anomaly_repeats', data.anomaly_repeats, 0)
+  _at_least(errors, 'data.synthetic_repeats', data.synthetic_repeats, 0)
+  _one_of(errors, 'data.anomaly_count_mode', data.anomaly_count_mode, ('total', 'per_type'))
+  _one_of(errors, 'data.foreground', data.foreground, ('auto', 'all', 'folder'))
+  if data.foreground == 'folder' and not data.foreground_dir:
+    errors.append("data.foreground_dir='': data.foreground=folder needs the mask folder")
+  try:
+    chosen = strategies(config)
+  except ValueError as err:
+    errors.append(f'data.anomaly_strategy={data.anomaly_strategy!r}: {err}')
+    return
+  if not chosen:
+    errors.append(f'data.anomaly_strategy={data.anomaly_strategy!r}: name at least one of '
+                  f'{", ".join(strategies_lib.STRATEGIES)}')
+  for name in chosen:
+    if name in strategies_lib.NEEDS_KNOWN and data.num_anomalies <= 0:
+      errors.append(f'data.anomaly_strategy: {name} transforms known anomalies: it needs '
+                    'data.num_anomalies > 0')
+
+
+def validate(config, num_devices: int = None) -> None:
+  """Checks every field bgad_jax reads.
+
+  Raises:
+    ConfigError: listing every bad field with its value and what is allowed.
+  """
+  errors: List[str] = []
+  _check_backbone(config, errors)
+  _check_flow_and_loss(config, errors)
+  _check_train(config, errors, num_devices or jax.device_count())
+  _check_data(config, errors)
+  _at_least(errors, 'report.aupro_thresholds', config.report.aupro_thresholds, 0)
+  _at_least(errors, 'report.num_overlays', config.report.num_overlays, 0)
+  if errors:
+    raise ConfigError('invalid config:\n  ' + '\n  '.join(errors))

@@ -1,0 +1,119 @@
+"""bgad_jax.data.synthesis: foreground, CutPaste and Perlin anomalies."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data, draw
+
+from bgad_jax.data import synthesis
+
+
+def _object_on_background(size=128, seed=0):
+  rng = np.random.default_rng(seed)
+  image = np.clip(rng.normal(60, 4, size=(size, size, 3)), 0, 255).astype(np.uint8)
+  truth = np.zeros((size, size), bool)
+  rr, cc = draw.ellipse(size // 2, size // 2 + 5, size // 3, size // 4, shape=truth.shape)
+  truth[rr, cc] = True
+  cat = np.asarray(Image.fromarray(data.chelsea()).resize((size, size)))
+  image[truth] = cat[truth]   # a textured object, not a flat one
+  return image, truth
+
+
+def test_foreground_of_an_object_on_uniform_background():
+  image, truth = _object_on_background()
+  fg = synthesis.estimate_foreground(image)
+  assert (fg & truth).sum() / (fg | truth).sum() >= 0.9
+
+
+def test_textures_are_all_foreground():
+  texture = np.asarray(Image.fromarray(data.gravel()).convert('RGB').resize((96, 96)))
+  (mask,) = synthesis.foreground_masks([texture], 'carpet')
+  assert mask.all()
+  (estimated,) = synthesis.foreground_masks([texture], 'gravel_like_product')
+  assert estimated.mean() > 0.95   # border looks like the rest: whole image
+
+
+def test_foreground_masks_from_folder(tmp_path):
+  mask = np.zeros((32, 32), np.uint8)
+  mask[8:24, 8:24] = 255
+  Image.fromarray(mask).save(tmp_path / 'img_007.png')
+  (loaded,) = synthesis.foreground_masks([np.zeros((16, 16, 3), np.uint8)], 'x', 'folder',
+                                         ['train/good/img_007.jpg'], str(tmp_path), 16)
+  assert loaded.shape == (16, 16) and loaded[4:12, 4:12].all() and not loaded[:4].any()
+
+
+def _anomaly(size=96):
+  normal, _ = _object_on_background(size, seed=1)
+  anomaly = normal.copy()
+  mask = np.zeros((size, size), np.uint8)
+  mask[40:52, 30:60] = 1
+  anomaly[mask > 0] = (255, 0, 255)
+  return anomaly, mask
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_cut_paste_changes_only_its_mask(seed):
+  anomaly, mask = _anomaly()
+  normal, truth = _object_on_background(96, seed=2)
+  out, out_mask = synthesis.cut_paste(anomaly, mask, normal, truth, np.random.default_rng(seed))
+  assert out_mask.dtype == np.uint8 and set(np.unique(out_mask)) <= {0, 1}
+  assert out_mask.sum() > 0
+  np.testing.assert_array_equal(out[out_mask == 0], normal[out_mask == 0])
+  # The mask marks the pasted (magenta-ish) pixels.
+  pasted = out[out_mask == 1].astype(int)
+  assert np.mean(np.abs(pasted - normal[out_mask == 1]).sum(-1) > 30) > 0.8
+
+
+def test_cut_paste_moves_regions_into_a_small_foreground():
+  anomaly, mask = _anomaly()
+  normal = np.full((96, 96, 3), 50, np.uint8)
+  foreground = np.zeros((96, 96), bool)
+  foreground[5:35, 60:92] = True   # far from the defect's position
+  from scipy import ndimage
+  near = ndimage.binary_dilation(foreground, iterations=2)   # centroid rounding
+  for seed in range(5):
+    _, out_mask = synthesis.cut_paste(anomaly, mask, normal, foreground,
+                                      np.random.default_rng(seed))
+    # Each region's centre is moved onto a foreground point (as the reference does).
+    for region in range(1, ndimage.label(out_mask, np.ones((3, 3)))[1] + 1):
+      labels = ndimage.label(out_mask, np.ones((3, 3)))[0]
+      cy, cx = np.round(ndimage.center_of_mass(labels == region)).astype(int)
+      assert near[cy, cx], (seed, cy, cx)
+
+
+def test_cut_paste_is_deterministic():
+  anomaly, mask = _anomaly()
+  normal, truth = _object_on_background(96, seed=2)
+  a = synthesis.cut_paste(anomaly, mask, normal, truth, np.random.default_rng(7))
+  b = synthesis.cut_paste(anomaly, mask, normal, truth, np.random.default_rng(7))
+  np.testing.assert_array_equal(a[0], b[0])
+  np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_perlin_noise_any_shape():
+  noise = synthesis.perlin_noise((50, 70), (4, 8), np.random.default_rng(0))
+  assert noise.shape == (50, 70) and np.abs(noise).max() <= 1.5 and noise.std() > 0.1
+
+
+def test_pseudo_anomalies_binary_nonempty_deterministic():
+  image, _ = _object_on_background(64)
+  texture = synthesis.texture_sources()[0]
+  nonempty = 0
+  for seed in range(8):
+    out, mask = synthesis.pseudo_anomaly(image, texture, np.random.default_rng(seed))
+    assert set(np.unique(mask)) <= {0, 1}
+    np.testing.assert_array_equal(out[mask == 0], image[mask == 0])
+    nonempty += mask.any()
+  assert nonempty >= 6
+  a = synthesis.pseudo_anomaly(image, texture, np.random.default_rng(3))
+  b = synthesis.pseudo_anomaly(image, texture, np.random.default_rng(3))
+  np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_texture_source_folder(tmp_path):
+  (tmp_path / 'dtd' / 'blotchy').mkdir(parents=True)
+  Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / 'dtd' / 'blotchy' / 'a.jpg')
+  (texture,) = synthesis.texture_sources(str(tmp_path / 'dtd'))
+  assert texture.shape == (10, 12, 3)
+  with pytest.raises(FileNotFoundError, match='anomaly_source_path'):
+    synthesis.texture_sources(str(tmp_path / 'empty_missing'))

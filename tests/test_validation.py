@@ -1,0 +1,53 @@
+"""bgad_jax.validation: one error naming every bad field; list fields in both spellings."""
+
+import pytest
+
+from bgad_jax import validation
+from configs import common, demo, folder, mvtec, test as test_config
+
+
+@pytest.mark.parametrize('config', [common.get_config(), demo.get_config(), test_config.get_config(),
+                                    mvtec.get_config('screw'), folder.get_config('widget')])
+def test_shipped_configs_are_valid(config):
+  validation.validate(config, num_devices=1)
+
+
+def test_one_error_names_every_bad_field():
+  config = test_config.get_config()
+  config.data.anomaly_strategy = ('real', 'glitter')
+  config.train.num_vectors = 30
+  config.flow.pos_embed_dim = 10
+  config.backbone.name = 'resnet18'
+  config.loss.pos_beta = 1.5
+  with pytest.raises(validation.ConfigError) as caught:
+    validation.validate(config, num_devices=4)
+  message = str(caught.value)
+  for field in ('data.anomaly_strategy', 'glitter', 'train.num_vectors', 'flow.pos_embed_dim',
+                'backbone.name', 'loss.pos_beta'):
+    assert field in message, field
+  assert len(message.splitlines()) == 6   # the header and one line per field
+
+
+def test_strategy_names_and_aliases():
+  config = mvtec.get_config('carpet')
+  assert validation.strategies(config) == ('real', 'cutpaste')   # published
+  config.data.anomaly_strategy = ('0,2',)          # a comma string from the command line
+  assert validation.strategies(config) == ('real', 'perlin')
+  config.data.anomaly_strategy = ('perlin', '1')   # any order, mixed spellings
+  assert validation.strategies(config) == ('cutpaste', 'perlin')
+  config.data.anomaly_strategy = ('cutpaste',)
+  config.data.num_anomalies = 0
+  with pytest.raises(validation.ConfigError, match='cutpaste transforms known anomalies'):
+    validation.validate(config, num_devices=1)
+
+
+def test_unknown_mvtec_category_is_named():
+  with pytest.raises(validation.ConfigError, match="data.category='spoon'"):
+    validation.validate(mvtec.get_config('spoon'), num_devices=1)
+
+
+@pytest.mark.parametrize('value,expected', [
+    ('crack,hole', ['crack', 'hole']), (('crack', 'hole'), ['crack', 'hole']),
+    (('crack,hole',), ['crack', 'hole']), ((), []), ('', []), ((0, 1), ['0', '1'])])
+def test_list_fields_accept_tuples_and_comma_strings(value, expected):
+  assert validation.as_list(value) == expected

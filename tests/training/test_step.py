@@ -1,0 +1,82 @@
+"""bgad_jax.training.step: the jitted chunk step against a hand-written Adam step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from bgad_jax.models import flow as flow_lib
+from bgad_jax.models.pos_embed import flow_condition, positional_encoding_2d
+from bgad_jax.training import losses
+from bgad_jax.training import step as step_lib
+from tests.training.helpers import tiny_level
+
+
+def _copy(level_state):
+  return jax.tree.map(jnp.array, level_state)   # train_chunks donates its input
+
+
+# Chunks of 16 and 32 vectors over the 16 positions; the factored condition
+# (column and row tables) and the reference's [N, D] condition rows.
+@pytest.mark.parametrize('first', [48, 32])
+@pytest.mark.parametrize('factored', [True, False])
+def test_chunk_step_equals_one_manual_adam_step(first, factored):
+  config, _, data, state = tiny_level(factored_condition=factored)
+  chunk = np.arange(first, 64, dtype=np.int32)[None]   # last image: has abnormal vectors
+  level = state.level(0)
+  new_level, metrics = step_lib.train_chunks(
+      _copy(level), data, jnp.asarray(chunk), jnp.array([1e-3]),
+      step_lib.LossSettings.from_config(config.loss), False)
+
+  x, m = data.features[chunk[0]], data.masks[chunk[0]]
+  c = positional_encoding_2d(config.flow.pos_embed_dim, 4, 4).reshape(16, -1)[chunk[0] % 16]
+
+  def loss_fn(p):
+    z, logdet = state.flow.apply({'params': p, flow_lib.CONSTANTS: level.constants}, x, c)
+    return losses.bgad_loss(flow_lib.per_dim_log_likelihood(z, logdet), m, config.loss)
+  (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(level.params)
+  adam = optax.adam(1e-3)
+  updates, _ = adam.update(grads, adam.init(level.params), level.params)
+  expected = optax.apply_updates(level.params, updates)
+  assert not bool(metrics['skipped'][0]) and float(m.sum()) > 0
+  np.testing.assert_allclose(float(metrics['loss'][0]), float(loss), rtol=1e-6)
+  for name in ('ml', 'loss_n', 'loss_a', 'b_n', 'b_a'):   # the reported terms are the loss's
+    np.testing.assert_allclose(float(metrics[name][0]), float(terms[name]), rtol=1e-5,
+                               atol=1e-7)
+  assert bool(metrics['has_abnormal'][0])
+  for a, b in zip(jax.tree.leaves(new_level.params), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('precision,expected', [('highest', 'HIGHEST'), ('default', 'DEFAULT')])
+def test_flow_matmul_precision_reaches_every_matmul(precision, expected):
+  # On GPUs and TPUs the default float32 matmul is TF32 / one bfloat16 pass;
+  # 'highest' must reach every forward and backward matmul of a training step.
+  config, _, data, state = tiny_level(matmul_precision=precision)
+  step = jax.jit(step_lib.train_step, static_argnames=('loss', 'normal_only'))
+  ids = jnp.arange(16)
+  text = step.lower(state.level(0), data.features[ids], data.masks[ids],
+                    flow_condition(data.cond, ids), jnp.float32(1e-3),
+                    step_lib.LossSettings.from_config(config.loss), False).as_text()
+  dots = [line for line in text.splitlines() if 'stablehlo.dot_general' in line]
+  assert len(dots) > 2 * config.flow.coupling_layers
+  for line in dots:
+    assert f'precision = [{expected}, {expected}]' in line, line
+
+
+def test_first_epoch_skips_chunks_with_anomalies():
+  config, _, data, state = tiny_level()
+  chunks = np.stack([np.arange(0, 16), np.arange(48, 64)]).astype(np.int32)
+  new_level, metrics = step_lib.train_chunks(
+      _copy(state.level(0)), data, jnp.asarray(chunks), jnp.array([1e-3, 1e-3]),
+      step_lib.LossSettings.from_config(config.loss), True)
+  assert np.asarray(metrics['skipped']).tolist() == [False, True]
+  assert int(new_level.opt_state.inner_state[0].count) == 1   # one Adam step, not two
+
+
+def test_loss_settings_come_from_the_config():
+  config, *_ = tiny_level()
+  settings = step_lib.LossSettings.from_config(config.loss)
+  assert settings == step_lib.LossSettings(**dict(config.loss))
+  hash(settings)   # a static argument of the jitted step

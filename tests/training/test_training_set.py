@@ -1,0 +1,76 @@
+"""bgad_jax.training.training_set: level vectors, masks, and the per-sub-epoch images."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bgad_jax.training import training_set
+
+
+@pytest.mark.parametrize('size,out', [(48, 12), (50, 7), (32, 32)])
+def test_downsample_masks_equals_torch_nearest(size, out):
+  masks = (np.random.default_rng(0).random((2, size, size)) > 0.7).astype(np.uint8)
+  ref = F.interpolate(torch.from_numpy(masks[:, None].astype(np.float32)), size=(out, out),
+                      mode='nearest')[:, 0].numpy()
+  np.testing.assert_array_equal(training_set.downsample_masks(masks, out, out), ref)
+
+
+class _FakeBackbone:
+  """Features = the mean pixel value per 2x2 cell (one channel); records its calls."""
+
+  def __init__(self, mesh):
+    self.mesh, self.calls = mesh, 0
+
+  def pixel_features(self, pixels):
+    self.calls += 1
+    n, s = pixels.shape[:2]
+    cells = pixels.astype(np.float32).mean(-1).reshape(n, s // 2, 2, s // 2, 2).mean((2, 4))
+    return [cells[..., None]]
+
+
+class _Stamp:
+  """A synthetic strategy: normal image 0 with a white square, its mask."""
+  cached = np.zeros(0, int)
+  num_synthetic = 2
+
+  def __init__(self, images):
+    self.images = images
+
+  def draw(self, rng):
+    out, masks = [], []
+    for _ in range(self.num_synthetic):
+      image = self.images.pixels[0].copy()
+      r = int(rng.integers(0, 4))
+      image[r:r + 2, :2] = 255
+      mask = np.zeros(image.shape[:2], np.uint8)
+      mask[r:r + 2, :2] = 1
+      out.append(image)
+      masks.append(mask)
+    return out, masks
+
+
+def test_levels_order_normal_cached_synthetic_and_redraw_per_sub_epoch():
+  from bgad_jax.data.strategies import RealAnomalies, TrainingImages
+  from bgad_jax.training.sharding import make_mesh
+  pixels = np.random.default_rng(0).integers(0, 200, (4, 8, 8, 3)).astype(np.uint8)
+  masks = np.zeros((4, 8, 8), np.uint8)
+  masks[3, :4, :4] = 1   # image 3 is the one known anomaly
+  images = TrainingImages(pixels, masks, [f'{i}.png' for i in range(4)], num_normal=3)
+  backbone = _FakeBackbone(make_mesh())
+  features = backbone.pixel_features(pixels)
+  strategies = [RealAnomalies(cached=np.array([3, 3])), _Stamp(images)]
+  data = training_set.TrainingSet(backbone, images, features, strategies, pos_embed_dim=8,
+                                  seed=0)
+  assert data.num_normal == 3 and data.num_images == 3 + 2 + 2
+  first = data.levels(0, 0)   # first meta-epoch: no synthesis
+  assert backbone.calls == 1 and first[0].positions == 16
+  assert first[0].features.shape == (5 * 16, 1)
+  np.testing.assert_array_equal(np.asarray(first[0].masks).reshape(5, 16).sum(1),
+                                [0, 0, 0, 4, 4])
+  later = data.levels(1, 0)
+  assert backbone.calls == 2 and later[0].features.shape == (7 * 16, 1)
+  np.testing.assert_array_equal(np.asarray(later[0].features)[:80], np.asarray(first[0].features))
+  assert np.asarray(later[0].masks).reshape(7, 16)[5:].sum() == 2   # one cell each
+  again = data.levels(1, 0)
+  np.testing.assert_array_equal(np.asarray(again[0].features), np.asarray(later[0].features))
