@@ -73,3 +73,14 @@ def report(rows: List[Dict], columns: Sequence[Column], setting: str,
   if json_path:
     with open(json_path, 'w') as f:
       json.dump(rows, f, indent=2)
+
+
+def markdown(rows: List[Dict], columns: Sequence[Column]) -> str:
+  """``rows`` as a markdown table (None cells read n/a), for benchmarks/RESULTS.md."""
+  lines = ['| ' + ' | '.join(header for _, header, _ in columns) + ' |',
+           '|' + '---|' * len(columns)]
+  for row in rows:
+    cells = ['n/a' if row.get(key) is None else format(row[key], spec.lstrip('0123456789'))
+             for key, _, spec in columns]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)

@@ -46,6 +46,14 @@ class TestSet:
   known_types: List[str]
 
 
+def use_compile_cache(config) -> None:
+  """Keeps compiled programs in ``config.compile_cache_dir`` for later runs ('' = off)."""
+  if config.compile_cache_dir:
+    jax.config.update('jax_compilation_cache_dir',
+                      os.path.abspath(os.path.expanduser(config.compile_cache_dir)))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+
+
 def evaluate(config, state: FlowTrainState, test: TestSet,
              mesh) -> Tuple[Dict[str, Any], np.ndarray]:
   """Metrics (`metrics.evaluate`) and [N, S, S] anomaly maps of ``test``, the reference's way."""
@@ -58,11 +66,12 @@ def evaluate(config, state: FlowTrainState, test: TestSet,
   return result, maps
 
 
-def _load_data(config) -> Tuple[List[Dict], List[Dict], List[Dict]]:
+def load_data(config) -> Tuple[List[Dict], List[Dict], List[Dict]]:
   """(normal training examples, known anomalies, test examples)."""
   train_examples, test_examples = load_splits(config.data, config.seed)
   known, test_examples = split_known(config.data, test_examples,
-                                     validation.known_defect_types(config), config.seed)
+                                     validation.known_defect_types(config), config.seed,
+                                     validation.known_anomaly_files(config))
   logging.info('%d normal training images, %d known anomalies, %d test images',
                len(train_examples), len(known), len(test_examples))
   return train_examples, known, test_examples
@@ -121,11 +130,13 @@ def _train_epochs(config, workdir, state, meta, mngr, training_set, evaluate_now
                                           before_epoch=epoch)
       state, stats = train_meta_epoch(state, training_set, config.train, loss, config.seed,
                                       (warm_done, warmup_total))
-      meta['seconds']['train'] += time.time() - t0
-      row = dict(epoch=epoch + 1, **stats)   # meta-epochs completed, 1-based
+      train_seconds = time.time() - t0
+      meta['seconds']['train'] += train_seconds
+      row = dict(epoch=epoch + 1, **stats, train_seconds=train_seconds)   # 1-based epochs
       if (epoch + 1) % config.train.eval_every == 0 or epoch + 1 == total:
+        t0 = time.time()
         evaluation = evaluate_now(state)
-        row.update(report.headline(evaluation[0]))
+        row.update(report.headline(evaluation[0]), eval_seconds=time.time() - t0)
       meta['history'].append(row)
       writer.write(epoch, {k: v for k, v in row.items() if k != 'epoch'})
       checkpoint.save(mngr, state, meta)
@@ -151,9 +162,10 @@ def _write_predict_constants(config, workdir, state, normal_features, mesh) -> N
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Trains (resuming from the workdir's checkpoint), evaluates, writes the outputs."""
   validation.validate(config)
+  use_compile_cache(config)
   os.makedirs(workdir, exist_ok=True)
   started, mesh = time.time(), make_mesh()
-  train_examples, known, test_examples = _load_data(config)
+  train_examples, known, test_examples = load_data(config)
   if known:
     print('Known anomalies used for training: ' + ', '.join(e['filename'] for e in known))
   backbone = FrozenBackbone.load(config, mesh)
@@ -209,8 +221,9 @@ def _restore_for_inference(config, workdir, channels) -> Tuple[FlowTrainState, D
 def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
   """Re-evaluates the latest checkpoint on the test set; rewrites results.json/md."""
   validation.validate(config)
+  use_compile_cache(config)
   mesh = make_mesh()
-  _, known, test_examples = _load_data(config)
+  _, known, test_examples = load_data(config)
   backbone = FrozenBackbone.load(config, mesh)
   t0 = time.time()
   test = _test_set(config, backbone, test_examples)
@@ -261,6 +274,7 @@ def _write_scores(path: str, names, scores, nll, threshold: float) -> None:
 def predict(config, workdir: str) -> str:
   """Maps and scores for the images in ``config.predict.images``; returns the CSV path."""
   validation.validate(config)
+  use_compile_cache(config)
   constants, names, examples = _read_predict_inputs(config, workdir)
   mesh, size = make_mesh(), config.data.inp_size
   backbone = FrozenBackbone.load(config, mesh)

@@ -33,6 +33,15 @@ def strategies(config) -> Tuple[str, ...]:
   return strategies_lib.resolve(as_list(config.data.anomaly_strategy))
 
 
+def known_anomaly_files(config) -> List[str]:
+  """``config.data.known_anomaly_files`` as a list ([] = draw ``num_anomalies``)."""
+  return as_list(config.data.known_anomaly_files)
+
+
+def uses_known_anomalies(config) -> bool:
+  return config.data.num_anomalies > 0 or bool(known_anomaly_files(config))
+
+
 def known_defect_types(config) -> List[str]:
   """``config.data.known_defect_types`` as a list ([] = every type may be known)."""
   return as_list(config.data.known_defect_types)
@@ -83,6 +92,7 @@ def _check_train(config, errors, num_devices):
   for name in ('meta_epochs', 'sub_epochs', 'batch_size', 'num_vectors', 'eval_every'):
     _at_least(errors, f'train.{name}', train[name], 1)
   _at_least(errors, 'train.lr_warm_epochs', train.lr_warm_epochs, 0)
+  _one_of(errors, 'train.lr_warmup', train.lr_warmup, ('linear', 'reference'))
   if not train.lr > 0:
     errors.append(f'train.lr={train.lr!r}: must be > 0')
   if not 0 < train.lr_decay_rate <= 1:
@@ -117,9 +127,9 @@ def _check_data(config, errors):
     errors.append(f'data.anomaly_strategy={data.anomaly_strategy!r}: name at least one of '
                   f'{", ".join(strategies_lib.STRATEGIES)}')
   for name in chosen:
-    if name in strategies_lib.NEEDS_KNOWN and data.num_anomalies <= 0:
+    if name in strategies_lib.NEEDS_KNOWN and not uses_known_anomalies(config):
       errors.append(f'data.anomaly_strategy: {name} transforms known anomalies: it needs '
-                    'data.num_anomalies > 0')
+                    'data.num_anomalies > 0 or data.known_anomaly_files')
 
 
 def validate(config, num_devices: int = None) -> None:

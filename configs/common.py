@@ -8,6 +8,9 @@ def get_config(arg=None):
   del arg
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # Compiled XLA programs are kept here and reused by later runs with the same
+  # shapes (other seeds, classes of the same size, eval, predict); '' = off.
+  config.compile_cache_dir = '~/.cache/bgad_jax/xla'
 
   config.backbone = ml_collections.ConfigDict()
   config.backbone.name = 'tf_efficientnet_b6'   # paper's encoder
@@ -48,6 +51,9 @@ def get_config(arg=None):
   config.train.lr_cosine = True
   config.train.lr_warm = True
   config.train.lr_warm_epochs = 2
+  # 'linear': one ramp over all batches of the warm-up epochs; 'reference': the
+  # official code's ramp, which restarts every sub-epoch (docs/METHOD.md).
+  config.train.lr_warmup = 'linear'
   config.train.num_vectors = 4096               # feature vectors per optimiser step
   config.train.eval_every = 1                   # meta-epochs between test evaluations
 
@@ -67,6 +73,9 @@ def get_config(arg=None):
   config.data.foreground_dir = ''               # masks named like the images, for 'folder'
   config.data.anomaly_source_path = ''          # strategy 2 textures (e.g. DTD); '' = built-in
   config.data.known_defect_types = ()           # e.g. crack,hole; () = all types
+  # Test files used as the known anomalies instead of the seeded draw, e.g.
+  # test/crack/003.png,test/hole/010.png (num_anomalies is then ignored).
+  config.data.known_anomaly_files = ()
   config.data.not_in_test = True
 
   config.report = ml_collections.ConfigDict()

@@ -153,3 +153,23 @@ def test_rounding_interpreter_is_exact_with_all_bits():
                              rtol=1e-6, atol=1e-6)
   assert not np.allclose(np.asarray(eval_rounding_matmuls(closed, flat, 7)[0]), exact,
                          rtol=1e-6, atol=1e-6)
+
+
+def test_parity_benchmark_smoke_ours_only(tmp_path):
+  out = tmp_path / 'parity.json'
+  stdout = _run('parity.py', '--ours_only', '--seeds', '0', '--modes', 'supervised,unsupervised',
+                '--warmups', 'reference,linear', '--meta_epochs', '2', '--sub_epochs', '1',
+                '--inp_size', '48', '--demo_size', '48', '--num_train', '8', '--num_test_good', '4',
+                '--num_per_defect', '2', '--num_anomalies', '4', '--batch_size', '4',
+                '--num_vectors', '64', '--workdir', str(tmp_path / 'work'), '--json', str(out))
+  results = json.loads(out.read_text())['results']
+  assert set(results) == {'supervised', 'unsupervised'}
+  for mode in results.values():
+    assert set(mode) == {'ours[reference]', 'ours[linear]'}
+    (run,) = mode['ours[linear]']
+    assert len(run['epochs']) == 2 and len(run['seconds']['evaluate']) == 2
+    assert all(0.0 <= e['img_auroc'] <= 1.0 for e in run['epochs'])
+  # The two warm-ups train differently (the reference ramp overshoots).
+  assert (results['supervised']['ours[reference]'][0]['epochs']
+          != results['supervised']['ours[linear]'][0]['epochs'])
+  assert '### supervised' in stdout and 'end to end s' in stdout

@@ -13,6 +13,37 @@ class NotEnoughAnomaliesError(ValueError):
   """A category has fewer anomalies than the run asks for."""
 
 
+class UnknownAnomalyFileError(ValueError):
+  """A file named as a known anomaly is not an anomalous test image."""
+
+
+def pick_files(test_examples: Sequence[Dict], files: Sequence[str]) -> Tuple[List[Dict], List[Dict]]:
+  """The test examples named in ``files`` as the known anomalies.
+
+  Args:
+    files: paths relative to the category (``test/crack/003.png``; the
+      ``test/`` prefix may be left out).
+
+  Returns:
+    (known, rest) like `select_known_anomalies`.
+
+  Raises:
+    UnknownAnomalyFileError: naming every file that is not in the test split
+      or not anomalous.
+  """
+  by_name = {e['filename']: e for e in test_examples}
+  names = [f if f.startswith('test/') else f'test/{f}' for f in files]
+  unknown = [f for f in names if f not in by_name]
+  normal = [f for f in names if f in by_name and by_name[f]['label'] != 1]
+  if unknown or normal:
+    problems = ([f'not in the test split: {", ".join(unknown)}'] if unknown else []) + (
+        [f'not anomalous: {", ".join(normal)}'] if normal else [])
+    raise UnknownAnomalyFileError('data.known_anomaly_files: ' + '; '.join(problems))
+  chosen = set(names)
+  known = [by_name[f] for f in dict.fromkeys(names)]
+  return known, [e for e in test_examples if e['filename'] not in chosen]
+
+
 def _quotas(available: Dict[str, int], total: int, rng) -> Dict[str, int]:
   """Spreads ``total`` evenly over types; the remainder goes to random types."""
   types = sorted(available)
@@ -89,14 +120,18 @@ def select_known_anomalies(test_examples: Sequence[Dict], num_anomalies: int,
 
 
 def split_known(data_config, test_examples: Sequence[Dict], known_types: Sequence[str],
-                seed: int) -> Tuple[List[Dict], List[Dict]]:
+                seed: int, known_files: Sequence[str] = ()) -> Tuple[List[Dict], List[Dict]]:
   """(known anomalies for training, the test set to evaluate on) for ``config.data``.
 
-  No known anomalies when ``num_anomalies`` is 0 (unsupervised); with
-  ``not_in_test`` the known ones leave the test set.
+  ``known_files`` (``data.known_anomaly_files``) names them; otherwise
+  ``num_anomalies`` are drawn with ``seed`` (none when it is 0: unsupervised).
+  With ``not_in_test`` the known ones leave the test set.
   """
-  if data_config.num_anomalies <= 0:
+  if known_files:
+    known, rest = pick_files(test_examples, known_files)
+  elif data_config.num_anomalies <= 0:
     return [], list(test_examples)
-  known, rest = select_known_anomalies(test_examples, data_config.num_anomalies,
-                                       data_config.anomaly_count_mode, known_types, seed)
+  else:
+    known, rest = select_known_anomalies(test_examples, data_config.num_anomalies,
+                                         data_config.anomaly_count_mode, known_types, seed)
   return known, (rest if data_config.not_in_test else list(test_examples))

@@ -21,14 +21,17 @@ def _level_lp(state: LevelState, features: jnp.ndarray, tables) -> jnp.ndarray:
 
 
 def lp_maps(state: FlowTrainState, level_features: Sequence[np.ndarray], mesh: Mesh,
-            images_per_call: int = 8) -> List[np.ndarray]:
+            vectors_per_call: int = 8192) -> List[np.ndarray]:
   """Per-dimension log-likelihood maps of every image at every level.
 
   Args:
     state: the trained flows.
     level_features: one float32 [N, h_l, w_l, C_l] array per level.
     mesh: the devices images are sharded over.
-    images_per_call: images per jitted call (rounded to the device count).
+    vectors_per_call: feature vectors per device and jitted call. The flows'
+      hidden layers are [vectors, 2 (C/2 + D)] float32: about 8192 vectors
+      keep them in the CPU caches (a third faster than 8 whole images at
+      level 0 of a 256 px input).
 
   Returns:
     One float32 [N, h_l, w_l] array per level (host memory).
@@ -38,6 +41,7 @@ def lp_maps(state: FlowTrainState, level_features: Sequence[np.ndarray], mesh: M
     _, h, w, _ = features.shape
     level_state = state.level(level).replace(opt_state=None)   # not needed here
     tables = level_state.condition.tables(h, w)
+    images_per_call = max(1, vectors_per_call // (h * w)) * mesh.devices.size
     out = [np.asarray(_level_lp(level_state, batch, tables))[:real]
            for batch, real in sharded_batches(features, images_per_call, mesh)]
     maps.append(np.concatenate(out))

@@ -82,9 +82,8 @@ def train_meta_epoch(state: FlowTrainState, training_set: TrainingSet, train_con
     levels = training_set.levels(epoch, sub_epoch)
     batches = image_batches(num_images, train_config.batch_size,
                             plan_rng(seed, epoch, sub_epoch, 0))
-    batch_lrs = np.array([schedule.batch_lr(train_config, epoch, warm_step + b,
-                                            max(warmup[1], 1))
-                          for b in range(len(batches))], np.float32)
+    batch_lrs = schedule.sub_epoch_lrs(train_config, epoch, sub_epoch, len(batches), warm_step,
+                                       warmup[1])
     warm_step += len(batches)
     for level, data in enumerate(levels):
       chunks, owners = chunk_plan(batches, data.positions, train_config.num_vectors,

@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 
 def epoch_lr(train_config, epoch: int) -> float:
   """The learning rate of meta-epoch ``epoch`` after warm-up.
@@ -48,3 +50,36 @@ def warmup_batches(train_config, normal_images: int, all_images: int,
     images = normal_images if epoch == 0 else all_images
     total += (images // train_config.batch_size) * train_config.sub_epochs
   return total
+
+
+def reference_warmup_lr(train_config, epoch: int, sub_epoch: int, batch: int,
+                        num_loaders: int = 2) -> float:
+  """The official code's warm-up learning rate of one image batch (``lr_warmup='reference'``).
+
+  Its progress is (batch + L * sub_epoch + epoch * L * S) / (warm_epochs * L * S)
+  with L the number of data loaders (2) where the number of batches was
+  meant: the ramp restarts every sub-epoch and passes its target (progress
+  above 1) once the batch index exceeds L. Outside warm-up: `epoch_lr`.
+  """
+  if not (train_config.lr_warm and epoch < train_config.lr_warm_epochs):
+    return epoch_lr(train_config, epoch)
+  steps = num_loaders * train_config.sub_epochs
+  progress = (batch + num_loaders * sub_epoch + epoch * steps) / (
+      train_config.lr_warm_epochs * steps)
+  start = train_config.lr / 10.0
+  return start + progress * (epoch_lr(train_config, train_config.lr_warm_epochs) - start)
+
+
+def sub_epoch_lrs(train_config, epoch: int, sub_epoch: int, num_batches: int,
+                  warm_step: int, warm_total: int) -> np.ndarray:
+  """float32 [num_batches] learning rate of each image batch of one sub-epoch.
+
+  ``warm_step``: batches trained before this sub-epoch in the warm-up epochs;
+  ``warm_total``: all of theirs (see `warmup_batches`).
+  """
+  if train_config.lr_warmup == 'reference':
+    rates = [reference_warmup_lr(train_config, epoch, sub_epoch, b) for b in range(num_batches)]
+  else:
+    rates = [batch_lr(train_config, epoch, warm_step + b, max(warm_total, 1))
+             for b in range(num_batches)]
+  return np.array(rates, np.float32)

