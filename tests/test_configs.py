@@ -15,6 +15,7 @@ def test_published_defaults():
   train = config.train
   assert (train.meta_epochs, train.sub_epochs, train.batch_size, train.lr,
           train.num_vectors, train.lr_warm_epochs) == (25, 8, 32, 2e-4, 4096, 2)
+  assert train.lr_warmup == 'reference'   # what parity with the official code needs
   data = config.data
   assert (data.inp_size, data.num_anomalies, data.anomaly_strategy,
           data.not_in_test) == (256, 10, ('real', 'cutpaste'), True)

@@ -69,6 +69,7 @@ def test_reference_warmup_is_the_official_formula_with_two_loaders():
 
 def test_sub_epoch_lrs_pick_the_configured_warmup():
   train = common.get_config().train
+  train.lr_warmup = 'linear'
   linear = schedule.sub_epoch_lrs(train, 0, 1, 3, warm_step=10, warm_total=40)
   np.testing.assert_allclose(linear, [schedule.batch_lr(train, 0, 10 + b, 40) for b in range(3)],
                              rtol=1e-6)
