@@ -36,6 +36,7 @@ import contextlib
 import importlib
 import io
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -217,7 +218,7 @@ def reference_encoder():
 def run_reference(mods, args, data, seed: int, mode: str, known_files: List[str]) -> Dict:
   import torch
   torch.set_num_threads(os.cpu_count())
-  manual_dir, tfds_dir, category = data
+  category = data[2]
   config = our_config(args, data, seed, mode, 'linear', known_files)
   train_examples, known, test_examples = engine.load_data(config)
   mean, std = backbone_lib.normalization('efficientnet_lite0', 'imagenet')
@@ -299,25 +300,27 @@ def goal_rows(results: Dict, mode: str, sides: List[str], meta_epochs: int) -> L
   return rows
 
 
+def _speed(runs: List[Dict]) -> Dict:
+  # Evaluations after the first (which compiles on our side) and before the
+  # last (where the official AUPRO loop runs): the steady cost of one evaluation.
+  steady = [s for r in runs for s in (r['seconds']['evaluate'][1:-1]
+                                      or r['seconds']['evaluate'])]
+  return dict(total=float(np.mean([r['seconds']['total'] for r in runs])),
+              epoch=float(np.mean([np.mean(r['seconds']['train']) for r in runs])),
+              evaluate=float(np.mean(steady)),
+              first_eval=float(np.mean([r['seconds']['evaluate'][0] for r in runs])),
+              last_eval=float(np.mean([r['seconds']['evaluate'][-1] for r in runs])))
+
+
 def speed_rows(results: Dict, mode: str, sides: List[str]) -> List[Dict]:
+  ref = _speed(results[mode]['official']) if 'official' in results[mode] else None
   rows = []
-  ref = results[mode].get('official')
   for side in sides:
-    runs = results[mode][side]
-    total = float(np.mean([r['seconds']['total'] for r in runs]))
-    epoch_s = float(np.mean([np.mean(r['seconds']['train']) for r in runs]))
-    # Evaluations after the first (which compiles on our side; the official
-    # AUPRO loop runs at the last one): the steady cost of one evaluation.
-    steady = [s for r in runs for s in (r['seconds']['evaluate'][1:-1]
-                                        or r['seconds']['evaluate'])]
-    row = dict(side=side, total=total, epoch=epoch_s, evaluate=float(np.mean(steady)),
-               first_eval=float(np.mean([r['seconds']['evaluate'][0] for r in runs])),
-               last_eval=float(np.mean([r['seconds']['evaluate'][-1] for r in runs])))
+    row = dict(side=side, **_speed(results[mode][side]))
     if ref and side != 'official':
-      ref_row = speed_rows({mode: {'official': ref}}, mode, ['official'])[0]
-      row.update(total_x=ref_row['total'] / total, epoch_x=ref_row['epoch'] / epoch_s,
-                 evaluate_x=ref_row['evaluate'] / row['evaluate'],
-                 last_eval_x=ref_row['last_eval'] / row['last_eval'])
+      row.update(total_x=ref['total'] / row['total'], epoch_x=ref['epoch'] / row['epoch'],
+                 evaluate_x=ref['evaluate'] / row['evaluate'],
+                 last_eval_x=ref['last_eval'] / row['last_eval'])
     rows.append(row)
   return rows
 
@@ -394,7 +397,6 @@ def main(argv=None):
         config = our_config(args, data, seed, mode, warmup, known)
         workdir = os.path.join(os.path.abspath(args.workdir), 'runs', f'{mode}_{warmup}_{seed}')
         if os.path.isdir(workdir):
-          import shutil
           shutil.rmtree(workdir)
         results[mode][f'ours[{warmup}]'].append(run_ours(config, workdir))
       print(f'{mode} seed {seed} done', file=sys.stderr, flush=True)

@@ -22,7 +22,7 @@ import numpy as np
 from bgad_jax import validation
 from bgad_jax.data import image_io
 from bgad_jax.data import strategies as strategies_lib
-from bgad_jax.data.dataset import load_splits
+from bgad_jax.data.dataset import expand_path, load_splits
 from bgad_jax.data.known_anomalies import split_known
 from bgad_jax.evaluation import maps as maps_lib
 from bgad_jax.evaluation import metrics
@@ -50,7 +50,7 @@ def use_compile_cache(config) -> None:
   """Keeps compiled programs in ``config.compile_cache_dir`` for later runs ('' = off)."""
   if config.compile_cache_dir:
     jax.config.update('jax_compilation_cache_dir',
-                      os.path.abspath(os.path.expanduser(config.compile_cache_dir)))
+                      expand_path(config.compile_cache_dir))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
 
 
@@ -238,7 +238,7 @@ def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
 
 def _read_predict_inputs(config, workdir) -> Tuple[Dict[str, Any], List[str], List[Dict]]:
   """(predict constants, image names, examples) of ``config.predict.images``."""
-  folder = os.path.abspath(os.path.expanduser(config.predict.images)) if config.predict.images else ''
+  folder = expand_path(config.predict.images) if config.predict.images else ''
   if not folder or not os.path.isdir(folder):
     raise FileNotFoundError(f'predict needs a folder of images: --config.predict.images=DIR '
                             f'(got {folder!r})')

@@ -13,18 +13,19 @@ from bgad_jax.data import pipeline
 SOURCES = ('demo', 'mvtec', 'folder')
 
 
-def _expand(path: str) -> str:
+def expand_path(path: str) -> str:
+  """An absolute path with ~ expanded."""
   return os.path.abspath(os.path.expanduser(path))
 
 
 def dataset_location(data_config) -> Tuple[str, str, str]:
   """(manual_dir, tfds data_dir, category) of ``config.data``."""
   if data_config.source == 'demo':
-    root = _expand(data_config.root or '~/.cache/bgad_jax/demo')
+    root = expand_path(data_config.root or '~/.cache/bgad_jax/demo')
     return os.path.join(root, 'images'), os.path.join(root, 'tfds'), data_config.category
   if data_config.source in ('mvtec', 'folder'):
-    manual_dir = _expand(data_config.root) if data_config.root else ''
-    return manual_dir, _expand(data_config.tfds_dir), data_config.category
+    manual_dir = expand_path(data_config.root) if data_config.root else ''
+    return manual_dir, expand_path(data_config.tfds_dir), data_config.category
   raise ValueError(f'data.source must be one of {SOURCES}, got {data_config.source!r}')
 
 

@@ -26,14 +26,17 @@ def batch_lr(train_config, epoch: int, warmup_step: int, warmup_steps: int) -> f
   During the first ``lr_warm_epochs`` meta-epochs it rises linearly from lr / 10
   (at the first batch) towards ``epoch_lr(lr_warm_epochs)``; ``warmup_step`` is
   the number of batches already trained in those epochs and ``warmup_steps``
-  their total. (The reference divides by its number of data loaders instead of
-  batches, which restarts the ramp every sub-epoch; this is the intended ramp.)
+  their total: ``lr_warmup='linear'`` (`reference_warmup_lr` is the official one).
   """
   if train_config.lr_warm and epoch < train_config.lr_warm_epochs:
-    start = train_config.lr / 10.0
-    end = epoch_lr(train_config, train_config.lr_warm_epochs)
-    return start + (warmup_step / warmup_steps) * (end - start)
+    return _warmup_ramp(train_config, warmup_step / warmup_steps)
   return epoch_lr(train_config, epoch)
+
+
+def _warmup_ramp(train_config, progress: float) -> float:
+  """lr / 10 + progress * (epoch_lr(lr_warm_epochs) - lr / 10), both warm-ups' rate."""
+  start = train_config.lr / 10.0
+  return start + progress * (epoch_lr(train_config, train_config.lr_warm_epochs) - start)
 
 
 def warmup_batches(train_config, normal_images: int, all_images: int,
@@ -64,10 +67,8 @@ def reference_warmup_lr(train_config, epoch: int, sub_epoch: int, batch: int,
   if not (train_config.lr_warm and epoch < train_config.lr_warm_epochs):
     return epoch_lr(train_config, epoch)
   steps = num_loaders * train_config.sub_epochs
-  progress = (batch + num_loaders * sub_epoch + epoch * steps) / (
-      train_config.lr_warm_epochs * steps)
-  start = train_config.lr / 10.0
-  return start + progress * (epoch_lr(train_config, train_config.lr_warm_epochs) - start)
+  return _warmup_ramp(train_config, (batch + num_loaders * sub_epoch + epoch * steps)
+                      / (train_config.lr_warm_epochs * steps))
 
 
 def sub_epoch_lrs(train_config, epoch: int, sub_epoch: int, num_batches: int,
