@@ -5,9 +5,13 @@
   python main.py --config=configs/mvtec.py:all          # every class + a summary table
   python main.py --mode=eval --workdir=runs/demo        # re-evaluate the checkpoint
   python main.py --mode=predict --config.predict.images=DIR --workdir=runs/demo
+
+A problem with the config, data, checkpoint or weights ends in one line naming
+it and exit code 2 (--verbose adds the traceback).
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -21,6 +25,8 @@ flags.DEFINE_string('workdir', None, 'Output folder (default: runs/<config name>
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'],
                   'train: train then evaluate; eval: the workdir checkpoint on the test set; '
                   'predict: maps and scores for --config.predict.images.')
+flags.DEFINE_bool('verbose', False, 'Show the Python traceback of configuration, data, '
+                  'checkpoint and weights errors too.')
 FLAGS = flags.FLAGS
 
 
@@ -30,14 +36,28 @@ def default_workdir(config_arg: str) -> str:
   return os.path.join('runs', f'{name}_{arg}' if arg else name)
 
 
+def parse_flags(argv):
+  """absl's parsing, with a one-line error for a --config.<key> the config lacks."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError):
+    from bgad_jax import cli
+    message = cli.unknown_config_key(argv)
+    if message is None or '--verbose' in argv:
+      raise
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(cli.USER_ERROR_EXIT_CODE)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   from bgad_jax import cli   # imported after flag parsing so that --help stays fast
+  cli.plain_warnings(logging.get_absl_handler())
   workdir = FLAGS.workdir or default_workdir(flags.FLAGS['config'].config_filename)
-  cli.run(FLAGS.config, workdir, FLAGS.mode)
+  return cli.main(FLAGS.config, workdir, FLAGS.mode, sys.argv, FLAGS.verbose)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -7,9 +7,11 @@ Layers, each importing only the ones above it in this list:
                checkpoints
   evaluation/  lp inference, anomaly maps, metrics, report
   validation   config checks;  engine  train / eval / predict;  cli  the command line
+  errors.py (UserError, raised by every layer) imports nothing from bgad_jax.
 The method, in our words: docs/METHOD.md.
 """
 
+from bgad_jax.errors import UserError
 from bgad_jax.models.flow import (CONSTANTS, CouplingBlock, NormalizingFlow,
                                   log_likelihood, per_dim_log_likelihood)
 from bgad_jax.models.pos_embed import positional_encoding_2d
@@ -23,6 +25,6 @@ __version__ = '0.1.0'
 
 __all__ = [
     'CONSTANTS', 'CouplingBlock', 'FlowTrainState', 'FrozenBackbone', 'NormalizingFlow',
-    'TrainingSet', 'bgad_loss', 'log_likelihood', 'losses', 'normal_only_loss',
+    'TrainingSet', 'UserError', 'bgad_loss', 'log_likelihood', 'losses', 'normal_only_loss',
     'per_dim_log_likelihood', 'positional_encoding_2d',
 ]

@@ -1,10 +1,24 @@
-"""What main.py dispatches to: one run, or every MVTec category with a summary."""
+"""What main.py dispatches to: one run, or every MVTec category with a summary.
 
+User errors (`bgad_jax.errors.UserError`) end here as one line on stderr and
+exit code 2; anything else keeps its traceback.
+"""
+
+import difflib
+import importlib.util
+import logging
 import os
+import shlex
+import sys
+import traceback
+from typing import List, Optional, Sequence
 
 from bgad_jax import engine
 from bgad_jax import validation
+from bgad_jax.errors import UserError
 from bgad_jax.evaluation import report
+
+USER_ERROR_EXIT_CODE = 2
 
 
 def _print_result(results, workdir):
@@ -12,22 +26,41 @@ def _print_result(results, workdir):
     print('\n' + f.read())
   print(f'Results: {os.path.join(workdir, "results.json")} and results.md')
   print(f'Overlays: {os.path.join(workdir, "overlays")}')
-  print(f'TensorBoard: tensorboard --logdir {os.path.join(workdir, "tensorboard")}')
+  print('TensorBoard: ' + shlex.join(['tensorboard', '--logdir',
+                                      os.path.join(workdir, 'tensorboard')]))
   seconds = results['seconds']
   print(f"Time: features {seconds['features']:.0f}s, training {seconds['train']:.0f}s, "
         f"evaluation {seconds['eval']:.0f}s")
 
 
-def run(config, workdir: str, mode: str):
-  """Runs ``mode`` ('train', 'eval' or 'predict') of ``config`` in ``workdir``."""
+def train_command(argv: Sequence[str]) -> str:
+  """The shell command that trains what ``argv`` (a main.py command line) evaluates."""
+  args, rest = [], list(argv[1:])
+  while rest:
+    arg = rest.pop(0)
+    if arg == '--mode':
+      rest = rest[1:]   # and its value
+    elif not arg.startswith('--mode='):
+      args.append(arg)
+  return shlex.join(['python', 'main.py'] + args)
+
+
+def run(config, workdir: str, mode: str, command: str = ''):
+  """Runs ``mode`` ('train', 'eval' or 'predict') of ``config`` in ``workdir``.
+
+  ``command``: the command that trains this model, named when eval/predict
+  find none (see `train_command`).
+  """
   validation.validate(config)
+  if mode in ('eval', 'predict') and config.data.category != 'all':
+    engine.require_trained_model(workdir, command)   # before any data work
   if config.data.category == 'all':
     from tfds_mvtec.layout import CATEGORIES
     rows = {}
     for category in CATEGORIES:
       category_config = config.copy_and_resolve_references()
       category_config.data.category = category
-      rows[category] = run(category_config, os.path.join(workdir, category), mode)
+      rows[category] = run(category_config, os.path.join(workdir, category), mode, command)
     summary = report.summary_markdown(rows)
     with open(os.path.join(workdir, 'summary.md'), 'w') as f:
       f.write(summary)
@@ -42,3 +75,76 @@ def run(config, workdir: str, mode: str):
              else engine.evaluate_checkpoint(config, workdir))
   _print_result(results, workdir)
   return report.headline(results)
+
+
+class _DropCustomConfigNotes(logging.Filter):
+  """TFDS notes every non-MVTec category as a 'custom data configuration': expected here."""
+
+  def filter(self, record):
+    return not record.getMessage().startswith('Using custom data configuration')
+
+
+def plain_warnings(handler: logging.Handler) -> None:
+  """Warnings as 'WARNING: message' lines, without TFDS's per-category note."""
+  handler.setFormatter(logging.Formatter('%(levelname)s: %(message)s'))
+  handler.addFilter(_DropCustomConfigNotes())
+
+
+def main(config, workdir: str, mode: str, argv: Sequence[str], verbose: bool = False) -> int:
+  """`run`, with user errors reported in one line; returns the exit code."""
+  try:
+    run(config, workdir, mode, train_command(argv))
+  except UserError as err:
+    if verbose:
+      traceback.print_exc()
+    print(f'error: {err}', file=sys.stderr)
+    return USER_ERROR_EXIT_CODE
+  return 0
+
+
+def _config_arg(argv: Sequence[str]) -> str:
+  value = 'configs/demo.py'
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      value = arg.split('=', 1)[1]
+    elif arg == '--config' and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def _field_keys(config, prefix: str = '') -> List[str]:
+  """Dotted names of every field (not the sections) of a ConfigDict."""
+  keys = []
+  for name, value in config.items():
+    keys += (_field_keys(value, prefix + name + '.') if hasattr(value, 'items')
+             else [prefix + name])
+  return keys
+
+
+def unknown_config_key(argv: Sequence[str]) -> Optional[str]:
+  """A message naming the first ``--config.<key>`` of ``argv`` that the config lacks.
+
+  Returns None when every override names an existing field (or the config
+  file itself cannot be loaded: the flag parser reports that).
+  """
+  path, _, arg = _config_arg(argv).partition(':')
+  try:
+    spec = importlib.util.spec_from_file_location('_bgad_config_for_keys', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception:   # pylint: disable=broad-except
+    return None
+  fields = _field_keys(config)
+  for option in argv:
+    if not option.startswith('--config.'):
+      continue
+    key = option[len('--config.'):].split('=', 1)[0]
+    if key in fields:
+      continue
+    section = key.rpartition('.')[0]
+    closest = difflib.get_close_matches(key, fields, n=3, cutoff=0.6) or sorted(
+        k for k in fields if k.rpartition('.')[0] == section)[:8]
+    hint = f'closest: {", ".join(closest)}' if closest else 'every key is in configs/common.py'
+    return f'unknown config key {key} (in {option}); {hint}'
+  return None

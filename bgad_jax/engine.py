@@ -24,6 +24,7 @@ from bgad_jax.data import image_io
 from bgad_jax.data import strategies as strategies_lib
 from bgad_jax.data.dataset import expand_path, load_splits
 from bgad_jax.data.known_anomalies import split_known
+from bgad_jax.errors import DataError, MissingFileError, NoTrainedModelError
 from bgad_jax.evaluation import maps as maps_lib
 from bgad_jax.evaluation import metrics
 from bgad_jax.evaluation import report
@@ -77,8 +78,17 @@ def load_data(config) -> Tuple[List[Dict], List[Dict], List[Dict]]:
   return train_examples, known, test_examples
 
 
+def _without_mask(arrays: Dict[str, np.ndarray]) -> List[str]:
+  """File names of the anomalous test images that have no ground-truth mask."""
+  return [str(name) for name, label, has in zip(
+      arrays['filenames'], arrays['labels'], arrays['has_mask']) if label and not has]
+
+
 def _test_set(config, backbone: FrozenBackbone, test_examples) -> TestSet:
   arrays = backbone.preprocess(test_examples, config.data.inp_size)
+  for name in _without_mask(arrays):
+    logging.warning('%s has no ground-truth mask: it counts in the image AUROC only, not in '
+                    'the pixel metrics', name)
   return TestSet(arrays, backbone.features(arrays['images']),
                  validation.known_defect_types(config))
 
@@ -198,7 +208,8 @@ def _write_outputs(config, workdir, state, meta, result, maps, test_arrays, know
       best_epoch=report.best_epoch(meta['history']),
       seconds=dict(features=feature_seconds, train=meta['seconds']['train'],
                    eval=meta['seconds']['eval'], total=total_seconds),
-      known_anomalies=[e['filename'] for e in known], history=meta['history'],
+      known_anomalies=[e['filename'] for e in known],
+      anomalies_without_mask=_without_mask(test_arrays), history=meta['history'],
       device=f'{jax.devices()[0].device_kind} x{jax.device_count()}',
       config=config.to_dict())
   for group in ('seen', 'unseen'):
@@ -209,18 +220,28 @@ def _write_outputs(config, workdir, state, meta, result, maps, test_arrays, know
   return results
 
 
+def require_trained_model(workdir: str, train_command: str = '') -> None:
+  """Raises `NoTrainedModelError` unless ``workdir`` holds a checkpoint (creates nothing).
+
+  Args:
+    train_command: the command that trains this model, for the message.
+  """
+  if not checkpoint.has_checkpoint(workdir):
+    how = train_command or 'the training run with the same --config and --workdir'
+    raise NoTrainedModelError(f'no trained model in {workdir} (no checkpoints/ in it): '
+                              f'train it first: {how}')
+
+
 def _restore_for_inference(config, workdir, channels) -> Tuple[FlowTrainState, Dict]:
+  require_trained_model(workdir)
   template = FlowTrainState.create(config, channels, jax.random.key(config.seed))
-  restored = checkpoint.restore_latest(checkpoint.manager(workdir), template)
-  if restored is None:
-    raise FileNotFoundError(f'no checkpoint in {os.path.join(workdir, "checkpoints")}; '
-                            f'train first: python main.py --workdir={workdir}')
-  return restored
+  return checkpoint.restore_latest(checkpoint.manager(workdir), template)
 
 
 def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
   """Re-evaluates the latest checkpoint on the test set; rewrites results.json/md."""
   validation.validate(config)
+  require_trained_model(workdir)   # before any data work
   use_compile_cache(config)
   mesh = make_mesh()
   _, known, test_examples = load_data(config)
@@ -236,46 +257,73 @@ def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
                         feature_seconds, feature_seconds + meta['seconds']['eval'])
 
 
-def _read_predict_inputs(config, workdir) -> Tuple[Dict[str, Any], List[str], List[Dict]]:
-  """(predict constants, image names, examples) of ``config.predict.images``."""
-  folder = expand_path(config.predict.images) if config.predict.images else ''
-  if not folder or not os.path.isdir(folder):
-    raise FileNotFoundError(f'predict needs a folder of images: --config.predict.images=DIR '
-                            f'(got {folder!r})')
+def _read_predict_constants(workdir) -> Dict[str, Any]:
+  require_trained_model(workdir)
   constants_path = os.path.join(workdir, 'predict_constants.json')
   if not os.path.isfile(constants_path):
-    raise FileNotFoundError(f'{constants_path} is missing; train first: '
-                            f'python main.py --workdir={workdir}')
+    raise NoTrainedModelError(f'the training in {workdir} did not finish ({constants_path} '
+                              'is missing): rerun its training command to resume it')
   with open(constants_path) as f:
-    constants = json.load(f)
+    return json.load(f)
+
+
+def _read_predict_images(config) -> Tuple[List[Dict], Dict[str, str]]:
+  """(examples of the readable images, {name: error} of the others) in ``predict.images``."""
+  folder = expand_path(config.predict.images) if config.predict.images else ''
+  if not folder or not os.path.isdir(folder):
+    raise MissingFileError(f'predict.images={config.predict.images!r}: predict needs a folder '
+                           'of images (--config.predict.images=DIR)')
   names = sorted(n for n in os.listdir(folder)
                  if n.lower().endswith(image_io.IMAGE_EXTENSIONS))
   if not names:
-    raise FileNotFoundError(f'no images in {folder}')
-  examples = []
+    raise MissingFileError(f'no images ({", ".join(image_io.IMAGE_EXTENSIONS)}) in {folder} '
+                           '(predict.images)')
+  examples, errors = [], {}
   for name in names:
-    image = image_io.decode_image(os.path.join(folder, name))
+    try:
+      image = image_io.decode_image(os.path.join(folder, name))
+    except image_io.ImageDecodeError as err:
+      errors[name] = str(err)
+      logging.warning('Skipped %s', err)
+      continue
     examples.append(dict(image=image, mask=np.zeros(image.shape[:2], np.uint8),
                          has_mask=False, label=0, defect_type='unknown', filename=name))
-  return constants, names, examples
+  if not examples:
+    raise DataError(f'none of the {len(names)} images in {folder} could be read; the first: '
+                    f'{errors[names[0]]}')
+  return examples, errors
 
 
-def _write_scores(path: str, names, scores, nll, threshold: float) -> None:
+def _write_scores(path: str, names, scores, nll, threshold: float,
+                  errors: Dict[str, str]) -> None:
+  """scores.csv: one row per image, unreadable ones with empty scores and their error."""
+  rows = {name: [f'{score:.6f}', f'{image_nll:.6f}', f'{threshold:.6f}',
+                 int(image_nll > threshold), '']
+          for name, score, image_nll in zip(names, scores, nll)}
+  rows.update({name: ['', '', f'{threshold:.6f}', '', error] for name, error in errors.items()})
   with open(path, 'w', newline='') as f:
     writer = csv.writer(f)
     # score: the reference's image score (saturates at map_max far from normal);
     # nll_score ranks the same way where it does not saturate, and decides.
-    writer.writerow(['filename', 'score', 'nll_score', 'nll_threshold', 'anomalous'])
-    for name, score, image_nll in zip(names, scores, nll):
-      writer.writerow([name, f'{score:.6f}', f'{image_nll:.6f}', f'{threshold:.6f}',
-                       int(image_nll > threshold)])
+    writer.writerow(['filename', 'score', 'nll_score', 'nll_threshold', 'anomalous', 'error'])
+    for name in sorted(rows):
+      writer.writerow([name] + rows[name])
 
 
 def predict(config, workdir: str) -> str:
-  """Maps and scores for the images in ``config.predict.images``; returns the CSV path."""
+  """Maps and scores for the images in ``config.predict.images``; returns the CSV path.
+
+  Unreadable images are skipped and listed in the CSV's ``error`` column.
+
+  Raises:
+    NoTrainedModelError: ``workdir`` holds no finished training (checked first).
+    DataError: no image could be read.
+  """
   validation.validate(config)
+  constants = _read_predict_constants(workdir)
+  examples, errors = _read_predict_images(config)
+  names = [e['filename'] for e in examples]
   use_compile_cache(config)
-  constants, names, examples = _read_predict_inputs(config, workdir)
   mesh, size = make_mesh(), config.data.inp_size
   backbone = FrozenBackbone.load(config, mesh)
   arrays = backbone.preprocess(examples, size)
@@ -288,5 +336,5 @@ def predict(config, workdir: str) -> str:
                        low=0.0, high=max(float(constants['score_threshold']) * 2, 1e-6))
   csv_path = os.path.join(out_dir, 'scores.csv')
   _write_scores(csv_path, names, maps.reshape(len(maps), -1).max(axis=1),
-                maps_lib.nll_scores(lp, size, constants), constants['nll_threshold'])
+                maps_lib.nll_scores(lp, size, constants), constants['nll_threshold'], errors)
   return csv_path

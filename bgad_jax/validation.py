@@ -12,11 +12,8 @@ import jax
 
 from bgad_jax.data import strategies as strategies_lib
 from bgad_jax.data.dataset import SOURCES
+from bgad_jax.errors import ConfigError
 from bgad_jax.models import backbone as backbone_lib
-
-
-class ConfigError(ValueError):
-  """One or more config fields have values bgad_jax cannot run with."""
 
 
 def as_list(value) -> List[str]:

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,17 +23,24 @@ def _cmd(workdir, data_root, *extra):
           f'--config.data.root={data_root}', *extra]
 
 
-def _main(workdir, data_root, *extra):
+def _main(workdir, data_root, *extra, returncode=0, with_stderr=False):
   result = subprocess.run(_cmd(workdir, data_root, *extra), cwd=REPO, capture_output=True,
                           text=True, timeout=900)
-  assert result.returncode == 0, result.stderr[-4000:]
-  return result.stdout
+  assert result.returncode == returncode, result.stderr[-4000:]
+  return (result.stdout, result.stderr) if with_stderr else result.stdout
+
+
+def _trained_copy(trained, target):
+  """A copy of the trained workdir's checkpoints and predict constants (nothing else)."""
+  shutil.copytree(trained[0] / 'checkpoints', target / 'checkpoints')
+  shutil.copy(trained[0] / 'predict_constants.json', target)
+  return target
 
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   base = tmp_path_factory.mktemp('engine')
-  workdir, data_root = base / 'run', base / 'data'
+  workdir, data_root = base / 'run dir', base / 'data'   # a space: every path is quoted
   stdout = _main(workdir, data_root)
   return workdir, data_root, stdout
 
@@ -59,6 +67,8 @@ def test_train_writes_every_output(trained):
   assert scalars['loss_a'][-1][1] == pytest.approx(last['loss_a'], rel=1e-6)
   assert 'Known anomalies used for training: test/' in stdout
   assert 'results.json' in stdout and 'overlays' in stdout
+  assert f"TensorBoard: tensorboard --logdir '{workdir / 'tensorboard'}'" in stdout
+  assert results['anomalies_without_mask'] == []
 
 
 def test_eval_mode_reproduces_the_metrics(trained):
@@ -79,13 +89,58 @@ def test_predict_ranks_a_blatant_defect_above_normals(trained, tmp_path):
   defect = np.asarray(Image.open(good_dir / names[0])).copy()
   defect[8:40, 8:40] = (255, 0, 255)   # a large saturated magenta square
   Image.fromarray(defect).save(tmp_path / 'zz_defect.png')
-  _main(workdir, data_root, '--mode=predict', f'--config.predict.images={tmp_path}')
+  (tmp_path / 'bad.png').write_bytes(b'not an image')   # skipped, listed, not fatal
+  _, stderr = _main(workdir, data_root, '--mode=predict', f'--config.predict.images={tmp_path}',
+                    with_stderr=True)
+  assert f'WARNING: Skipped cannot decode image {tmp_path / "bad.png"}' in stderr
   with open(workdir / 'predictions' / 'scores.csv') as f:
-    rows = {r['filename']: float(r['nll_score']) for r in csv.DictReader(f)}
+    table = {r['filename']: r for r in csv.DictReader(f)}
+  assert table.pop('bad.png')['error'].startswith('cannot decode image')
+  rows = {name: float(row['nll_score']) for name, row in table.items()}
   assert set(rows) == set(names) | {'zz_defect.png'}
-  assert all(np.isfinite(list(rows.values())))
+  assert all(np.isfinite(list(rows.values()))) and not any(r['error'] for r in table.values())
   assert rows['zz_defect.png'] > max(rows[n] for n in names)
   assert (workdir / 'predictions' / 'zz_defect.png').is_file()
+
+
+def test_predict_with_no_readable_image_fails_naming_it(trained, tmp_path):
+  workdir, data_root, _ = trained
+  (tmp_path / 'only.png').write_bytes(b'')
+  _, stderr = _main(workdir, data_root, '--mode=predict', f'--config.predict.images={tmp_path}',
+                    returncode=2, with_stderr=True)
+  assert f'error: none of the 1 images in {tmp_path} could be read' in stderr
+  assert str(tmp_path / 'only.png') in stderr and 'Traceback' not in stderr
+
+
+def test_damaged_last_checkpoint_resumes_from_the_previous_one(trained, tmp_path):
+  workdir, data_root, _ = trained
+  uninterrupted = json.loads((workdir / 'results.json').read_text())
+  copy = _trained_copy(trained, tmp_path / 'damaged')
+  files = [os.path.join(d, f) for d, _, names in os.walk(copy / 'checkpoints' / '3')
+           for f in names]
+  with open(max(files, key=os.path.getsize), 'r+b') as f:
+    f.truncate(10)
+  stdout, stderr = _main(copy, data_root, with_stderr=True)
+  assert 'WARNING: The checkpoint of meta-epoch 3 cannot be read' in stderr
+  assert 'Resuming from the checkpoint of meta-epoch 2' in stdout
+  assert (copy / 'checkpoints_unreadable' / '3').is_dir()
+  resumed = json.loads((copy / 'results.json').read_text())
+  for key in ('img_auroc', 'pix_auroc', 'aupro'):
+    assert resumed[key] == pytest.approx(uninterrupted[key], abs=1e-6)
+
+
+def test_anomaly_without_mask_is_named_and_counted(trained, tmp_path):
+  workdir, data_root, _ = trained
+  root = tmp_path / 'folder'
+  shutil.copytree(data_root / 'images' / 'tissue', root / 'tissue')
+  os.remove(root / 'tissue' / 'ground_truth' / 'hole' / '000_mask.png')
+  copy = _trained_copy(trained, tmp_path / 'work')
+  _, stderr = _main(copy, root, '--mode=eval', '--config.data.source=folder',
+                    f'--config.data.tfds_dir={tmp_path / "tfds"}', with_stderr=True)
+  assert stderr.count('test/hole/000.png has no ground-truth mask') == 1
+  results = json.loads((copy / 'results.json').read_text())
+  assert results['anomalies_without_mask'] == ['test/hole/000.png']
+  assert results['pix_auroc'] is not None
 
 
 def test_killed_run_resumes_to_the_same_metrics(trained, tmp_path):

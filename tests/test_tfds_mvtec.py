@@ -106,3 +106,61 @@ def test_reading_unbuilt_dataset_says_how_to_build(tmp_path):
 def test_fifteen_builder_configs():
   names = [c.name for c in tfds_mvtec.MvtecAd.BUILDER_CONFIGS]
   assert names == list(layout.CATEGORIES) and len(names) == 15
+
+
+def _copy_bottle(root):
+  shutil.copytree(os.path.join(DUMMY, 'bottle'), root / 'bottle')
+  return root
+
+
+def test_changed_source_is_rebuilt_and_unchanged_reused(tmp_path, capsys):
+  root, data = _copy_bottle(tmp_path / 'a'), str(tmp_path / 'data')
+  tfds_mvtec.build('bottle', data, str(root))
+  tfds_mvtec.build('bottle', data, str(root))
+  assert 'Rebuilding' not in capsys.readouterr().out
+  path = root / 'bottle' / 'train' / 'good' / '000.png'
+  image = np.asarray(Image.open(path)).copy()
+  image[:4, :4] = 255 - image[:4, :4]
+  Image.fromarray(image).save(path)
+  tfds_mvtec.build('bottle', data, str(root))
+  assert ('files in its source changed since: 1 changed (e.g. train/good/000.png)'
+          in capsys.readouterr().out)
+  read = pipeline.load_examples(data, 'bottle', 'train')[0]
+  assert read['filename'] == 'train/good/000.png'
+  np.testing.assert_array_equal(read['image'], image if image.ndim == 3 else
+                                np.repeat(image[:, :, None], 3, axis=2))
+
+
+def test_another_root_with_the_same_category_is_rebuilt(tmp_path, capsys):
+  first, second = _copy_bottle(tmp_path / 'a'), _copy_bottle(tmp_path / 'b')
+  os.remove(second / 'bottle' / 'test' / 'good' / '000.png')
+  data = str(tmp_path / 'data')
+  tfds_mvtec.build('bottle', data, str(first))
+  tfds_mvtec.build('bottle', data, str(second))
+  assert f'it was built from {first / "bottle"}' in capsys.readouterr().out
+  assert len(pipeline.load_examples(data, 'bottle', 'test')) == 4
+
+
+def test_concurrent_builds_of_one_dataset_both_succeed(tmp_path):
+  command = [sys.executable, '-m', 'tfds_mvtec.build', '--manual_dir', DUMMY,
+             '--data_dir', str(tmp_path / 'data'), '--categories', 'bottle']
+  processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for _ in range(2)]
+  outputs = [p.communicate(timeout=600) for p in processes]
+  for process, (out, err) in zip(processes, outputs):
+    assert process.returncode == 0, err[-2000:]
+    assert 'bottle: train 3, test 5' in out
+  assert len(pipeline.load_examples(str(tmp_path / 'data'), 'bottle', 'test')) == 5
+
+
+def test_damaged_archive_names_it_and_leaves_nothing(tmp_path):
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  with tarfile.open(manual / layout.ARCHIVE_NAME, 'w:xz') as tar:
+    tar.add(os.path.join(DUMMY, 'bottle'), arcname='bottle')
+  archive = manual / layout.ARCHIVE_NAME
+  archive.write_bytes(archive.read_bytes()[:200])
+  with pytest.raises(layout.DatasetFolderError, match='damaged or incomplete') as caught:
+    tfds_mvtec.build('bottle', str(tmp_path / 'data'), str(manual))
+  assert str(archive) in str(caught.value)
+  assert not (tmp_path / 'data' / 'downloads' / 'extracted' / 'mvtec_ad' / 'bottle').exists()

@@ -10,10 +10,12 @@ and PNG/JPEG/BMP/TIFF files everywhere.
 
 import dataclasses
 import os
+import shutil
 import tarfile
 from typing import Dict, List, Optional
 
 from bgad_jax.data.image_io import IMAGE_EXTENSIONS
+from bgad_jax.errors import MissingFileError
 
 CATEGORIES = ('bottle', 'cable', 'capsule', 'carpet', 'grid', 'hazelnut', 'leather',
               'metal_nut', 'pill', 'screw', 'tile', 'toothbrush', 'transistor', 'wood',
@@ -23,7 +25,7 @@ DOWNLOAD_PAGE = 'https://www.mvtec.com/company/research/datasets/mvtec-ad'
 NORMAL_DIRS = ('good', 'ok')
 
 
-class DatasetFolderError(FileNotFoundError):
+class DatasetFolderError(MissingFileError):
   """A dataset folder is missing or incomplete."""
 
 
@@ -56,7 +58,8 @@ def _missing(what: str, category_dir: str, category: str) -> DatasetFolderError:
       f'{what} for category {category!r} under {category_dir}. Expected the MVTec AD '
       f'layout (<root>/{category}/train/good, test/<type>, ground_truth/<type>/'
       f'<name>_mask.png). For MVTec AD, get {ARCHIVE_NAME} from {DOWNLOAD_PAGE} and pass '
-      'its folder as --manual_dir (the archive or its extracted folder).')
+      'the folder holding it or its extracted folders as --config.data.root (main.py) or '
+      '--manual_dir (python -m tfds_mvtec.build).')
 
 
 def scan_category(category_dir: str, category: str,
@@ -99,26 +102,48 @@ def scan_category(category_dir: str, category: str,
   return splits
 
 
-def resolve_category_dir(manual_dir: str, category: str, extract_dir: str) -> str:
-  """The folder of ``category``: extracted in manual_dir, or extracted from the archive.
+def category_source(manual_dir: str, category: str) -> str:
+  """Where ``category`` comes from: its folder in manual_dir, or the archive holding it.
 
   Looks for ``<manual_dir>/<category>``, ``<manual_dir>/mvtec_anomaly_detection/<category>``,
-  then ``<manual_dir>/mvtec_anomaly_detection.tar.xz`` (only the category's members
-  are extracted, into ``extract_dir``).
+  then ``<manual_dir>/mvtec_anomaly_detection.tar.xz``.
+
+  Raises:
+    DatasetFolderError: naming the folders and the archive looked for.
   """
-  for candidate in (os.path.join(manual_dir, category),
-                    os.path.join(manual_dir, 'mvtec_anomaly_detection', category),
-                    os.path.join(extract_dir, category)):
+  folder = os.path.join(manual_dir, category)
+  for candidate in (folder, os.path.join(manual_dir, 'mvtec_anomaly_detection', category)):
     if os.path.isdir(os.path.join(candidate, 'train')):
       return candidate
   archive = os.path.join(manual_dir, ARCHIVE_NAME)
   if os.path.isfile(archive):
-    os.makedirs(extract_dir, exist_ok=True)
-    with tarfile.open(archive, 'r:*') as tar:
+    return archive
+  if os.path.isdir(folder):
+    return folder   # incomplete: scan_category names what is missing
+  raise _missing(f'neither {folder} nor {archive} exists', manual_dir, category)
+
+
+def resolve_category_dir(manual_dir: str, category: str, extract_dir: str) -> str:
+  """The folder of ``category``: in manual_dir, or extracted from the archive.
+
+  From the archive (see `category_source`) only the category's members are
+  extracted, into ``extract_dir``, once.
+  """
+  source = category_source(manual_dir, category)
+  extracted = os.path.join(extract_dir, category)
+  if os.path.isdir(source):
+    return source
+  if os.path.isdir(os.path.join(extracted, 'train')):
+    return extracted
+  os.makedirs(extract_dir, exist_ok=True)
+  try:
+    with tarfile.open(source, 'r:*') as tar:
       members = [m for m in tar if m.name.lstrip('./').startswith(category + '/')]
       if not members:
-        raise _missing(f'no {category}/ in {archive}', manual_dir, category)
+        raise _missing(f'no {category}/ in {source}', manual_dir, category)
       tar.extractall(extract_dir, members=members, filter='data')
-    return os.path.join(extract_dir, category)
-  raise _missing(f'neither {os.path.join(manual_dir, category)} nor {archive} exists',
-                 manual_dir, category)
+  except (tarfile.TarError, EOFError, OSError) as err:
+    shutil.rmtree(extracted, ignore_errors=True)   # never leave half an extraction
+    raise DatasetFolderError(f'cannot read {source} ({err}): the archive is damaged or '
+                             f'incomplete; download it again from {DOWNLOAD_PAGE}') from err
+  return extracted

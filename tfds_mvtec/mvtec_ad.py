@@ -5,14 +5,20 @@ Build with ``python -m tfds_mvtec.build`` (array_record files) and read with
 ``tfds.load`` works too. Records come back in hash order: sort by ``filename``.
 """
 
+import contextlib
 import os
 import shutil
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+try:
+  import fcntl
+except ImportError:   # Windows: builds are not serialised there
+  fcntl = None
+
 from bgad_jax.data import image_io
-from tfds_mvtec import layout
+from tfds_mvtec import fingerprint, layout
 
 _DESCRIPTION = """MVTec AD: 15 categories of industrial objects and textures with
 normal training images and normal/anomalous test images with pixel masks.
@@ -23,6 +29,10 @@ _CITATION = """@inproceedings{bergmann2019mvtec,
   title={MVTec AD -- A Comprehensive Real-World Dataset for Unsupervised Anomaly Detection},
   author={Bergmann, Paul and Fauser, Michael and Sattlegger, David and Steger, Carsten},
   booktitle={CVPR}, year={2019}}"""
+
+
+def _extract_dir(download_dir: str) -> str:
+  return os.path.join(download_dir, 'extracted', 'mvtec_ad')
 
 
 class MvtecAdConfig(tfds.core.BuilderConfig):
@@ -78,9 +88,9 @@ class MvtecAd(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     config = self.builder_config
-    extract_dir = os.path.join(os.fspath(dl_manager.download_dir), 'extracted', 'mvtec_ad')
     category_dir = layout.resolve_category_dir(
-        os.fspath(dl_manager.manual_dir), config.category, extract_dir)
+        os.fspath(dl_manager.manual_dir), config.category,
+        _extract_dir(os.fspath(dl_manager.download_dir)))
     records = layout.scan_category(category_dir, config.category, config.masks_required)
     return {split: self._generate_examples(split_records)
             for split, split_records in records.items()}
@@ -112,12 +122,54 @@ def builder(category: str, data_dir: str, masks_required=None) -> MvtecAd:
                  data_dir=data_dir, file_format='array_record')
 
 
+@contextlib.contextmanager
+def _build_lock(data_dir: str, name: str):
+  """Serialises builds of one dataset across processes: the second waits, then reuses."""
+  os.makedirs(data_dir, exist_ok=True)
+  if fcntl is None:
+    yield
+    return
+  with open(os.path.join(data_dir, f'.{name}.build.lock'), 'w') as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      print(f'Waiting for another process that builds {name} in {data_dir}', flush=True)
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def build(category: str, data_dir: str, manual_dir: str, masks_required=None,
           force: bool = False) -> MvtecAd:
-  """Builds the array_record dataset of one category (reused if built, unless ``force``)."""
-  instance = builder(category, data_dir, masks_required)
-  if force and os.path.isdir(os.fspath(instance.data_path)):
-    shutil.rmtree(os.fspath(instance.data_path))
-  instance.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  """Builds the array_record dataset of one category from ``manual_dir``.
+
+  A built dataset is reused while its source is unchanged (`fingerprint`); a
+  changed source, or ``force``, rebuilds it. Concurrent builds wait on a lock.
+
+  Raises:
+    DatasetFolderError: the category is not in ``manual_dir`` (named with the layout).
+  """
+  download_dir = os.path.join(data_dir, 'downloads')
+  with _build_lock(data_dir, category_config(category, masks_required).name):
+    # Made under the lock: it reads what a concurrent build may just have written.
+    instance = builder(category, data_dir, masks_required)
+    data_path = os.fspath(instance.data_path)
+    current = fingerprint.of_source(manual_dir, category)
+    if os.path.isdir(data_path):
+      stored = fingerprint.read(data_path)
+      if stored == current and not force:
+        return instance
+      if not force:
+        print(f'Rebuilding {category} in {data_dir}: '
+              f'{fingerprint.difference(stored, current)}', flush=True)
+      shutil.rmtree(data_path)
+      # An archive's old extraction would be read again: drop it too.
+      shutil.rmtree(os.path.join(_extract_dir(download_dir), category), ignore_errors=True)
+      instance = builder(category, data_dir, masks_required)
+    instance.download_and_prepare(
+        download_dir=download_dir,
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    fingerprint.write(data_path, current)
   return instance

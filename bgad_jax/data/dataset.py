@@ -32,20 +32,28 @@ def dataset_location(data_config) -> Tuple[str, str, str]:
 def load_splits(data_config, seed: int) -> Tuple[List[Dict], List[Dict]]:
   """Train and test examples (see `pipeline.load_examples`), building the dataset when needed.
 
-  The demo class is generated from ``seed`` first; a demo folder regenerated
-  after its dataset was built triggers a rebuild.
+  With ``data.root`` set, the built dataset is checked against that folder on
+  every run and rebuilt when its images changed (`tfds_mvtec.build`); without
+  it, the dataset already built in ``data.tfds_dir`` is read. The demo class
+  is generated from ``seed`` first.
+
+  Raises:
+    DatasetFolderError: ``data.root`` does not exist or lacks the category.
+    DatasetNotBuiltError: no ``data.root`` and nothing built.
   """
   import tfds_mvtec   # slow import, only where data is read
   manual_dir, data_dir, category = dataset_location(data_config)
-  built = os.fspath(tfds_mvtec.builder(category, data_dir).data_path)
-  stale = False
   if data_config.source == 'demo':
     demo = data_config.demo
-    category_dir = demo_data.generate(manual_dir, category, demo.size, demo.num_train,
-                                      demo.num_test_good, demo.num_per_defect, seed)
-    stamp = os.path.join(category_dir, 'demo_settings.json')
-    stale = os.path.isdir(built) and os.path.getmtime(stamp) > os.path.getmtime(built)
-  if manual_dir and (stale or not os.path.isdir(built)):
-    tfds_mvtec.build(category, data_dir, manual_dir, force=stale)
+    demo_data.generate(manual_dir, category, demo.size, demo.num_train, demo.num_test_good,
+                       demo.num_per_defect, seed)
+  if manual_dir:
+    if not os.path.isdir(manual_dir):
+      # Never fall back to an earlier build of this category: it came from elsewhere.
+      raise tfds_mvtec.DatasetFolderError(
+          f'data.root={data_config.root} does not exist ({manual_dir}): point '
+          f'--config.data.root at the folder holding {category}/ (MVTec layout) or '
+          f'{tfds_mvtec.layout.ARCHIVE_NAME}')
+    tfds_mvtec.build(category, data_dir, manual_dir)
   return (pipeline.load_examples(data_dir, category, 'train'),
           pipeline.load_examples(data_dir, category, 'test'))

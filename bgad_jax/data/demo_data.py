@@ -11,12 +11,15 @@ byte-identical PNG files.
 
 import json
 import os
+import shutil
 from typing import Callable, Dict
 
 import numpy as np
 from PIL import Image
 from skimage import data as skdata
 from skimage import draw, morphology
+
+from bgad_jax.errors import ConfigError
 
 TEXTURES: Dict[str, Callable[[], np.ndarray]] = {
     'brick': skdata.brick, 'grass': skdata.grass, 'gravel': skdata.gravel,
@@ -130,7 +133,7 @@ def generate(root: str, category: str = 'tissue', size: int = 128, num_train: in
   them). Returns the category folder.
   """
   if category not in TEXTURES:
-    raise ValueError(f'demo category must be one of {sorted(TEXTURES)}, got {category!r}')
+    raise ConfigError(f'data.category: a demo category must be one of {sorted(TEXTURES)}, got {category!r}')
   category_dir = os.path.join(root, category)
   settings = dict(format=_FORMAT_VERSION, size=size, num_train=num_train,
                   num_test_good=num_test_good, num_per_defect=num_per_defect, seed=seed)
@@ -143,8 +146,9 @@ def generate(root: str, category: str = 'tissue', size: int = 128, num_train: in
   split_row = int(texture.shape[0] * 0.6)
   largest = min(texture.shape[0] - split_row, texture.shape[1])
   if size > largest:
-    raise ValueError(f'demo images of {size} px do not fit the {category} texture: use a size '
+    raise ConfigError(f'data.demo.size: demo images of {size} px do not fit the {category} texture: use a size '
                      f'up to {largest} (data.demo.size) and let data.inp_size resize them')
+  shutil.rmtree(category_dir, ignore_errors=True)   # no files left from other settings
   rng = np.random.default_rng(seed)
   for i in range(num_train):
     _save(_normal_crop(texture, rng, size, (0, split_row)),

@@ -12,11 +12,13 @@ from typing import Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from bgad_jax.errors import DataError
+
 PathOrBytes = Union[str, bytes]
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')   # what datasets may hold
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(DataError):
   """An image file is missing, truncated or not an image."""
 
 

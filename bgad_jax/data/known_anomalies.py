@@ -8,12 +8,14 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from bgad_jax.errors import DataError
 
-class NotEnoughAnomaliesError(ValueError):
+
+class NotEnoughAnomaliesError(DataError):
   """A category has fewer anomalies than the run asks for."""
 
 
-class UnknownAnomalyFileError(ValueError):
+class UnknownAnomalyFileError(DataError):
   """A file named as a known anomaly is not an anomalous test image."""
 
 
@@ -92,8 +94,8 @@ def select_known_anomalies(test_examples: Sequence[Dict], num_anomalies: int,
   if known_defect_types:
     unknown = sorted(set(known_defect_types) - set(by_type))
     if unknown:
-      raise ValueError(f'known_defect_types {unknown} are not among the test defect types '
-                       f'{sorted(by_type)}')
+      raise DataError(f'data.known_defect_types: {", ".join(unknown)} not among the test '
+                      f'defect types ({", ".join(sorted(by_type))})')
     by_type = {t: by_type[t] for t in known_defect_types}
   rng = np.random.default_rng(seed)
   available = {t: len(v) for t, v in by_type.items()}
@@ -101,13 +103,15 @@ def select_known_anomalies(test_examples: Sequence[Dict], num_anomalies: int,
     short = {t: n for t, n in available.items() if n < num_anomalies}
     if short:
       raise NotEnoughAnomaliesError(
-          f'{num_anomalies} anomalies per type asked, but types {short} have fewer')
+          f'data.num_anomalies={num_anomalies} per type asked, but types {short} have '
+          'fewer: lower data.num_anomalies or name data.known_defect_types')
     quotas = {t: num_anomalies for t in available}
   else:
     if sum(available.values()) < num_anomalies:
       raise NotEnoughAnomaliesError(
-          f'{num_anomalies} anomalies asked, but only {sum(available.values())} exist among '
-          f'types {sorted(available)}')
+          f'data.num_anomalies={num_anomalies} asked, but only {sum(available.values())} '
+          f'anomalous test images exist (types {", ".join(sorted(available))}): lower '
+          'data.num_anomalies')
     quotas = _quotas(available, num_anomalies, rng)
   known = []
   for defect_type in sorted(quotas):

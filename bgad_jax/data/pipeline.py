@@ -7,13 +7,16 @@ Everything here is numpy on the host; the engine moves batches to devices with
 """
 
 import os
+import shlex
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
+from bgad_jax.errors import MissingFileError
 
-class DatasetNotBuiltError(FileNotFoundError):
+
+class DatasetNotBuiltError(MissingFileError):
   """The TFDS dataset of a category has not been built yet."""
 
 
@@ -33,9 +36,10 @@ def load_examples(data_dir: str, category: str, split: str,
   if not os.path.isdir(os.fspath(builder.data_path)):
     raise DatasetNotBuiltError(
         f'dataset {builder.name}/{builder.builder_config.name} is not built in {data_dir} '
-        f'(no folder {builder.data_path}). Build it with: python -m tfds_mvtec.build '
-        f'--manual_dir <folder with {category}/ or mvtec_anomaly_detection.tar.xz> '
-        f'--data_dir {data_dir} --categories {category}')
+        f'(no folder {builder.data_path}): pass --config.data.root=FOLDER (the folder with '
+        f'{category}/ or mvtec_anomaly_detection.tar.xz) to build it on the fly, or build it '
+        'with ' + shlex.join(['python', '-m', 'tfds_mvtec.build', '--manual_dir', 'FOLDER',
+                              '--data_dir', data_dir, '--categories', category]))
   source = builder.as_data_source(split=split)
   examples = []
   for i in range(len(source)):

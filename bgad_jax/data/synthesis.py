@@ -16,6 +16,7 @@ from skimage import filters, measure, morphology
 from bgad_jax.data import demo_data
 from bgad_jax.data import image_io
 from bgad_jax.data.pipeline import resize_and_center_crop
+from bgad_jax.errors import MissingFileError
 
 MVTEC_TEXTURES = ('carpet', 'grid', 'leather', 'tile', 'wood')
 
@@ -82,7 +83,8 @@ def foreground_masks(images: Sequence[np.ndarray], category: str, mode: str = 'a
       stem = os.path.splitext(os.path.basename(name))[0]
       found = [f for f in os.listdir(folder) if os.path.splitext(f)[0] == stem]
       if not found:
-        raise FileNotFoundError(f'no foreground mask for {name} in {folder}')
+        raise MissingFileError(f'no foreground mask for {name} in {folder} '
+                               '(data.foreground_dir)')
       mask = image_io.decode_mask(os.path.join(folder, found[0])) * 255
       masks.append(resize_and_center_crop(mask, size or img.shape[0], Image.NEAREST) > 127)
     return masks
@@ -272,5 +274,5 @@ def texture_sources(folder: str = '', limit: int = 200) -> List[np.ndarray]:
   paths = sorted(os.path.join(d, f) for d, _, files in os.walk(folder) for f in files
                  if f.lower().endswith(image_io.IMAGE_EXTENSIONS))
   if not paths:
-    raise FileNotFoundError(f'no images under anomaly_source_path {folder}')
+    raise MissingFileError(f'no images under {folder} (data.anomaly_source_path)')
   return [image_io.decode_image(p) for p in paths[:limit]]

@@ -19,6 +19,8 @@ from typing import Dict
 
 import numpy as np
 
+from bgad_jax.errors import MissingFileError, WeightsError
+
 _STORAGE_DTYPES = {
     'FloatStorage': np.float32, 'DoubleStorage': np.float64,
     'HalfStorage': np.float16, 'LongStorage': np.int64, 'IntStorage': np.int32,
@@ -33,7 +35,7 @@ _SAFETENSORS_DTYPES = {
 _LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(WeightsError):
   """A file is not a checkpoint this module can read."""
 
 
@@ -171,7 +173,7 @@ def load_state_dict(path: str) -> Dict[str, np.ndarray]:
     FileNotFoundError, CheckpointFormatError.
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'weights file not found: {path}')
+    raise MissingFileError(f'weights file not found: {path} (--config.backbone.weights)')
   if path.endswith('.safetensors'):
     return _load_safetensors(path)
   if path.endswith('.npz'):

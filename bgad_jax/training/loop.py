@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from bgad_jax.errors import TrainingDivergedError
 from bgad_jax.training import schedule
 from bgad_jax.training.plan import chunk_plan, image_batches, plan_rng
 from bgad_jax.training.sharding import replicated
@@ -71,7 +72,7 @@ def train_meta_epoch(state: FlowTrainState, training_set: TrainingSet, train_con
     `epoch_stats`.
 
   Raises:
-    FloatingPointError: on a non-finite loss, naming epoch, sub-epoch and level.
+    TrainingDivergedError: on a non-finite loss, naming epoch, sub-epoch and level.
   """
   epoch = int(state.epoch)
   normal_only = epoch == 0
@@ -94,7 +95,7 @@ def train_meta_epoch(state: FlowTrainState, training_set: TrainingSet, train_con
                                     normal_only, training_set.mesh)
       bad = ~np.isfinite(metrics['loss'])
       if bad.any():
-        raise FloatingPointError(
+        raise TrainingDivergedError(
             f'non-finite loss at meta-epoch {epoch}, sub-epoch {sub_epoch}, level {level} '
             f'(chunk {int(np.argmax(bad))} of {len(bad)}); the parameters of that '
             'step were not applied. Try a lower --config.train.lr.')

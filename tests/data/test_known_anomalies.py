@@ -49,7 +49,7 @@ def test_per_type_and_known_defect_types():
 def test_too_few_anomalies_is_an_error():
   with pytest.raises(known_anomalies.NotEnoughAnomaliesError, match='stain'):
     known_anomalies.select_known_anomalies(_test_set(), 3, count_mode='per_type')
-  with pytest.raises(known_anomalies.NotEnoughAnomaliesError, match='12 anomalies asked'):
+  with pytest.raises(known_anomalies.NotEnoughAnomaliesError, match='num_anomalies=12 asked'):
     known_anomalies.select_known_anomalies(_test_set(), 12)
   with pytest.raises(ValueError, match='scratch'):
     known_anomalies.select_known_anomalies(_test_set(), 1, known_defect_types=['scratch'])

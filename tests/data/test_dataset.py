@@ -1,0 +1,54 @@
+"""dataset.load_splits: built on first use, rebuilt when the source changes, never stale."""
+
+import os
+import shutil
+
+import ml_collections
+import pytest
+
+import tfds_mvtec
+from bgad_jax.data import dataset
+
+DUMMY = os.path.join(os.path.dirname(tfds_mvtec.__file__), 'dummy_data')
+
+
+def _data_config(root, tfds_dir, source='folder', category='bottle'):
+  return ml_collections.ConfigDict(dict(source=source, category=category, root=str(root),
+                                        tfds_dir=str(tfds_dir)))
+
+
+def test_missing_root_never_falls_back_to_an_earlier_build(tmp_path):
+  shutil.copytree(os.path.join(DUMMY, 'bottle'), tmp_path / 'a' / 'bottle')
+  train, test = dataset.load_splits(_data_config(tmp_path / 'a', tmp_path / 'tfds'), seed=0)
+  assert (len(train), len(test)) == (3, 5)
+  with pytest.raises(tfds_mvtec.DatasetFolderError) as caught:
+    dataset.load_splits(_data_config(tmp_path / 'moved', tmp_path / 'tfds'), seed=0)
+  assert f'data.root={tmp_path / "moved"} does not exist' in str(caught.value)
+  # Without a root the user points at the built dataset itself: it is read.
+  train, _ = dataset.load_splits(_data_config('', tmp_path / 'tfds'), seed=0)
+  assert len(train) == 3
+
+
+def test_images_added_to_the_source_are_read(tmp_path):
+  root = tmp_path / 'a'
+  shutil.copytree(os.path.join(DUMMY, 'bottle'), root / 'bottle')
+  config = _data_config(root, tmp_path / 'tfds')
+  dataset.load_splits(config, seed=0)
+  good = root / 'bottle' / 'train' / 'good'
+  shutil.copy(good / '000.png', good / '100.png')
+  train, _ = dataset.load_splits(config, seed=0)
+  assert [e['filename'] for e in train][-1] == 'train/good/100.png' and len(train) == 4
+
+
+def test_demo_with_other_settings_is_regenerated_and_rebuilt(tmp_path):
+  config = _data_config(tmp_path / 'demo', '', source='demo', category='tissue')
+  config.demo = ml_collections.ConfigDict(dict(size=32, num_train=3, num_test_good=2,
+                                               num_per_defect=1))
+  train, test = dataset.load_splits(config, seed=0)
+  assert (len(train), len(test)) == (3, 6)
+  config.demo.num_train = 5
+  train, _ = dataset.load_splits(config, seed=0)
+  assert len(train) == 5
+  config.demo.num_train = 2   # fewer: no image of the larger set is left behind
+  train, _ = dataset.load_splits(config, seed=0)
+  assert [e['filename'] for e in train] == ['train/good/000.png', 'train/good/001.png']

@@ -1,0 +1,158 @@
+"""cli: every user error is one line naming its culprit, exit code 2, nothing half-done.
+
+The runs here stop before any training: they take the data path of a run on
+the tiny MVTec-layout dummy folder (bottle: 3 normal training images, 2 normal
+and 3 anomalous test images).
+"""
+
+import os
+import shutil
+
+import pytest
+
+import tfds_mvtec
+from bgad_jax import cli
+from configs import test as test_config
+
+DUMMY = os.path.join(os.path.dirname(tfds_mvtec.__file__), 'dummy_data')
+
+
+@pytest.fixture
+def setup(tmp_path):
+  """(config, argv, paths) of a folder-source run on a copy of the dummy bottle."""
+  root = tmp_path / 'data root'
+  shutil.copytree(os.path.join(DUMMY, 'bottle'), root / 'bottle')
+  config = test_config.get_config()
+  config.data.update(dict(source='folder', category='bottle', root=str(root),
+                          tfds_dir=str(tmp_path / 'tfds'), num_anomalies=1))
+  workdir = tmp_path / 'work dir'
+  argv = ['main.py', '--config=configs/test.py', f'--workdir={workdir}']
+  return config, argv, dict(root=root, workdir=workdir, tfds=tmp_path / 'tfds')
+
+
+def _run(capsys, config, argv, mode='train', verbose=False):
+  code = cli.main(config, str(argv[2].split('=', 1)[1]), mode, argv + [f'--mode={mode}'],
+                  verbose)
+  return code, capsys.readouterr().err
+
+
+def _assert_one_line_error(code, err, *culprits):
+  """One 'error:' line (a config error adds one line per bad field) naming every culprit."""
+  assert code == cli.USER_ERROR_EXIT_CODE, err[-3000:]
+  assert err.count('error: ') == 1 and 'Traceback' not in err, err[-3000:]
+  message = err[err.index('error: '):]
+  for culprit in culprits:
+    assert culprit in message, (culprit, message)
+
+
+def _corrupt_image(paths, config):
+  path = paths['root'] / 'bottle' / 'train' / 'good' / '001.png'
+  path.write_bytes(b'not a png')
+  return [str(path)]
+
+
+def _truncated_image(paths, config):
+  path = paths['root'] / 'bottle' / 'test' / 'broken_large' / '000.png'
+  path.write_bytes(path.read_bytes()[:60])
+  return [str(path)]
+
+
+def _no_train_good(paths, config):
+  shutil.rmtree(paths['root'] / 'bottle' / 'train' / 'good')
+  return ['train/good', str(paths['root'] / 'bottle')]
+
+
+def _root_missing(paths, config):
+  config.data.root = str(paths['root'] / 'elsewhere')
+  return ['data.root', str(paths['root'] / 'elsewhere')]
+
+
+def _too_many_anomalies(paths, config):
+  config.data.num_anomalies = 7
+  return ['data.num_anomalies=7', 'only 3']
+
+
+def _unknown_defect_type(paths, config):
+  config.data.known_defect_types = ('dent',)
+  return ['data.known_defect_types', 'dent']
+
+
+def _unknown_known_file(paths, config):
+  config.data.known_anomaly_files = ('test/dent/000.png',)
+  return ['data.known_anomaly_files', 'test/dent/000.png']
+
+
+def _bad_strategy(paths, config):
+  config.data.anomaly_strategy = ('real', 'cutpast')
+  return ['data.anomaly_strategy', 'cutpast']
+
+
+def _missing_weights(paths, config):
+  config.backbone.weights = str(paths['root'] / 'b6.pth')
+  return ['--config.backbone.weights', str(paths['root'] / 'b6.pth')]
+
+
+def _missing_foreground_masks(paths, config):
+  config.data.update(dict(foreground='folder', foreground_dir=str(paths['root']),
+                          anomaly_strategy=('real', 'cutpaste')))
+  return ['data.foreground_dir', 'train/good/000.png']
+
+
+@pytest.mark.parametrize('make_problem', [
+    _corrupt_image, _truncated_image, _no_train_good, _root_missing, _too_many_anomalies,
+    _unknown_defect_type, _unknown_known_file, _bad_strategy, _missing_weights,
+    _missing_foreground_masks])
+def test_user_error_is_one_line_naming_the_culprit(setup, capsys, make_problem):
+  config, argv, paths = setup
+  culprits = make_problem(paths, config)
+  code, err = _run(capsys, config, argv)
+  _assert_one_line_error(code, err, *culprits)
+
+
+@pytest.mark.parametrize('mode', ['eval', 'predict'])
+def test_eval_and_predict_without_model_stop_before_data_work(setup, capsys, mode):
+  config, argv, paths = setup
+  config.predict.images = str(paths['root'])
+  code, err = _run(capsys, config, argv, mode=mode)
+  _assert_one_line_error(code, err, 'no trained model', str(paths['workdir']),
+                         # the command that trains it, with its --config, quoted
+                         f"python main.py --config=configs/test.py '--workdir={paths['workdir']}'")
+  assert not paths['tfds'].exists() and not (paths['workdir'] / 'checkpoints').exists()
+
+
+def test_verbose_adds_the_traceback(setup, capsys):
+  config, argv, paths = setup
+  _root_missing(paths, config)
+  code, err = _run(capsys, config, argv, verbose=True)
+  assert code == cli.USER_ERROR_EXIT_CODE
+  assert 'Traceback' in err and 'DatasetFolderError' in err and 'error: data.root' in err
+
+
+def test_train_command_drops_the_mode_and_quotes_paths():
+  command = cli.train_command(['main.py', '--config=configs/mvtec.py:carpet', '--mode', 'eval',
+                               '--workdir=/runs/my run', '--mode=predict',
+                               '--config.data.root=/data/mvtec'])
+  assert command == ("python main.py --config=configs/mvtec.py:carpet '--workdir=/runs/my run' "
+                     '--config.data.root=/data/mvtec')
+
+
+@pytest.mark.parametrize('option, closest', [
+    ('--config.train.foo=1', 'train.lr'),
+    ('--config.trian.lr=1', 'train.lr'),
+    ('--config.data.rot=/x', 'data.root'),
+    ('--config.flow.coupling_layer=2', 'flow.coupling_layers'),
+    ('--config.data.demo.sise=64', 'data.demo.size'),
+])
+def test_unknown_config_key_names_it_and_the_closest(option, closest):
+  message = cli.unknown_config_key(['main.py', '--config=configs/test.py',
+                                    '--config.train.lr=0.1', option])
+  key = option[len('--config.'):].split('=')[0]
+  assert message.startswith(f'unknown config key {key} ')
+  assert closest in message.split('closest: ')[1].split(', ')
+
+
+def test_known_config_keys_pass():
+  assert cli.unknown_config_key(['main.py', '--config=configs/test.py',
+                                 '--config.data.demo.size=64', '--config.seed=3']) is None
+  assert cli.unknown_config_key(['main.py', '--config=configs/mvtec.py:carpet',
+                                 '--config.data.root=/x']) is None
