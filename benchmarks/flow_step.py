@@ -1,15 +1,18 @@
 """One BGAD training step (flow forward, loss, backward, Adam) on 4096 vectors.
 
   python benchmarks/flow_step.py [--vectors 4096] [--steps 20] [--repeats 3]
-                                 [--dims 24,40 --side 16] [--json out.json]
+                                 [--dims 24,40 --side 16] [--precision highest]
+                                 [--json out.json]
 
 By default one row per flow level of Lite0 and B6 at 256x256 input: dims 24,
 40, 112 and 40, 72, 200 on 64x64, 32x32 and 16x16 positions. Compares, in one
 run and on the same inputs: bgad_jax (the jitted lax.scan trainer used in
 training, vectors gathered from random positions of whole images), the same
 with ``flow.factored_condition=False`` ("dense": the reference's one matmul on
-[x1, c]) and FrEIA 0.2 + the reference loss in torch 2.13 (threads = cores,
-conditions gathered beforehand). Throughputs are the best of ``--repeats``
+[x1, c]) and FrEIA 0.2 + the reference loss in torch (threads = cores,
+conditions gathered beforehand; on the GPU when there is one, fp32 without
+TF32). ``--precision default`` runs our flows' matmuls in the platform's fast
+mode (TF32 on NVIDIA GPUs, bfloat16 passes on TPUs; the same as highest on CPU). Throughputs are the best of ``--repeats``
 timed passes of ``--steps`` steps each; the three sides' passes alternate, so
 that all see the same phases of a noisy machine.
 
@@ -22,9 +25,10 @@ the dense step's flops over its own time. Peak: the highest fp32 matmul
 throughput that jnp or torch reach on any matmul shape of the two compiled
 steps (read from their HLO) on this machine. Matmul floor: our step's
 matmuls alone, each at the faster of jnp and torch for its shape and layout,
-back to back; "% of floor" is that time over the step's. The matmul columns
-are read on CPU only (nan elsewhere: an accelerator's compiled step calls
-matmul libraries).
+back to back; "% of floor" is that time over the step's. On an accelerator
+the compiled step calls matmul libraries, so the peak is instead that of one
+8192x8192x8192 fp32 product (jnp at precision highest; torch without TF32)
+and the floor columns read nan.
 """
 
 import argparse
@@ -132,6 +136,27 @@ def matmul_limits(matmuls, times) -> Dict[str, float]:
               floor_s=floor, floor_gflops=flops / floor / 1e9)
 
 
+def accelerator_fp32_peak(size: int = 8192, repeats: int = 3) -> Dict[str, float]:
+  """GFLOP/s of one true-fp32 square matmul on the default device, jnp and torch."""
+  import torch
+  rng = np.random.default_rng(0)
+  a = rng.standard_normal((size, size)).astype(np.float32)
+  matmul = jax.jit(lambda x, y: jnp.matmul(x, y, precision=jax.lax.Precision.HIGHEST))
+  ja = jnp.asarray(a)
+  jnp_s = table.best_of(lambda: matmul(ja, ja).block_until_ready(), repeats, warmup=True)[0]
+  device = table.torch_device()
+  ta = torch.from_numpy(a).to(device)
+
+  def torch_matmul():
+    torch.mm(ta, ta)
+    table.torch_sync(device)
+
+  torch_s = table.best_of(torch_matmul, repeats, warmup=True)[0]
+  flops = 2.0 * size ** 3
+  return dict(peak_jnp_gflops=flops / jnp_s / 1e9, peak_torch_gflops=flops / torch_s / 1e9,
+              floor_s=float('nan'), floor_gflops=float('nan'))
+
+
 def _inputs(dim, positions, vectors, steps):
   """Features of whole images, random chunks of them, and the condition table."""
   rng = np.random.default_rng(dim)
@@ -146,14 +171,15 @@ def _inputs(dim, positions, vectors, steps):
   return feats, masks, chunks, condition_tables(COND, side, side)
 
 
-def ours_runner(dim, positions, vectors, steps, factored=True):
+def ours_runner(dim, positions, vectors, steps, factored=True, precision='highest'):
   """(``run()`` of ``steps`` trainer steps, XLA flops of one step, its optimised HLO).
 
-  ``factored``: config ``flow.factored_condition``.
+  ``factored``: config ``flow.factored_condition``; ``precision``: ``flow.matmul_precision``.
   """
   config = common.get_config()
   config.train.num_vectors = vectors
   config.flow.factored_condition = factored
+  config.flow.matmul_precision = precision
   feats, masks, chunks, cond = _inputs(dim, positions, vectors, steps)
   state = FlowTrainState.create(config, (dim,), jax.random.key(0)).level(0)
   data = LevelData(features=jnp.asarray(feats), masks=jnp.asarray(masks),
@@ -182,15 +208,15 @@ def freia_runner(dim, positions, vectors, steps):
   """``run()`` of ``steps`` FrEIA + reference-loss steps in torch on the same inputs."""
   import torch
   from tests.support import freia_reference
-  torch.set_num_threads(os.cpu_count())
+  device = table.torch_device()
   feats, masks, chunks, cond = _inputs(dim, positions, vectors, steps)
-  model = freia_reference.build_freia_flow(dim, cond_dim=COND)
+  model = freia_reference.build_freia_flow(dim, cond_dim=COND).to(device)
   optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-4)
-  x = [torch.from_numpy(feats[c]) for c in chunks]
+  x = [torch.from_numpy(feats[c]).to(device) for c in chunks]
   cond = np.array(flow_condition(cond, chunks.reshape(-1) % positions,
                                  factored=False)['cond']).reshape(*chunks.shape, COND)
-  c = [torch.from_numpy(rows) for rows in cond]
-  m = [torch.from_numpy(masks[ch]) for ch in chunks]
+  c = [torch.from_numpy(rows).to(device) for rows in cond]
+  m = [torch.from_numpy(masks[ch]).to(device) for ch in chunks]
 
   def run():
     for i in range(steps):
@@ -199,6 +225,7 @@ def freia_runner(dim, positions, vectors, steps):
       optimizer.zero_grad()
       loss.backward()
       optimizer.step()
+    table.torch_sync(device)
 
   return run
 
@@ -208,31 +235,36 @@ def main(argv=None):
   table.add_flow_level_flags(parser)
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--precision', default='highest', choices=['highest', 'high', 'default'],
+                      help="flow.matmul_precision of ours (FrEIA's side stays fp32)")
   parser.add_argument('--json', default=None)
   args = parser.parse_args(argv)
   rows = []
+  accelerator_limits = (None if jax.default_backend() == 'cpu' else
+                        accelerator_fp32_peak(repeats=args.repeats))
   for backbone, level, dim, side in table.flow_levels(args):
     positions = side * side
-    run_ours, flops, hlo = ours_runner(dim, positions, args.vectors, args.steps)
+    run_ours, flops, hlo = ours_runner(dim, positions, args.vectors, args.steps,
+                                       precision=args.precision)
     run_dense, dense_flops, dense_hlo = ours_runner(dim, positions, args.vectors, args.steps,
-                                                    factored=False)
+                                                    factored=False, precision=args.precision)
     run_freia = freia_runner(dim, positions, args.vectors, args.steps)
     seconds = table.best_of_interleaved([run_ours, run_dense, run_freia], args.repeats)
     ours, dense, freia = (args.steps * args.vectors / t for t in seconds)
-    if jax.default_backend() == 'cpu':
+    if accelerator_limits is None:
       matmuls, dense_matmuls = step_matmuls(hlo), step_matmuls(dense_hlo)
       # Peaks over the shapes of both steps; the floor is the factored step's.
       limits = matmul_limits(matmuls, matmul_times(set(matmuls) | set(dense_matmuls),
                                                    args.repeats))
     else:   # accelerators' HLO calls matmul libraries: no dots to read
-      limits = dict.fromkeys(['peak_jnp_gflops', 'peak_torch_gflops', 'floor_s',
-                              'floor_gflops'], float('nan'))
+      limits = accelerator_limits
     peak_gflops = max(limits['peak_jnp_gflops'], limits['peak_torch_gflops'])
     gflops = flops * ours / args.vectors / 1e9
     ref_gflops = dense_flops * ours / args.vectors / 1e9
     dense_gflops = dense_flops * dense / args.vectors / 1e9
     step_s = args.vectors / ours
     rows.append(dict(backbone=backbone, level=level, dim=dim, positions=positions,
+                     precision=args.precision,
                      ours_vps=ours, dense_vps=dense, freia_vps=freia, ratio=ours / freia,
                      step_gflop=flops / 1e9, ref_gflop=dense_flops / 1e9, gflops=gflops,
                      ref_gflops=ref_gflops, dense_gflops=dense_gflops, peak_gflops=peak_gflops,
@@ -255,7 +287,8 @@ def main(argv=None):
                       ('floor_ms', 'matmul floor ms', '15.1f'),
                       ('percent_of_floor', '% of floor', '10.1f')],
                f'{args.vectors} vectors per step, 8 coupling blocks, condition {COND}, '
-               f'best of {args.repeats} x {args.steps} steps', args.json)
+               f'ours at precision {args.precision}, best of {args.repeats} x {args.steps} '
+               'steps', args.json)
   return rows
 
 

@@ -17,7 +17,11 @@ FLOW_LEVELS = [('efficientnet_lite0', 0, 24, 64), ('efficientnet_lite0', 1, 40, 
 
 
 def add_flow_level_flags(parser) -> None:
-  """``--dims``/``--side`` (channel counts instead of the real levels) and ``--vectors``."""
+  """``--backbone`` (the real levels of one backbone), ``--dims``/``--side`` (channel
+  counts instead of the real levels) and ``--vectors``."""
+  parser.add_argument('--backbone', default=None,
+                      help='only the levels of this backbone (efficientnet_lite0, '
+                           'tf_efficientnet_b6)')
   parser.add_argument('--dims', default=None, help='channel counts instead of the real levels')
   parser.add_argument('--side', type=int, default=16, help='feature map side with --dims')
   parser.add_argument('--vectors', type=int, default=4096)
@@ -26,8 +30,29 @@ def add_flow_level_flags(parser) -> None:
 def flow_levels(args) -> List[Tuple[str, int, int, int]]:
   """`FLOW_LEVELS`, or one row per ``--dims`` entry on a ``--side`` square map."""
   if args.dims is None:
-    return FLOW_LEVELS
+    return [row for row in FLOW_LEVELS if args.backbone in (None, row[0])]
   return [('-', 0, int(dim), args.side) for dim in args.dims.split(',')]
+
+
+def torch_device() -> str:
+  """'cuda' when torch sees a GPU (the reference then runs on the same GPU as ours), else 'cpu'.
+
+  On the GPU, TF32 stays off: the reference's fp32 is true float32.
+  """
+  import torch
+  if torch.cuda.is_available():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return 'cuda'
+  torch.set_num_threads(os.cpu_count())
+  return 'cpu'
+
+
+def torch_sync(device: str) -> None:
+  """Waits for the GPU's queued torch work (timings then cover it)."""
+  if device == 'cuda':
+    import torch
+    torch.cuda.synchronize()
 
 
 def best_of(fn: Callable[[], Any], repeats: int, warmup: bool = False) -> Tuple[float, Any]:

@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -173,3 +175,60 @@ def test_parity_benchmark_smoke_ours_only(tmp_path):
   assert (results['supervised']['ours[reference]'][0]['epochs']
           != results['supervised']['ours[linear]'][0]['epochs'])
   assert '### supervised' in stdout and 'end to end s' in stdout
+
+
+def test_accelerator_check_runs_every_section_on_the_cpu(tmp_path):
+  out = tmp_path / 'out'
+  stdout = _run('accelerator_check.py', '--out', str(out), '--tiny', '--platform', 'cpu',
+                '--wheels', str(tmp_path / 'no wheels'))
+  report = json.loads((out / 'accelerator_check.json').read_text())
+  assert list(report['sections']) == ['device', 'tests', 'flow_step', 'end_to_end', 'backbone']
+  assert all(s['status'] == 'passed' for s in report['sections'].values()), report['sections']
+  assert report['device']['backend'] == 'cpu' and 'device: ' in stdout
+  assert report['tests'] and all(t['outcome'] == 'passed' for t in report['tests'])
+  assert report['results']['flow_step_highest'][0]['ours_vps'] > 0
+  assert report['results']['end_to_end'][0]['projected_s'] > 0
+  assert report['results']['backbone_float32'][0]['dtype'] == 'float32'
+  markdown = (out / 'accelerator_check.md').read_text()
+  assert '| tests | passed |' in markdown and '## end_to_end' in markdown
+  # What the device tool returns: at most 8 plain files with plain names.
+  names = os.listdir(out)
+  assert len(names) <= 8 and all(re.fullmatch(r'[A-Za-z0-9._-]+', n) for n in names)
+
+
+def test_accelerator_check_section_limit_stops_only_that_section(tmp_path):
+  from benchmarks import accelerator_check
+  sleeper = [sys.executable, '-c', 'import subprocess, sys; subprocess.run([sys.executable, '
+             '"-c", "import time; time.sleep(60)"])']   # a child process too: both must die
+  start = time.time()
+  result = accelerator_check.run_section(
+      accelerator_check.Section('slow', 2, [sleeper, [sys.executable, '-c', 'pass']]),
+      dict(os.environ), str(tmp_path))
+  assert result['status'] == 'timed out' and time.time() - start < 20
+  failing = accelerator_check.run_section(
+      accelerator_check.Section('broken', 30, [[sys.executable, '-c', 'raise SystemExit(3)']]),
+      dict(os.environ), str(tmp_path))
+  assert failing['status'] == 'failed' and (tmp_path / 'broken.log').is_file()
+
+
+def test_accelerator_targets_read_the_measurements():
+  from benchmarks import accelerator_check
+  flow = [dict(dim=40, ratio=3.4, percent_of_peak=30.0), dict(dim=200, ratio=2.9,
+                                                             percent_of_peak=55.0)]
+  e2e = [dict(backbone='tf_efficientnet_b6', train_images=280, last_meta_epoch_s=8.5)]
+  report = dict(tests=[dict(test='a', outcome='passed'), dict(test='b', outcome='failed')],
+                results=dict(flow_step_highest=flow, end_to_end=e2e))
+  met = {t['target']: (t['value'], t['met']) for t in accelerator_check.targets(report)}
+  assert met['all numerical tests pass (precision highest)'] == ('1 of 2 passed', False)
+  assert met['flow step >= 3x FrEIA on the same device, fp32'] == ('lowest 2.90x (dim 200)', False)
+  assert met['>= 50% of the fp32 matmul peak at dims >= 112'] == ('lowest 55.0% (dim 200)', True)
+  assert met['B6, 256 px, MVTec-sized class: one meta-epoch < 10 s'] == ('8.5 s', True)
+
+
+def test_accelerator_check_dry_run_names_what_to_send(tmp_path):
+  wheels = tmp_path / 'whl'
+  wheels.mkdir()
+  (wheels / 'a-1.0-py3-none-any.whl').write_bytes(b'x' * 1024)
+  stdout = _run('accelerator_check.py', '--dry_run', '--wheels', str(wheels))
+  assert f'carry: ["{wheels}"]' in stdout and '1 wheels' in stdout
+  assert f'python3 benchmarks/accelerator_check.py --out "$OUT" --wheels {wheels}' in stdout

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -95,9 +96,10 @@ print(json.dumps(dict(devices=jax.device_count(), losses=history, params=leaves)
 '''
 
 
-def _run_parallel(devices):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu')
+def _run_parallel(devices, platform='cpu'):
+  env = dict(os.environ, JAX_PLATFORMS=platform)
+  if platform == 'cpu':
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   result = subprocess.run([sys.executable, '-c', _PARALLEL_SCRIPT], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -110,3 +112,14 @@ def test_eight_devices_match_one_device():
   np.testing.assert_allclose(eight['losses'], one['losses'], rtol=1e-5)
   for a, b in zip(eight['params'], one['params']):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() == 'cpu',
+                    reason='needs an accelerator (benchmarks/accelerator_check.py runs it)')
+def test_accelerator_trains_like_the_cpu():
+  """Two meta-epochs on every local accelerator device end where one CPU device ends."""
+  accelerator = _run_parallel(None, platform=os.environ.get('JAX_PLATFORMS') or 'cuda')
+  cpu = _run_parallel(1)
+  np.testing.assert_allclose(accelerator['losses'], cpu['losses'], rtol=1e-4)
+  for a, b in zip(accelerator['params'], cpu['params']):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
