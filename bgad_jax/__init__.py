@@ -6,11 +6,13 @@ Layers, each importing only the ones above it in this list:
   training/    frozen features, training set, plan, state, jitted step, losses, schedule,
                checkpoints
   evaluation/  lp inference, anomaly maps, metrics, report
+  detector     a trained workdir as an object: Detector.load(workdir).predict(images)
   validation   config checks;  engine  train / eval / predict;  cli  the command line
   errors.py (UserError, raised by every layer) imports nothing from bgad_jax.
 The method, in our words: docs/METHOD.md.
 """
 
+from bgad_jax.detector import Detector, Prediction
 from bgad_jax.errors import UserError
 from bgad_jax.models.flow import (CONSTANTS, CouplingBlock, NormalizingFlow,
                                   log_likelihood, per_dim_log_likelihood)
@@ -24,7 +26,7 @@ from bgad_jax.training.training_set import TrainingSet
 __version__ = '0.1.0'
 
 __all__ = [
-    'CONSTANTS', 'CouplingBlock', 'FlowTrainState', 'FrozenBackbone', 'NormalizingFlow',
-    'TrainingSet', 'UserError', 'bgad_loss', 'log_likelihood', 'losses', 'normal_only_loss',
-    'per_dim_log_likelihood', 'positional_encoding_2d',
+    'CONSTANTS', 'CouplingBlock', 'Detector', 'FlowTrainState', 'FrozenBackbone',
+    'NormalizingFlow', 'Prediction', 'TrainingSet', 'UserError', 'bgad_loss', 'log_likelihood',
+    'losses', 'normal_only_loss', 'per_dim_log_likelihood', 'positional_encoding_2d',
 ]

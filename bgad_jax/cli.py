@@ -13,6 +13,7 @@ import sys
 import traceback
 from typing import List, Optional, Sequence
 
+from bgad_jax import detector
 from bgad_jax import engine
 from bgad_jax import validation
 from bgad_jax.errors import UserError
@@ -53,7 +54,7 @@ def run(config, workdir: str, mode: str, command: str = ''):
   """
   validation.validate(config)
   if mode in ('eval', 'predict') and config.data.category != 'all':
-    engine.require_trained_model(workdir, command)   # before any data work
+    detector.require_trained_model(workdir, command)   # before any data work
   if config.data.category == 'all':
     from tfds_mvtec.layout import CATEGORIES
     rows = {}

@@ -10,7 +10,6 @@
 
 import csv
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -24,7 +23,8 @@ from bgad_jax.data import image_io
 from bgad_jax.data import strategies as strategies_lib
 from bgad_jax.data.dataset import expand_path, load_splits
 from bgad_jax.data.known_anomalies import split_known
-from bgad_jax.errors import DataError, MissingFileError, NoTrainedModelError
+from bgad_jax.detector import Detector, read_predict_constants, require_trained_model
+from bgad_jax.errors import DataError, MissingFileError
 from bgad_jax.evaluation import maps as maps_lib
 from bgad_jax.evaluation import metrics
 from bgad_jax.evaluation import report
@@ -220,18 +220,6 @@ def _write_outputs(config, workdir, state, meta, result, maps, test_arrays, know
   return results
 
 
-def require_trained_model(workdir: str, train_command: str = '') -> None:
-  """Raises `NoTrainedModelError` unless ``workdir`` holds a checkpoint (creates nothing).
-
-  Args:
-    train_command: the command that trains this model, for the message.
-  """
-  if not checkpoint.has_checkpoint(workdir):
-    how = train_command or 'the training run with the same --config and --workdir'
-    raise NoTrainedModelError(f'no trained model in {workdir} (no checkpoints/ in it): '
-                              f'train it first: {how}')
-
-
 def _restore_for_inference(config, workdir, channels) -> Tuple[FlowTrainState, Dict]:
   require_trained_model(workdir)
   template = FlowTrainState.create(config, channels, jax.random.key(config.seed))
@@ -257,18 +245,8 @@ def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
                         feature_seconds, feature_seconds + meta['seconds']['eval'])
 
 
-def _read_predict_constants(workdir) -> Dict[str, Any]:
-  require_trained_model(workdir)
-  constants_path = os.path.join(workdir, 'predict_constants.json')
-  if not os.path.isfile(constants_path):
-    raise NoTrainedModelError(f'the training in {workdir} did not finish ({constants_path} '
-                              'is missing): rerun its training command to resume it')
-  with open(constants_path) as f:
-    return json.load(f)
-
-
-def _read_predict_images(config) -> Tuple[List[Dict], Dict[str, str]]:
-  """(examples of the readable images, {name: error} of the others) in ``predict.images``."""
+def _read_predict_images(config) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+  """({name: RGB uint8 image} of the readable images, {name: error} of the others)."""
   folder = expand_path(config.predict.images) if config.predict.images else ''
   if not folder or not os.path.isdir(folder):
     raise MissingFileError(f'predict.images={config.predict.images!r}: predict needs a folder '
@@ -278,20 +256,17 @@ def _read_predict_images(config) -> Tuple[List[Dict], Dict[str, str]]:
   if not names:
     raise MissingFileError(f'no images ({", ".join(image_io.IMAGE_EXTENSIONS)}) in {folder} '
                            '(predict.images)')
-  examples, errors = [], {}
+  images, errors = {}, {}
   for name in names:
     try:
-      image = image_io.decode_image(os.path.join(folder, name))
+      images[name] = image_io.decode_image(os.path.join(folder, name))
     except image_io.ImageDecodeError as err:
       errors[name] = str(err)
       logging.warning('Skipped %s', err)
-      continue
-    examples.append(dict(image=image, mask=np.zeros(image.shape[:2], np.uint8),
-                         has_mask=False, label=0, defect_type='unknown', filename=name))
-  if not examples:
+  if not images:
     raise DataError(f'none of the {len(names)} images in {folder} could be read; the first: '
                     f'{errors[names[0]]}')
-  return examples, errors
+  return images, errors
 
 
 def _write_scores(path: str, names, scores, nll, threshold: float,
@@ -320,21 +295,14 @@ def predict(config, workdir: str) -> str:
     DataError: no image could be read.
   """
   validation.validate(config)
-  constants = _read_predict_constants(workdir)
-  examples, errors = _read_predict_images(config)
-  names = [e['filename'] for e in examples]
+  constants = read_predict_constants(workdir)   # before any image is read
+  images, errors = _read_predict_images(config)
   use_compile_cache(config)
-  mesh, size = make_mesh(), config.data.inp_size
-  backbone = FrozenBackbone.load(config, mesh)
-  arrays = backbone.preprocess(examples, size)
-  features = backbone.features(arrays['images'])
-  state, _ = _restore_for_inference(config, workdir, [f.shape[-1] for f in features])
-  lp = lp_maps(state, features, mesh)
-  maps = maps_lib.apply_fixed_constants(lp, size, constants)
+  detector = Detector.load(workdir, config)
+  pixels, maps, scores, nll = detector.score_pixels(list(images.values()))
   out_dir = os.path.join(workdir, 'predictions')
-  report.save_overlays(out_dir, arrays['pixels'], maps, names,
+  report.save_overlays(out_dir, pixels, maps, list(images),
                        low=0.0, high=max(float(constants['score_threshold']) * 2, 1e-6))
   csv_path = os.path.join(out_dir, 'scores.csv')
-  _write_scores(csv_path, names, maps.reshape(len(maps), -1).max(axis=1),
-                maps_lib.nll_scores(lp, size, constants), constants['nll_threshold'], errors)
+  _write_scores(csv_path, list(images), scores, nll, constants['nll_threshold'], errors)
   return csv_path

@@ -156,3 +156,34 @@ def test_known_config_keys_pass():
                                  '--config.data.demo.size=64', '--config.seed=3']) is None
   assert cli.unknown_config_key(['main.py', '--config=configs/mvtec.py:carpet',
                                  '--config.data.root=/x']) is None
+
+
+def _checkpoints_of_the_test_model(workdir, channels=(24, 40, 112)):
+  """Two saved checkpoints of the test config's flows on Lite0's three levels."""
+  import jax
+  from bgad_jax.training import checkpoint
+  from bgad_jax.training.state import FlowTrainState
+  mngr = checkpoint.manager(str(workdir))
+  for epoch in (1, 2):
+    state = FlowTrainState.create(test_config.get_config(), channels, jax.random.key(0))
+    checkpoint.save(mngr, state.replace(epoch=state.epoch + epoch), dict(history=[]))
+  return workdir / 'checkpoints'
+
+
+def test_unreadable_checkpoints_name_the_folder_to_delete(setup, capsys):
+  config, argv, paths = setup
+  folder = _checkpoints_of_the_test_model(paths['workdir'])
+  for step in ('1', '2'):
+    os.remove(folder / step / 'file_digests.json')
+    shutil.rmtree(folder / step / 'state')
+  code, err = _run(capsys, config, argv, mode='eval')
+  _assert_one_line_error(code, err, f'no checkpoint in {folder} can be read', 'Delete')
+  assert sorted(os.listdir(folder)) == ['1', '2']   # nothing moved or deleted
+
+
+def test_checkpoint_of_another_model_is_refused_in_one_line(setup, capsys):
+  config, argv, paths = setup
+  folder = _checkpoints_of_the_test_model(paths['workdir'], channels=(24, 40, 16))
+  code, err = _run(capsys, config, argv, mode='eval')
+  _assert_one_line_error(code, err, 'does not fit this configuration', str(folder),
+                         'constants.level_2.blocks_0.rotation')

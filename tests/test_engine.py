@@ -6,28 +6,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import tensorboard_events
+from tests.support import runs, tensorboard_events
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _cmd(workdir, data_root, *extra):
-  return [sys.executable, 'main.py', '--config=configs/test.py', f'--workdir={workdir}',
-          f'--config.data.root={data_root}', *extra]
-
-
-def _main(workdir, data_root, *extra, returncode=0, with_stderr=False):
-  result = subprocess.run(_cmd(workdir, data_root, *extra), cwd=REPO, capture_output=True,
-                          text=True, timeout=900)
-  assert result.returncode == returncode, result.stderr[-4000:]
-  return (result.stdout, result.stderr) if with_stderr else result.stdout
+_cmd, _main = runs.main_command, runs.run_main
 
 
 def _trained_copy(trained, target):
@@ -35,14 +22,6 @@ def _trained_copy(trained, target):
   shutil.copytree(trained[0] / 'checkpoints', target / 'checkpoints')
   shutil.copy(trained[0] / 'predict_constants.json', target)
   return target
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  base = tmp_path_factory.mktemp('engine')
-  workdir, data_root = base / 'run dir', base / 'data'   # a space: every path is quoted
-  stdout = _main(workdir, data_root)
-  return workdir, data_root, stdout
 
 
 def test_train_writes_every_output(trained):
@@ -147,7 +126,7 @@ def test_killed_run_resumes_to_the_same_metrics(trained, tmp_path):
   _, data_root, _ = trained
   uninterrupted = json.loads((trained[0] / 'results.json').read_text())
   workdir = tmp_path / 'killed'
-  process = subprocess.Popen(_cmd(workdir, data_root), cwd=REPO,
+  process = subprocess.Popen(_cmd(workdir, data_root), cwd=runs.REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   first = workdir / 'checkpoints' / '1'
   deadline = time.time() + 600

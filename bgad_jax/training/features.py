@@ -49,6 +49,12 @@ class FrozenBackbone:
     mean, std = backbone_lib.normalization(settings.name, settings.normalization)
     return cls(model, variables, mean, std, mesh, config.train.batch_size)
 
+  def channels(self, inp_size: int) -> List[int]:
+    """Channels of each tap for ``inp_size`` inputs (shapes only: nothing runs)."""
+    image = jax.ShapeDtypeStruct((1, inp_size, inp_size, 3), jnp.float32)
+    return [tap.shape[-1] for tap in jax.eval_shape(
+        lambda x: _taps(self.model, self.variables, x), image)]
+
   def preprocess(self, examples: Sequence[Dict], inp_size: int) -> Dict[str, np.ndarray]:
     """`pipeline.preprocess` with this backbone's normalisation."""
     return pipeline.preprocess(examples, inp_size, self.mean, self.std)
