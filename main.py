@@ -5,6 +5,7 @@
   python main.py --config=configs/mvtec.py:all          # every class + a summary table
   python main.py --mode=eval --workdir=runs/demo        # re-evaluate the checkpoint
   python main.py --mode=predict --config.predict.images=DIR --workdir=runs/demo
+  python main.py --mode=export --workdir=runs/demo      # one StableHLO file, no bgad_jax needed
 
 A problem with the config, data, checkpoint or weights ends in one line naming
 it and exit code 2 (--verbose adds the traceback).
@@ -22,9 +23,10 @@ config_flags.DEFINE_config_file(
     'config', 'configs/demo.py', 'Config file, optionally with an argument: file.py:arg.',
     lock_config=True)
 flags.DEFINE_string('workdir', None, 'Output folder (default: runs/<config name>[_<arg>]).')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'export'],
                   'train: train then evaluate; eval: the workdir checkpoint on the test set; '
-                  'predict: maps and scores for --config.predict.images.')
+                  'predict: maps and scores for --config.predict.images; export: the '
+                  'inference graph as <workdir>/export/bgad.stablehlo.')
 flags.DEFINE_bool('verbose', False, 'Show the Python traceback of configuration, data, '
                   'checkpoint and weights errors too.')
 FLAGS = flags.FLAGS

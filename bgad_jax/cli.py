@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence
 
 from bgad_jax import detector
 from bgad_jax import engine
+from bgad_jax import export
 from bgad_jax import validation
 from bgad_jax.errors import UserError
 from bgad_jax.evaluation import report
@@ -53,7 +54,7 @@ def run(config, workdir: str, mode: str, command: str = ''):
   find none (see `train_command`).
   """
   validation.validate(config)
-  if mode in ('eval', 'predict') and config.data.category != 'all':
+  if mode in ('eval', 'predict', 'export') and config.data.category != 'all':
     detector.require_trained_model(workdir, command)   # before any data work
   if config.data.category == 'all':
     from tfds_mvtec.layout import CATEGORIES
@@ -68,6 +69,12 @@ def run(config, workdir: str, mode: str, command: str = ''):
     report.write_json(os.path.join(workdir, 'summary.json'), rows)
     print('\n' + summary + f'\nSummary: {os.path.join(workdir, "summary.md")}')
     return rows
+  if mode == 'export':
+    path = export.write_export(workdir, config, validation.as_list(config.export.platforms))
+    size = config.data.inp_size
+    print(f'Exported: {path} ({os.path.getsize(path) / 2 ** 20:.1f} MiB; uint8 [batch, {size}, '
+          f'{size}, 3] -> maps, scores, nll scores; jax.export.deserialize loads it)')
+    return None
   if mode == 'predict':
     csv_path = engine.predict(config, workdir)
     print(f'Scores: {csv_path}\nOverlays: {os.path.dirname(csv_path)}')

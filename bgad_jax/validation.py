@@ -13,6 +13,7 @@ import jax
 from bgad_jax.data import strategies as strategies_lib
 from bgad_jax.data.dataset import SOURCES
 from bgad_jax.errors import ConfigError
+from bgad_jax.export import PLATFORMS as EXPORT_PLATFORMS
 from bgad_jax.models import backbone as backbone_lib
 
 
@@ -129,6 +130,15 @@ def _check_data(config, errors):
                     'data.num_anomalies > 0 or data.known_anomaly_files')
 
 
+def _check_export(config, errors):
+  _one_of(errors, 'export.format', config.export.format, ('stablehlo',))
+  platforms = as_list(config.export.platforms)
+  unknown = [p for p in platforms if p not in EXPORT_PLATFORMS]
+  if unknown or not platforms:
+    errors.append(f'export.platforms={config.export.platforms!r}: name one or more of '
+                  f'{", ".join(EXPORT_PLATFORMS)}')
+
+
 def validate(config, num_devices: int = None) -> None:
   """Checks every field bgad_jax reads.
 
@@ -140,6 +150,7 @@ def validate(config, num_devices: int = None) -> None:
   _check_flow_and_loss(config, errors)
   _check_train(config, errors, num_devices or jax.device_count())
   _check_data(config, errors)
+  _check_export(config, errors)
   _at_least(errors, 'report.aupro_thresholds', config.report.aupro_thresholds, 0)
   _at_least(errors, 'report.num_overlays', config.report.num_overlays, 0)
   if errors:

@@ -87,4 +87,8 @@ def get_config(arg=None):
 
   config.predict = ml_collections.ConfigDict()
   config.predict.images = ''                    # folder of images for --mode=predict
+
+  config.export = ml_collections.ConfigDict()   # --mode=export
+  config.export.format = 'stablehlo'            # jax.export, loadable without bgad_jax
+  config.export.platforms = ('cpu', 'cuda', 'tpu')   # lowered for each; any of cpu/cuda/rocm/tpu
   return config

@@ -19,13 +19,14 @@ def test_one_error_names_every_bad_field():
   config.flow.pos_embed_dim = 10
   config.backbone.name = 'resnet18'
   config.loss.pos_beta = 1.5
+  config.export.platforms = ('cpu', 'metal')
   with pytest.raises(validation.ConfigError) as caught:
     validation.validate(config, num_devices=4)
   message = str(caught.value)
   for field in ('data.anomaly_strategy', 'glitter', 'train.num_vectors', 'flow.pos_embed_dim',
-                'backbone.name', 'loss.pos_beta'):
+                'backbone.name', 'loss.pos_beta', 'export.platforms'):
     assert field in message, field
-  assert len(message.splitlines()) == 6   # the header and one line per field
+  assert len(message.splitlines()) == 7   # the header and one line per field
 
 
 def test_strategy_names_and_aliases():

@@ -12,12 +12,19 @@ from bgad_jax.training.sharding import sharded_batches
 from bgad_jax.training.state import FlowTrainState, LevelState
 
 
-@jax.jit
-def _level_lp(state: LevelState, features: jnp.ndarray, tables) -> jnp.ndarray:
+def level_lp(state: LevelState, features: jnp.ndarray, tables) -> jnp.ndarray:
+  """Per-dimension log-likelihood map of one level: [N, h, w, C] float32 -> [N, h, w].
+
+  Traceable with a symbolic N (the exported graph's dynamic batch).
+  """
   n, h, w, c = features.shape
   x = features.reshape(n * h * w, c)
-  z, logdet = state.apply(x, state.condition.flow_kwargs(tables, jnp.tile(jnp.arange(h * w), n)))
+  positions = jnp.broadcast_to(jnp.arange(h * w), (n, h * w)).reshape(-1)
+  z, logdet = state.apply(x, state.condition.flow_kwargs(tables, positions))
   return flow_lib.per_dim_log_likelihood(z, logdet).reshape(n, h, w)
+
+
+_level_lp = jax.jit(level_lp)
 
 
 def lp_maps(state: FlowTrainState, level_features: Sequence[np.ndarray], mesh: Mesh,

@@ -7,7 +7,7 @@ For deployment, `fixed_constants` / `apply_fixed_constants` do the same with
 constants computed once on held-out normal training images.
 """
 
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -63,33 +63,50 @@ def test_set_anomaly_maps(lp_maps: Sequence[np.ndarray], size: int) -> np.ndarra
   return np.asarray(jnp.max(normal) - normal)
 
 
-def _log_upsample_axis(log_maps: np.ndarray, size: int, axis: int) -> np.ndarray:
-  """log(align-corners interpolation of exp(log_maps)) along ``axis``, without underflow."""
+def _log_upsample_axis(log_maps, size: int, axis: int, xp=np):
+  """log(align-corners interpolation of exp(log_maps)) along ``axis``, without underflow.
+
+  ``xp``: numpy (host, the maps' dtype) or jax.numpy (traceable, e.g. for export).
+  """
   in_size = log_maps.shape[axis]
   if in_size == 1:
-    return np.repeat(log_maps, size, axis=axis)
+    return xp.repeat(log_maps, size, axis=axis)
   low, frac = _align_corners_taps(size, in_size)
   shape = [1] * log_maps.ndim
   shape[axis] = size
   with np.errstate(divide='ignore'):   # log(0) = -inf is the right weight
-    log_w_low, log_w_high = np.log(1.0 - frac).reshape(shape), np.log(frac).reshape(shape)
-  return np.logaddexp(np.take(log_maps, low, axis=axis) + log_w_low,
-                      np.take(log_maps, low + 1, axis=axis) + log_w_high)
+    log_w_low, log_w_high = (np.log(w).astype(log_maps.dtype).reshape(shape)
+                             for w in (1.0 - frac, frac))
+  return xp.logaddexp(xp.take(log_maps, low, axis=axis) + log_w_low,
+                      xp.take(log_maps, low + 1, axis=axis) + log_w_high)
+
+
+def fixed_constant_outputs(lp_maps: Sequence[jnp.ndarray], size: int,
+                           constants: Dict[str, object]) -> Tuple[jnp.ndarray, ...]:
+  """`apply_fixed_constants`, the image scores and `nll_scores` in one traceable function.
+
+  Returns:
+    (anomaly maps [N, size, size], scores [N], nll scores [N]), float32.
+  """
+  maps = constants['map_max'] - normality_maps(lp_maps, size, constants['level_max'])
+  log_normal = log_normality_maps(lp_maps, size, constants['level_max'], jnp)
+  return maps, maps.max(axis=(1, 2)), -log_normal.min(axis=(1, 2))
 
 
 def log_normality_maps(lp_maps: Sequence[np.ndarray], size: int,
-                       level_max: Sequence[float]) -> np.ndarray:
-  """log of `normality_maps`, computed in log space (float64): never underflows.
+                       level_max: Sequence[float], xp=np) -> np.ndarray:
+  """log of `normality_maps`, computed in log space: never underflows.
 
   Where exp(lp - max) is representable this equals log(normality_maps(...));
   where it underflows to 0 (a badly fitted or far out-of-distribution image),
-  it still orders pixels and images. [N, size, size] float64.
+  it still orders pixels and images. [N, size, size]: float64 on the host
+  (``xp`` numpy), the maps' float32 when traced (``xp`` jax.numpy).
   """
   total = None
   for lp, top in zip(lp_maps, level_max):
-    level = np.asarray(lp, np.float64) - top
-    level = _log_upsample_axis(_log_upsample_axis(level, size, 1), size, 2)
-    total = level if total is None else np.logaddexp(total, level)
+    level = (np.asarray(lp, np.float64) if xp is np else lp) - top
+    level = _log_upsample_axis(_log_upsample_axis(level, size, 1, xp), size, 2, xp)
+    total = level if total is None else xp.logaddexp(total, level)
   return total
 
 

@@ -1,0 +1,64 @@
+"""export: the StableHLO file computes what the Detector computes, without bgad_jax."""
+
+import glob
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bgad_jax import Detector
+from bgad_jax.detector import as_rgb
+from tests.support import runs
+
+
+@pytest.fixture(scope='module')
+def exported(trained):
+  """(path of the file main.py --mode=export wrote, the Detector of the same workdir)."""
+  workdir, data_root, _ = trained
+  stdout = runs.run_main(workdir, data_root, '--mode=export')
+  path = workdir / 'export' / 'bgad.stablehlo'
+  assert f'Exported: {path}' in stdout and 'uint8 [batch, 48, 48, 3]' in stdout
+  return path, Detector.load(str(workdir))
+
+
+def _pixels(trained, detector):
+  paths = sorted(glob.glob(str(trained[1] / 'images' / 'tissue' / 'test' / '*' / '*.png')))
+  return detector.score_pixels([as_rgb(p) for p in paths])
+
+
+def test_exported_maps_and_scores_equal_the_jax_path(trained, exported):
+  from jax import export
+  path, detector = exported
+  program = export.deserialize(path.read_bytes())
+  assert set(program.platforms) == {'cpu', 'cuda', 'tpu'}
+  pixels, maps, scores, nll = _pixels(trained, detector)
+  for batch in (len(pixels), 1):   # the batch size is not fixed in the file
+    out_maps, out_scores, out_nll = (np.asarray(x) for x in program.call(pixels[:batch]))
+    assert out_maps.shape == maps[:batch].shape and out_maps.dtype == np.float32
+    np.testing.assert_allclose(out_maps, maps[:batch], atol=1e-4)
+    np.testing.assert_allclose(out_nll, nll[:batch], rtol=1e-4)
+    np.testing.assert_array_equal(np.argsort(out_scores, kind='stable'),
+                                  np.argsort(scores[:batch], kind='stable'))
+
+
+def test_exported_file_runs_without_bgad_jax(exported, tmp_path):
+  code = ('import sys, numpy as np; from jax import export;'
+          f'program = export.deserialize(open({str(exported[0])!r}, "rb").read());'
+          'maps, scores, nll = program.call(np.full((2, 48, 48, 3), 128, np.uint8));'
+          'assert "bgad_jax" not in sys.modules and "tfds_mvtec" not in sys.modules;'
+          'print(maps.shape, scores.shape, nll.shape)')
+  result = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == '(2, 48, 48) (2,) (2,)'
+
+
+def test_readme_export_snippet_runs_as_shown(trained, exported):
+  readme = open(f'{runs.REPO}/README.md').read()
+  snippet = readme.split('### Export')[1].split('```python\n')[1].split('```')[0]
+  snippet = snippet.replace("'runs/demo/export/bgad.stablehlo'", repr(str(exported[0])))
+  snippet = snippet.replace('(4, 128, 128, 3)', '(4, 48, 48, 3)')   # the test model's size
+  namespace = {}
+  exec(compile(snippet, 'README.md', 'exec'), namespace)   # pylint: disable=exec-used
+  assert namespace['maps'].shape == (4, 48, 48) and namespace['nll_scores'].shape == (4,)
