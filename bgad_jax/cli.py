@@ -48,10 +48,10 @@ def train_command(argv: Sequence[str]) -> str:
 
 
 def run(config, workdir: str, mode: str, command: str = ''):
-  """Runs ``mode`` ('train', 'eval' or 'predict') of ``config`` in ``workdir``.
+  """Runs ``mode`` ('train', 'eval', 'predict' or 'export') of ``config`` in ``workdir``.
 
-  ``command``: the command that trains this model, named when eval/predict
-  find none (see `train_command`).
+  ``command``: the command that trains this model, named when eval, predict
+  or export find none (see `train_command`).
   """
   validation.validate(config)
   if mode in ('eval', 'predict', 'export') and config.data.category != 'all':
@@ -63,6 +63,8 @@ def run(config, workdir: str, mode: str, command: str = ''):
       category_config = config.copy_and_resolve_references()
       category_config.data.category = category
       rows[category] = run(category_config, os.path.join(workdir, category), mode, command)
+    if mode in ('predict', 'export'):
+      return None   # no metrics to summarise
     summary = report.summary_markdown(rows)
     with open(os.path.join(workdir, 'summary.md'), 'w') as f:
       f.write(summary)
