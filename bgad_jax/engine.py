@@ -221,7 +221,6 @@ def _write_outputs(config, workdir, state, meta, result, maps, test_arrays, know
 
 
 def _restore_for_inference(config, workdir, channels) -> Tuple[FlowTrainState, Dict]:
-  require_trained_model(workdir)
   template = FlowTrainState.create(config, channels, jax.random.key(config.seed))
   return checkpoint.restore_latest(checkpoint.manager(workdir), template)
 

@@ -140,14 +140,36 @@ def _first_line(err: Exception) -> str:
 
 def _move_aside(mngr, step: int) -> str:
   directory = os.fspath(mngr.directory)
-  target = os.path.join(os.path.dirname(directory), 'checkpoints_unreadable', str(step))
-  suffix = 0
-  while os.path.exists(target + (f'_{suffix}' if suffix else '')):
+  base = os.path.join(os.path.dirname(directory), 'checkpoints_unreadable', str(step))
+  target, suffix = base, 0
+  while os.path.exists(target):   # an earlier damaged checkpoint of the same step
     suffix += 1
-  target += f'_{suffix}' if suffix else ''
+    target = f'{base}_{suffix}'
   os.makedirs(os.path.dirname(target), exist_ok=True)
   os.rename(os.path.join(directory, str(step)), target)
   return target
+
+
+def _read(mngr, step: int, template: FlowTrainState):
+  """(restored state and meta, None), or (None, why the checkpoint cannot be read).
+
+  Raises:
+    CheckpointMismatchError: the checkpoint is intact but of another configuration.
+  """
+  directory = os.fspath(mngr.directory)
+  damage = _damage(os.path.join(directory, str(step)))
+  if damage is not None:
+    return None, damage
+  mismatch = _mismatch(mngr, step, template)
+  if mismatch:
+    raise CheckpointMismatchError(
+        f'the checkpoint of meta-epoch {step} in {directory} does not fit this '
+        f'configuration ({mismatch}): use the config it was trained with, another '
+        f'--workdir, or delete {directory} to train this configuration from scratch')
+  try:
+    return _restore(mngr, step, template), None
+  except Exception as err:   # pylint: disable=broad-except  (TensorStore read errors)
+    return None, _first_line(err)
 
 
 def restore_latest(mngr: ocp.CheckpointManager, template: FlowTrainState
@@ -164,28 +186,17 @@ def restore_latest(mngr: ocp.CheckpointManager, template: FlowTrainState
   directory = os.fspath(mngr.directory)
   unreadable: List[Tuple[int, str]] = []
   for step in sorted(mngr.all_steps(), reverse=True):
-    step_dir = os.path.join(directory, str(step))
-    damage = _damage(step_dir)
-    if damage is None:
-      mismatch = _mismatch(mngr, step, template)
-      if mismatch:
-        raise CheckpointMismatchError(
-            f'the checkpoint of meta-epoch {step} in {directory} does not fit this '
-            f'configuration ({mismatch}): use the config it was trained with, another '
-            f'--workdir, or delete {directory} to train this configuration from scratch')
-      try:
-        restored = _restore(mngr, step, template)
-      except Exception as err:   # pylint: disable=broad-except  (TensorStore read errors)
-        damage = _first_line(err)
-      else:
-        for bad_step, reason in unreadable:
-          moved = _move_aside(mngr, bad_step)
-          logging.warning('The checkpoint of meta-epoch %d cannot be read (%s): moved it to '
-                          '%s; using meta-epoch %d instead.', bad_step, reason, moved, step)
-        if unreadable:
-          mngr.reload()
-        return restored
-    unreadable.append((step, damage))
+    restored, damage = _read(mngr, step, template)
+    if restored is None:
+      unreadable.append((step, damage))
+      continue
+    for bad_step, reason in unreadable:
+      moved = _move_aside(mngr, bad_step)
+      logging.warning('The checkpoint of meta-epoch %d cannot be read (%s): moved it to '
+                      '%s; using meta-epoch %d instead.', bad_step, reason, moved, step)
+    if unreadable:
+      mngr.reload()
+    return restored
   if unreadable:
     details = '; '.join(f'meta-epoch {step}: {reason}' for step, reason in unreadable)
     raise CheckpointError(f'no checkpoint in {directory} can be read ({details}). Delete '
