@@ -23,12 +23,17 @@ INSTALL_REQUIRES = [
     'flatbuffers==25.12.19',        # jax.export serialization (--mode=export)
 ]
 
+# --config.export.format=onnx. jax2onnx 0.13 and newer cap orbax-checkpoint
+# below the version pinned above; 0.12.5 converts our graph and does not.
+ONNX = ['jax2onnx==0.12.5', 'onnx==1.23.2', 'onnxruntime==1.32.0']
+
 EXTRAS_REQUIRE = {
     # Reference implementations the tests compare against (torch CPU build).
     # torchvision is pinned so that timm cannot pull a newer torch.
     'test': ['torch==2.13.0', 'torchvision==0.28.0', 'timm==1.0.31', 'FrEIA==0.2',
              'efficientnet-lite-pytorch==0.1.0', 'safetensors', 'pytest',
-             'nbclient==0.11.0', 'nbformat==5.11.1', 'ipykernel==7.4.0'],
+             'nbclient==0.11.0', 'nbformat==5.11.1', 'ipykernel==7.4.0'] + ONNX,
+    'onnx': ONNX,
     # Optional: tfds.load / clu metric writers. Not needed for anything else.
     'tf': ['tensorflow'],
 }

@@ -72,10 +72,13 @@ def run(config, workdir: str, mode: str, command: str = ''):
     print('\n' + summary + f'\nSummary: {os.path.join(workdir, "summary.md")}')
     return rows
   if mode == 'export':
-    path = export.write_export(workdir, config, validation.as_list(config.export.platforms))
+    path = export.write_export(workdir, config, validation.as_list(config.export.platforms),
+                               config.export.format)
     size = config.data.inp_size
+    loader = ('onnxruntime.InferenceSession loads it' if config.export.format == 'onnx'
+              else 'jax.export.deserialize loads it')
     print(f'Exported: {path} ({os.path.getsize(path) / 2 ** 20:.1f} MiB; uint8 [batch, {size}, '
-          f'{size}, 3] -> maps, scores, nll scores; jax.export.deserialize loads it)')
+          f'{size}, 3] -> maps, scores, nll scores; {loader})')
     return None
   if mode == 'predict':
     csv_path = engine.predict(config, workdir)

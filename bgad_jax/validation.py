@@ -13,6 +13,7 @@ import jax
 from bgad_jax.data import strategies as strategies_lib
 from bgad_jax.data.dataset import SOURCES
 from bgad_jax.errors import ConfigError
+from bgad_jax.export import FORMATS as EXPORT_FORMATS
 from bgad_jax.export import PLATFORMS as EXPORT_PLATFORMS
 from bgad_jax.models import backbone as backbone_lib
 
@@ -131,7 +132,7 @@ def _check_data(config, errors):
 
 
 def _check_export(config, errors):
-  _one_of(errors, 'export.format', config.export.format, ('stablehlo',))
+  _one_of(errors, 'export.format', config.export.format, EXPORT_FORMATS)
   platforms = as_list(config.export.platforms)
   unknown = [p for p in platforms if p not in EXPORT_PLATFORMS]
   if unknown or not platforms:

@@ -1,4 +1,4 @@
-"""export: the StableHLO file computes what the Detector computes, without bgad_jax."""
+"""export: the StableHLO and ONNX files compute what the Detector computes, without bgad_jax."""
 
 import glob
 import subprocess
@@ -62,3 +62,40 @@ def test_readme_export_snippet_runs_as_shown(trained, exported):
   namespace = {}
   exec(compile(snippet, 'README.md', 'exec'), namespace)   # pylint: disable=exec-used
   assert namespace['maps'].shape == (4, 48, 48) and namespace['nll_scores'].shape == (4,)
+
+
+def test_onnx_export_equals_the_jax_path_in_onnxruntime(trained, exported):
+  import onnxruntime
+  workdir, data_root, _ = trained
+  stdout = runs.run_main(workdir, data_root, '--mode=export', '--config.export.format=onnx')
+  path = workdir / 'export' / 'bgad.onnx'
+  assert f'Exported: {path}' in stdout and 'onnxruntime' in stdout
+  options = onnxruntime.SessionOptions()
+  options.log_severity_level = 3
+  session = onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+  assert [i.name for i in session.get_inputs()] == ['images']
+  assert [o.name for o in session.get_outputs()] == ['maps', 'scores', 'nll_scores']
+  detector = exported[1]
+  pixels, maps, scores, nll = _pixels(trained, detector)
+  for batch in (len(pixels), 1):   # the batch size is dynamic
+    out_maps, out_scores, out_nll = session.run(None, {'images': pixels[:batch]})
+    assert out_maps.shape == maps[:batch].shape and out_maps.dtype == np.float32
+    np.testing.assert_allclose(out_maps, maps[:batch], atol=1e-4)
+    np.testing.assert_allclose(out_nll, nll[:batch], rtol=1e-4)
+    np.testing.assert_array_equal(np.argsort(out_scores, kind='stable'),
+                                  np.argsort(scores[:batch], kind='stable'))
+  readme = open(f'{runs.REPO}/README.md').read()
+  snippet = readme.split('### Export')[1].split('```python\n')[2].split('```')[0]
+  snippet = snippet.replace("'runs/demo/export/bgad.onnx'", repr(str(path)))
+  snippet = snippet.replace('(4, 128, 128, 3)', '(4, 48, 48, 3)')   # the test model's size
+  namespace = {}
+  exec(compile(snippet, 'README.md', 'exec'), namespace)   # pylint: disable=exec-used
+  assert namespace['maps'].shape == (4, 48, 48) and namespace['nll_scores'].shape == (4,)
+
+
+def test_onnx_without_its_extra_is_a_config_error(monkeypatch):
+  from bgad_jax import export
+  from bgad_jax.errors import ConfigError
+  monkeypatch.setitem(sys.modules, 'jax2onnx', None)   # import fails as when not installed
+  with pytest.raises(ConfigError, match=r'\[onnx\] extra'):
+    export.export_onnx(None)

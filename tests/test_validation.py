@@ -20,13 +20,14 @@ def test_one_error_names_every_bad_field():
   config.backbone.name = 'resnet18'
   config.loss.pos_beta = 1.5
   config.export.platforms = ('cpu', 'metal')
+  config.export.format = 'tflite'
   with pytest.raises(validation.ConfigError) as caught:
     validation.validate(config, num_devices=4)
   message = str(caught.value)
   for field in ('data.anomaly_strategy', 'glitter', 'train.num_vectors', 'flow.pos_embed_dim',
-                'backbone.name', 'loss.pos_beta', 'export.platforms'):
+                'backbone.name', 'loss.pos_beta', 'export.platforms', 'export.format'):
     assert field in message, field
-  assert len(message.splitlines()) == 7   # the header and one line per field
+  assert len(message.splitlines()) == 8   # the header and one line per field
 
 
 def test_strategy_names_and_aliases():

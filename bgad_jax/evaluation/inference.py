@@ -19,8 +19,7 @@ def level_lp(state: LevelState, features: jnp.ndarray, tables) -> jnp.ndarray:
   """
   n, h, w, c = features.shape
   x = features.reshape(n * h * w, c)
-  positions = jnp.broadcast_to(jnp.arange(h * w), (n, h * w)).reshape(-1)
-  z, logdet = state.apply(x, state.condition.flow_kwargs(tables, positions))
+  z, logdet = state.apply(x, state.condition.image_kwargs(tables, n))
   return flow_lib.per_dim_log_likelihood(z, logdet).reshape(n, h, w)
 
 

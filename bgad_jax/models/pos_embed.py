@@ -116,3 +116,26 @@ class PositionalCondition:
   def flow_kwargs(self, tables, positions: jnp.ndarray) -> Dict[str, Any]:
     """The flow's condition keywords for vectors at ``positions`` ({} when unconditional)."""
     return flow_condition(tables, positions, self.factored) if self.conditional else {}
+
+  def image_kwargs(self, tables, images) -> Dict[str, Any]:
+    """`flow_kwargs` for ``images`` whole h x w maps, row-major, image after image.
+
+    The position arithmetic runs on the host over one image; the traced graph
+    only repeats constants ``images`` times, so ``images`` may be a symbolic
+    dimension (an exported graph's batch) and converters need no integer
+    remainder.
+    """
+    if not self.conditional:
+      return {}
+    height, width = tables[1].shape[0], tables[0].shape[0]
+    one_image = flow_condition(tables, np.arange(height * width), self.factored)
+
+    def repeat(per_vector):
+      per_vector = jnp.asarray(per_vector)
+      tiled = jnp.broadcast_to(per_vector, (images,) + per_vector.shape)
+      return tiled.reshape((images * per_vector.shape[0],) + per_vector.shape[1:])
+
+    if self.factored:
+      return dict(cond=one_image['cond'],
+                  cond_index=tuple(repeat(index) for index in one_image['cond_index']))
+    return dict(cond=repeat(one_image['cond']), cond_index=None)

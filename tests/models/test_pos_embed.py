@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+import jax
 import jax.numpy as jnp
 
 from bgad_jax.models.pos_embed import (PositionalCondition, condition_tables, flow_condition,
@@ -54,6 +55,21 @@ def test_flow_condition_gives_each_vector_its_positional_code(factored):
     assert condition['cond_index'] is None
     rows = np.asarray(condition['cond'])
   np.testing.assert_array_equal(rows, encoding[np.asarray(positions)])
+
+
+@pytest.mark.parametrize('factored', [True, False])
+def test_image_kwargs_repeat_one_image_of_positions(factored):
+  condition = PositionalCondition(dim=16, factored=factored)
+  tables = condition.tables(3, 5)
+  expected = condition.flow_kwargs(tables, jnp.tile(jnp.arange(15), 2))
+  got = condition.image_kwargs(tables, 2)
+  for want, have in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(np.asarray(have), np.asarray(want))
+  # A symbolic number of images (an exported batch) traces.
+  images, = jax.export.symbolic_shape('images')
+  shapes = jax.eval_shape(lambda x: condition.image_kwargs(tables, x.shape[0]),
+                          jax.ShapeDtypeStruct((images,), jnp.float32))
+  assert all(leaf.shape[0] in (5, 3, 15 * images) for leaf in jax.tree.leaves(shapes))
 
 
 def test_unconditional_flow_gets_no_condition():
