@@ -51,6 +51,7 @@ def setup_config(setup: str, meta_epochs: int, tiny: bool, tmp: str, mvtec_sized
   config = demo.get_config()
   config.flow.factored_condition = variant != 'dense'
   config.train.meta_epochs = meta_epochs
+  config.data.val_fraction = 0.0   # the reference's flows train on every normal image
   config.data.root = os.path.join(tmp, 'demo_data')   # generated here, then built
   if setup == 'b6':
     config.backbone.name = 'tf_efficientnet_b6'

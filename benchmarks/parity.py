@@ -87,6 +87,7 @@ def our_config(args, data, seed: int, mode: str, warmup: str, known_files: List[
   config = folder.get_config(category)
   config.data.root, config.data.tfds_dir = manual_dir, tfds_dir
   config.data.inp_size = args.inp_size
+  config.data.val_fraction = 0.0   # the official code holds no normal image out
   config.data.anomaly_strategy = ('real',)
   config.data.anomaly_repeats = REPEATS
   config.data.num_anomalies = len(known_files) if supervised else 0
@@ -220,7 +221,7 @@ def run_reference(mods, args, data, seed: int, mode: str, known_files: List[str]
   torch.set_num_threads(os.cpu_count())
   category = data[2]
   config = our_config(args, data, seed, mode, 'linear', known_files)
-  train_examples, known, test_examples = engine.load_data(config)
+  train_examples, _, known, test_examples = engine.load_data(config)
   mean, std = backbone_lib.normalization('efficientnet_lite0', 'imagenet')
   train_arrays = preprocess(train_examples + known, args.inp_size, mean, std)
   test_arrays = preprocess(test_examples, args.inp_size, mean, std)

@@ -6,8 +6,9 @@
     p.anomaly_map, p.score, p.nll_score, p.anomalous
 
 Images are scored with the map constants and the threshold fixed at training
-time from the normal training images (``predict_constants.json``), so no test
-set is needed. Each image is resized and centre-cropped as in training; its
+time from normal images held out from the flows' training (or the training
+images when none were held out; ``predict_constants.json``), so no test set is
+needed. Each image is resized and centre-cropped as in training; its
 map is brought back to the image's own size (docs/METHOD.md, "Anomaly maps").
 """
 
@@ -23,6 +24,7 @@ from PIL import Image
 
 from bgad_jax.data import image_io
 from bgad_jax.errors import DataError, NoTrainedModelError
+from bgad_jax.evaluation import calibration
 from bgad_jax.evaluation import maps as maps_lib
 from bgad_jax.evaluation.inference import lp_maps
 from bgad_jax.training import checkpoint
@@ -43,7 +45,7 @@ class Prediction:
       images far from normal.
     nll_score: max over pixels of -log normality; ranks like ``score`` where
       that does not saturate, and decides ``anomalous``.
-    anomalous: ``nll_score`` above the highest normal training image's.
+    anomalous: ``nll_score`` above `Detector.threshold`.
   """
   anomaly_map: np.ndarray
   score: float
@@ -116,6 +118,10 @@ class Detector:
                constants: Dict[str, Any], images_per_call: int = 64):
     self.config, self.backbone, self.state = config, backbone, state
     self.constants, self.images_per_call = constants, images_per_call
+    predict = config.predict   # configs saved before the threshold rules had none
+    self.threshold = calibration.nll_threshold(constants, predict.get('threshold', 'val_max'),
+                                               predict.get('target_fpr', 0.01))
+    """nll score above which an image is anomalous (``predict.threshold``'s rule)."""
 
   @classmethod
   def load(cls, workdir: str, config=None) -> 'Detector':
@@ -159,7 +165,6 @@ class Detector:
     """Anomaly maps at each input's size, scores and verdicts (see `Prediction`)."""
     rgb = [as_rgb(image) for image in images]
     _, maps, scores, nll = self.score_pixels(rgb)
-    threshold = self.constants['nll_threshold']
     return [Prediction(to_input_size(m, *image.shape[:2]), float(s), float(n),
-                       bool(n > threshold))
+                       bool(n > self.threshold))
             for image, m, s, n in zip(rgb, maps, scores, nll)]

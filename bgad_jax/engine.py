@@ -21,10 +21,11 @@ import numpy as np
 from bgad_jax import validation
 from bgad_jax.data import image_io
 from bgad_jax.data import strategies as strategies_lib
-from bgad_jax.data.dataset import expand_path, load_splits
+from bgad_jax.data.dataset import expand_path, hold_out_normals, load_splits
 from bgad_jax.data.known_anomalies import split_known
 from bgad_jax.detector import Detector, read_predict_constants, require_trained_model
 from bgad_jax.errors import DataError, MissingFileError
+from bgad_jax.evaluation import calibration as calibration_lib
 from bgad_jax.evaluation import maps as maps_lib
 from bgad_jax.evaluation import metrics
 from bgad_jax.evaluation import report
@@ -56,26 +57,31 @@ def use_compile_cache(config) -> None:
 
 
 def evaluate(config, state: FlowTrainState, test: TestSet,
-             mesh) -> Tuple[Dict[str, Any], np.ndarray]:
-  """Metrics (`metrics.evaluate`) and [N, S, S] anomaly maps of ``test``, the reference's way."""
-  maps = maps_lib.test_set_anomaly_maps(lp_maps(state, test.features, mesh),
-                                        config.data.inp_size)
+             mesh) -> Tuple[Dict[str, Any], np.ndarray, List[np.ndarray]]:
+  """Metrics (`metrics.evaluate`), [N, S, S] anomaly maps of ``test`` the reference's way
+  and the per-level log-likelihood maps they came from."""
+  lp = lp_maps(state, test.features, mesh)
+  maps = maps_lib.test_set_anomaly_maps(lp, config.data.inp_size)
   arrays = test.arrays
   result = metrics.evaluate(maps, arrays['masks'], arrays['labels'], arrays['defect_types'],
                             arrays['has_mask'], test.known_types,
                             config.report.aupro_thresholds)
-  return result, maps
+  return result, maps, lp
 
 
-def load_data(config) -> Tuple[List[Dict], List[Dict], List[Dict]]:
-  """(normal training examples, known anomalies, test examples)."""
+def load_data(config) -> Tuple[List[Dict], List[Dict], List[Dict], List[Dict]]:
+  """(the flows' normal training examples, held-out normal calibration examples,
+  known anomalies, test examples)."""
   train_examples, test_examples = load_splits(config.data, config.seed)
+  train_examples, calibration = hold_out_normals(
+      train_examples, config.data.val_fraction, config.data.val_min_images, config.seed)
   known, test_examples = split_known(config.data, test_examples,
                                      validation.known_defect_types(config), config.seed,
                                      validation.known_anomaly_files(config))
-  logging.info('%d normal training images, %d known anomalies, %d test images',
-               len(train_examples), len(known), len(test_examples))
-  return train_examples, known, test_examples
+  logging.info('%d normal training images (+%d held out for calibration), %d known anomalies, '
+               '%d test images', len(train_examples), len(calibration), len(known),
+               len(test_examples))
+  return train_examples, calibration, known, test_examples
 
 
 def _without_mask(arrays: Dict[str, np.ndarray]) -> List[str]:
@@ -157,16 +163,28 @@ def _train_epochs(config, workdir, state, meta, mngr, training_set, evaluate_now
   return state, evaluation
 
 
-def _write_predict_constants(config, workdir, state, normal_features, mesh) -> None:
-  """Map constants and thresholds for `predict`, from the normal training images."""
-  size = config.data.inp_size
-  normal_lp = lp_maps(state, normal_features, mesh)
-  constants = maps_lib.fixed_constants(normal_lp, size)
-  normal_scores = maps_lib.apply_fixed_constants(normal_lp, size, constants).reshape(
-      len(normal_lp[0]), -1).max(axis=1)
-  constants['score_threshold'] = float(normal_scores.max())
-  constants['nll_threshold'] = float(maps_lib.nll_scores(normal_lp, size, constants).max())
+def _write_predict_constants(config, workdir, state, normal_features, files, source,
+                             mesh) -> Dict[str, Any]:
+  """Map constants and thresholds for `predict` from normal images (`calibration`).
+
+  ``source``: 'held-out' (``data.val_fraction``) or 'training' images.
+  """
+  constants = calibration_lib.predict_constants(
+      lp_maps(state, normal_features, mesh), config.data.inp_size, config.predict.threshold,
+      config.predict.target_fpr, source)
+  constants['calibration']['files'] = list(files)
   report.write_json(os.path.join(workdir, 'predict_constants.json'), constants)
+  return constants
+
+
+def _at_threshold(config, test_lp, test: TestSet, constants) -> Dict[str, Any]:
+  """Test precision / recall / F1 of predict's verdicts (fixed constants, nll scores)."""
+  nll = maps_lib.nll_scores(test_lp, config.data.inp_size, constants)
+  threshold = calibration_lib.nll_threshold(constants, config.predict.threshold,
+                                            config.predict.target_fpr)
+  source = constants.get('calibration', {}).get('source', 'training')
+  return dict(rule=config.predict.threshold, calibration=source,
+              **calibration_lib.verdict_metrics(nll, test.arrays['labels'], threshold))
 
 
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
@@ -175,13 +193,18 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   use_compile_cache(config)
   os.makedirs(workdir, exist_ok=True)
   started, mesh = time.time(), make_mesh()
-  train_examples, known, test_examples = load_data(config)
+  train_examples, calibration, known, test_examples = load_data(config)
   if known:
     print('Known anomalies used for training: ' + ', '.join(e['filename'] for e in known))
   backbone = FrozenBackbone.load(config, mesh)
   t0 = time.time()
   training_set, train_features = _training_set(config, backbone, train_examples, known)
   test = _test_set(config, backbone, test_examples)
+  if calibration:
+    calibration_features = backbone.features(
+        backbone.preprocess(calibration, config.data.inp_size)['images'])
+  else:   # the flows' own normal images, as the reference would
+    calibration_features = [f[:len(train_examples)] for f in train_features]
   feature_seconds = time.time() - t0
   state, meta, mngr = _restore_or_create(config, workdir, [f.shape[-1] for f in train_features])
 
@@ -193,9 +216,12 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
 
   state, evaluation = _train_epochs(config, workdir, state, meta, mngr, training_set,
                                     evaluate_now)
-  result, maps = evaluation or evaluate_now(state)   # resumed after the last epoch
-  _write_predict_constants(config, workdir, state,
-                           [f[:len(train_examples)] for f in train_features], mesh)
+  result, maps, test_lp = evaluation or evaluate_now(state)   # resumed after the last epoch
+  calibration_files = [e['filename'] for e in (calibration or train_examples)]
+  constants = _write_predict_constants(config, workdir, state, calibration_features,
+                                       calibration_files,
+                                       'held-out' if calibration else 'training', mesh)
+  result['at_threshold'] = _at_threshold(config, test_lp, test, constants)
   return _write_outputs(config, workdir, state, meta, result, maps, test.arrays, known,
                         feature_seconds, time.time() - started)
 
@@ -212,7 +238,7 @@ def _write_outputs(config, workdir, state, meta, result, maps, test_arrays, know
       anomalies_without_mask=_without_mask(test_arrays), history=meta['history'],
       device=f'{jax.devices()[0].device_kind} x{jax.device_count()}',
       config=config.to_dict())
-  for group in ('seen', 'unseen'):
+  for group in ('seen', 'unseen', 'at_threshold'):
     if group in result:
       results[group] = result[group]
   report.write_results(workdir, results, maps, test_arrays, config.report.num_overlays,
@@ -231,14 +257,17 @@ def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
   require_trained_model(workdir)   # before any data work
   use_compile_cache(config)
   mesh = make_mesh()
-  _, known, test_examples = load_data(config)
+  _, _, known, test_examples = load_data(config)
   backbone = FrozenBackbone.load(config, mesh)
   t0 = time.time()
   test = _test_set(config, backbone, test_examples)
   feature_seconds = time.time() - t0
   state, meta = _restore_for_inference(config, workdir, [f.shape[-1] for f in test.features])
   t0 = time.time()
-  result, maps = evaluate(config, state, test, mesh)
+  result, maps, test_lp = evaluate(config, state, test, mesh)
+  if os.path.isfile(os.path.join(workdir, 'predict_constants.json')):
+    result['at_threshold'] = _at_threshold(config, test_lp, test,
+                                           read_predict_constants(workdir))
   meta['seconds']['eval'] = time.time() - t0
   return _write_outputs(config, workdir, state, meta, result, maps, test.arrays, known,
                         feature_seconds, feature_seconds + meta['seconds']['eval'])
@@ -303,5 +332,5 @@ def predict(config, workdir: str) -> str:
   report.save_overlays(out_dir, pixels, maps, list(images),
                        low=0.0, high=max(float(constants['score_threshold']) * 2, 1e-6))
   csv_path = os.path.join(out_dir, 'scores.csv')
-  _write_scores(csv_path, list(images), scores, nll, constants['nll_threshold'], errors)
+  _write_scores(csv_path, list(images), scores, nll, detector.threshold, errors)
   return csv_path

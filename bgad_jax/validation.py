@@ -13,6 +13,7 @@ import jax
 from bgad_jax.data import strategies as strategies_lib
 from bgad_jax.data.dataset import SOURCES
 from bgad_jax.errors import ConfigError
+from bgad_jax.evaluation.calibration import THRESHOLD_RULES
 from bgad_jax.export import FORMATS as EXPORT_FORMATS
 from bgad_jax.export import PLATFORMS as EXPORT_PLATFORMS
 from bgad_jax.models import backbone as backbone_lib
@@ -114,6 +115,10 @@ def _check_data(config, errors):
   _at_least(errors, 'data.anomaly_repeats', data.anomaly_repeats, 0)
   _at_least(errors, 'data.synthetic_repeats', data.synthetic_repeats, 0)
   _one_of(errors, 'data.anomaly_count_mode', data.anomaly_count_mode, ('total', 'per_type'))
+  if not 0.0 <= data.val_fraction <= 0.5:
+    errors.append(f'data.val_fraction={data.val_fraction}: a fraction of the normal training '
+                  'images in [0, 0.5] (0: none held out, as the reference)')
+  _at_least(errors, 'data.val_min_images', data.val_min_images, 2)
   _one_of(errors, 'data.foreground', data.foreground, ('auto', 'all', 'folder'))
   if data.foreground == 'folder' and not data.foreground_dir:
     errors.append("data.foreground_dir='': data.foreground=folder needs the mask folder")
@@ -129,6 +134,13 @@ def _check_data(config, errors):
     if name in strategies_lib.NEEDS_KNOWN and not uses_known_anomalies(config):
       errors.append(f'data.anomaly_strategy: {name} transforms known anomalies: it needs '
                     'data.num_anomalies > 0 or data.known_anomaly_files')
+
+
+def _check_predict(config, errors):
+  _one_of(errors, 'predict.threshold', config.predict.threshold, THRESHOLD_RULES)
+  if not 0.0 < config.predict.target_fpr < 1.0:
+    errors.append(f'predict.target_fpr={config.predict.target_fpr}: a rate in (0, 1), '
+                  'e.g. 0.01')
 
 
 def _check_export(config, errors):
@@ -151,6 +163,7 @@ def validate(config, num_devices: int = None) -> None:
   _check_flow_and_loss(config, errors)
   _check_train(config, errors, num_devices or jax.device_count())
   _check_data(config, errors)
+  _check_predict(config, errors)
   _check_export(config, errors)
   _at_least(errors, 'report.aupro_thresholds', config.report.aupro_thresholds, 0)
   _at_least(errors, 'report.num_overlays', config.report.num_overlays, 0)

@@ -1,4 +1,8 @@
-"""Published BGAD settings (docs/METHOD.md); every other config starts here."""
+"""Published BGAD settings (docs/METHOD.md); every other config starts here.
+
+One addition for deployment: data.val_fraction holds out normal images for
+predict's threshold; configs/mvtec.py turns it off to stay the reference.
+"""
 
 import ml_collections
 
@@ -78,6 +82,13 @@ def get_config(arg=None):
   # test/crack/003.png,test/hole/010.png (num_anomalies is then ignored).
   config.data.known_anomaly_files = ()
   config.data.not_in_test = True
+  # Normal training images held out from the flows: predict's map constants
+  # and threshold come from them, not from images the flows were fitted on.
+  # Only when the class has at least val_min_images normal training images;
+  # otherwise (and with 0) they come from the training images. The reference
+  # holds none out: configs/mvtec.py sets 0.
+  config.data.val_fraction = 0.1
+  config.data.val_min_images = 50
 
   config.report = ml_collections.ConfigDict()
   config.report.num_overlays = 12
@@ -87,6 +98,10 @@ def get_config(arg=None):
 
   config.predict = ml_collections.ConfigDict()
   config.predict.images = ''                    # folder of images for --mode=predict
+  # Verdict threshold over the calibration images' nll scores: 'val_max' (the
+  # highest: none of them flagged) or 'val_fpr' (at most target_fpr flagged).
+  config.predict.threshold = 'val_max'
+  config.predict.target_fpr = 0.01
 
   config.export = ml_collections.ConfigDict()   # --mode=export
   config.export.format = 'stablehlo'            # jax.export, loadable without bgad_jax

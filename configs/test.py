@@ -9,7 +9,10 @@ def get_config(arg=None):
   config.flow.pos_embed_dim = 16
   config.data.inp_size = 48
   config.data.num_anomalies = 4
-  config.data.demo.update(dict(size=48, num_train=8, num_test_good=4, num_per_defect=2))
+  config.data.demo.update(dict(size=48, num_train=10, num_test_good=4, num_per_defect=2))
+  # 2 of the 10 normal training images calibrate predict (the held-out path).
+  config.data.val_fraction = 0.2
+  config.data.val_min_images = 10
   # Enough small, fast steps for the flows to fit the features' scale, so
   # that tests can check that a blatant defect ranks above normal images.
   config.train.meta_epochs = 3

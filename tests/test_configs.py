@@ -34,3 +34,6 @@ def test_mvtec_config_is_the_published_one():
   for section in ('backbone', 'flow', 'loss', 'train'):
     assert dict(config[section]) == dict(published[section]), section
   assert mvtec.get_config('all').data.category == 'all'
+  # The reference holds no normal image out; the deployment default does.
+  assert config.data.val_fraction == 0.0 and published.data.val_fraction == 0.1
+  assert (published.predict.threshold, published.predict.target_fpr) == ('val_max', 0.01)

@@ -25,15 +25,42 @@ def _images(trained, pattern):
   return sorted(glob.glob(str(trained[1] / 'images' / 'tissue' / pattern)))
 
 
-def test_normal_training_images_reproduce_the_training_thresholds(trained, detector):
-  """Training set each threshold to the highest normal training score: recomputed here."""
+def test_held_out_normal_images_reproduce_the_training_thresholds(trained, detector):
+  """Training set each threshold to the highest held-out normal score: recomputed here."""
   constants = json.loads((trained[0] / 'predict_constants.json').read_text())
-  results = detector.predict(_images(trained, 'train/good/*.png'))
-  assert len(results) == 8
+  calibration = constants['calibration']
+  assert calibration['source'] == 'held-out' and calibration['images'] == 2
+  assert calibration['rule'] == 'val_max'
+  paths = [str(trained[1] / 'images' / 'tissue' / name) for name in calibration['files']]
+  assert all('/train/good/' in path for path in paths)
+  results = detector.predict(paths)
   nll = [r.nll_score for r in results]
+  np.testing.assert_allclose(nll, constants['calibration_nll_scores'], rtol=1e-6)
   assert max(nll) == pytest.approx(constants['nll_threshold'], rel=1e-6)
+  assert detector.threshold == pytest.approx(constants['nll_threshold'], rel=1e-12)
   assert max(r.score for r in results) == pytest.approx(constants['score_threshold'], rel=1e-5)
   assert not any(r.anomalous for r in results)   # none above the highest of themselves
+
+
+def test_results_report_the_test_verdicts_of_the_detector(trained, detector):
+  """results.json's precision / recall / F1 are the Detector's verdicts on the test set."""
+  results = json.loads((trained[0] / 'results.json').read_text())
+  verdicts = results['at_threshold']
+  known = set(results['known_anomalies'])
+  names = [os.path.relpath(p, trained[1] / 'images' / 'tissue')
+           for p in _images(trained, 'test/*/*.png')]
+  names = [n for n in names if n not in known]
+  flagged = [p.anomalous for p in detector.predict(
+      [str(trained[1] / 'images' / 'tissue' / n) for n in names])]
+  truth = [not n.startswith('test/good/') for n in names]
+  tp = sum(f and t for f, t in zip(flagged, truth))
+  fp = sum(f and not t for f, t in zip(flagged, truth))
+  assert (verdicts['tp'], verdicts['fp']) == (tp, fp)
+  assert verdicts['tp'] + verdicts['fn'] == sum(truth)
+  assert verdicts['fp'] + verdicts['tn'] == len(truth) - sum(truth)
+  assert verdicts['threshold'] == pytest.approx(detector.threshold)
+  assert (verdicts['rule'], verdicts['calibration']) == ('val_max', 'held-out')
+  assert 'precision' in (trained[0] / 'results.md').read_text()
 
 
 def test_every_kind_of_input_gives_the_same_result(trained, detector):

@@ -57,6 +57,19 @@ def test_eval_mode_reproduces_the_metrics(trained):
   after = json.loads((workdir / 'results.json').read_text())
   for key in ('img_auroc', 'pix_auroc', 'aupro'):
     assert after[key] == pytest.approx(before[key], abs=1e-6)
+  assert after['at_threshold'] == pytest.approx(before['at_threshold'])
+
+
+def test_eval_with_another_threshold_rule_uses_the_stored_calibration(trained, tmp_path):
+  workdir = _trained_copy(trained, tmp_path / 'run')
+  _main(workdir, trained[1], '--mode=eval', '--config.predict.threshold=val_fpr',
+        '--config.predict.target_fpr=0.5')
+  constants = json.loads((workdir / 'predict_constants.json').read_text())
+  verdicts = json.loads((workdir / 'results.json').read_text())['at_threshold']
+  # Two calibration images, at most half of them above: the lower one.
+  assert verdicts['rule'] == 'val_fpr'
+  assert verdicts['threshold'] == pytest.approx(min(constants['calibration_nll_scores']))
+  assert verdicts['threshold'] < constants['nll_threshold']
 
 
 def test_predict_ranks_a_blatant_defect_above_normals(trained, tmp_path):

@@ -5,7 +5,9 @@ manual_dir); later runs read the built dataset.
 """
 
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
 
 from bgad_jax.data import demo_data
 from bgad_jax.data import pipeline
@@ -57,3 +59,21 @@ def load_splits(data_config, seed: int) -> Tuple[List[Dict], List[Dict]]:
     tfds_mvtec.build(category, data_dir, manual_dir)
   return (pipeline.load_examples(data_dir, category, 'train'),
           pipeline.load_examples(data_dir, category, 'test'))
+
+
+def hold_out_normals(train_examples: Sequence[Dict], fraction: float, min_images: int,
+                     seed: int) -> Tuple[List[Dict], List[Dict]]:
+  """(the flows' normal training images, held-out normal calibration images).
+
+  ``round(fraction * N)`` images (at least one) drawn with ``seed`` are held
+  out when the class has at least ``min_images`` normal training images and
+  ``fraction`` > 0; otherwise none are. Both lists keep the dataset's order.
+  """
+  total = len(train_examples)
+  if fraction <= 0 or total < max(min_images, 2):
+    return list(train_examples), []
+  count = min(total - 1, max(1, int(round(fraction * total))))
+  # Its own stream: the draw does not move when other seeded choices change.
+  held = set(np.random.RandomState([seed, 0xCA11]).permutation(total)[:count].tolist())
+  return ([e for i, e in enumerate(train_examples) if i not in held],
+          [e for i, e in enumerate(train_examples) if i in held])

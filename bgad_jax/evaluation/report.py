@@ -61,6 +61,13 @@ def results_markdown(results: Dict[str, Any]) -> str:
     lines += ['', f"Best epoch {best['epoch']} (selected on the test set, as the reference "
               f"reports it): image AUROC {format_percent(best['img_auroc'])}, pixel AUROC "
               f"{format_percent(best['pix_auroc'])}."]
+  verdicts = results.get('at_threshold')
+  if verdicts:
+    lines += ['', f"Predict's verdicts on the test set (threshold {verdicts['threshold']:.4g}, "
+              f"rule {verdicts['rule']}, calibrated on {verdicts['calibration']} normal "
+              f"images): precision {format_percent(verdicts['precision'])}, recall "
+              f"{format_percent(verdicts['recall'])}, F1 {format_percent(verdicts['f1'])}, "
+              f"false-positive rate {format_percent(verdicts['fpr'])}."]
   if results.get('known_anomalies'):
     lines += ['', 'Known (training) anomalies: ' + ', '.join(results['known_anomalies'])]
   return '\n'.join(lines) + '\n'

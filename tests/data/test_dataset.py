@@ -52,3 +52,18 @@ def test_demo_with_other_settings_is_regenerated_and_rebuilt(tmp_path):
   config.demo.num_train = 2   # fewer: no image of the larger set is left behind
   train, _ = dataset.load_splits(config, seed=0)
   assert [e['filename'] for e in train] == ['train/good/000.png', 'train/good/001.png']
+
+
+def test_hold_out_normals_is_a_seeded_partition_above_the_minimum():
+  examples = [dict(filename=f'train/good/{i:03d}.png') for i in range(60)]
+  flows, held = dataset.hold_out_normals(examples, 0.1, 50, seed=3)
+  assert len(held) == 6 and len(flows) == 54
+  names = [e['filename'] for e in flows + held]
+  assert sorted(names) == [e['filename'] for e in examples]   # a partition
+  assert [e['filename'] for e in held] == sorted(e['filename'] for e in held)   # dataset order
+  assert dataset.hold_out_normals(examples, 0.1, 50, seed=3)[1] == held
+  assert dataset.hold_out_normals(examples, 0.1, 50, seed=4)[1] != held
+  # Below the minimum, or with fraction 0 (the reference), every image trains the flows.
+  assert dataset.hold_out_normals(examples[:49], 0.1, 50, seed=3) == (examples[:49], [])
+  assert dataset.hold_out_normals(examples, 0.0, 50, seed=3) == (examples, [])
+  assert len(dataset.hold_out_normals(examples[:8], 0.01, 4, seed=0)[1]) == 1   # at least one

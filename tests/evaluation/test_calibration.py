@@ -1,0 +1,52 @@
+"""evaluation.calibration: threshold rules, predict constants, verdict metrics (known answers)."""
+
+import numpy as np
+import pytest
+
+from bgad_jax.evaluation import calibration
+from bgad_jax.evaluation import maps as maps_lib
+
+
+def test_val_max_flags_no_calibration_image():
+  scores = [3.0, 7.5, 1.0, 7.4]
+  assert calibration.threshold(scores, 'val_max') == 7.5
+
+
+def test_val_fpr_flags_at_most_the_target_fraction():
+  scores = np.arange(1, 101, dtype=np.float64)          # 100 normal images
+  threshold = calibration.threshold(scores, 'val_fpr', 0.05)
+  assert threshold == 95.0 and np.sum(scores > threshold) == 5
+  assert calibration.threshold(scores, 'val_fpr', 0.001) == 100.0   # below 1/N: the maximum
+  for fpr in (0.01, 0.1, 0.37):
+    assert np.mean(scores > calibration.threshold(scores, 'val_fpr', fpr)) <= fpr
+  with pytest.raises(ValueError, match='val_max'):
+    calibration.threshold(scores, 'median')
+
+
+def test_verdict_metrics_known_answer():
+  scores = np.array([0.1, 0.9, 0.8, 0.2, 0.7, 0.3])
+  labels = np.array([0, 1, 1, 1, 0, 0])
+  got = calibration.verdict_metrics(scores, labels, 0.5)   # flags 0.9, 0.8, 0.7
+  assert (got['tp'], got['fp'], got['fn'], got['tn']) == (2, 1, 1, 2)
+  assert got['precision'] == pytest.approx(2 / 3) and got['recall'] == pytest.approx(2 / 3)
+  assert got['f1'] == pytest.approx(2 / 3) and got['fpr'] == pytest.approx(1 / 3)
+  nothing = calibration.verdict_metrics(scores, labels, 1.0)
+  assert nothing['precision'] is None and nothing['recall'] == 0.0 and nothing['f1'] is None
+
+
+def test_predict_constants_score_their_own_images_at_the_threshold():
+  rng = np.random.RandomState(0)
+  lp = [rng.normal(-1.0, 0.3, (5, 8, 8)).astype(np.float32),
+        rng.normal(-1.0, 0.3, (5, 4, 4)).astype(np.float32)]
+  constants = calibration.predict_constants(lp, 16, 'val_max', 0.01, 'held-out')
+  nll = maps_lib.nll_scores(lp, 16, constants)
+  np.testing.assert_allclose(constants['calibration_nll_scores'], nll)
+  assert constants['nll_threshold'] == pytest.approx(nll.max())
+  scores = maps_lib.apply_fixed_constants(lp, 16, constants).reshape(5, -1).max(axis=1)
+  assert constants['score_threshold'] == pytest.approx(scores.max())
+  assert constants['calibration'] == dict(source='held-out', images=5, rule='val_max',
+                                          target_fpr=0.01)
+  # Another rule at predict time, from the stored scores.
+  assert calibration.nll_threshold(constants, 'val_fpr', 0.5) == pytest.approx(np.sort(nll)[2])
+  older = dict(nll_threshold=4.25)   # a workdir written before the stored scores
+  assert calibration.nll_threshold(older, 'val_fpr', 0.5) == 4.25
