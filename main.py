@@ -6,6 +6,7 @@
   python main.py --mode=eval --workdir=runs/demo        # re-evaluate the checkpoint
   python main.py --mode=predict --config.predict.images=DIR --workdir=runs/demo
   python main.py --mode=export --workdir=runs/demo      # one StableHLO file, no bgad_jax needed
+  python main.py --mode=serve --workdir=runs/demo       # inspection page on 127.0.0.1:8080
 
 A problem with the config, data, checkpoint or weights ends in one line naming
 it and exit code 2 (--verbose adds the traceback).
@@ -23,10 +24,11 @@ config_flags.DEFINE_config_file(
     'config', 'configs/demo.py', 'Config file, optionally with an argument: file.py:arg.',
     lock_config=True)
 flags.DEFINE_string('workdir', None, 'Output folder (default: runs/<config name>[_<arg>]).')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'export'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'export', 'serve'],
                   'train: train then evaluate; eval: the workdir checkpoint on the test set; '
                   'predict: maps and scores for --config.predict.images; export: the '
-                  'inference graph as <workdir>/export/bgad.stablehlo.')
+                  'inference graph as <workdir>/export/bgad.<export.format>; serve: the '
+                  'inspection page on serve.host:serve.port.')
 flags.DEFINE_bool('verbose', False, 'Show the Python traceback of configuration, data, '
                   'checkpoint and weights errors too.')
 FLAGS = flags.FLAGS

@@ -32,7 +32,10 @@ EXTRAS_REQUIRE = {
     # torchvision is pinned so that timm cannot pull a newer torch.
     'test': ['torch==2.13.0', 'torchvision==0.28.0', 'timm==1.0.31', 'FrEIA==0.2',
              'efficientnet-lite-pytorch==0.1.0', 'safetensors', 'pytest',
-             'nbclient==0.11.0', 'nbformat==5.11.1', 'ipykernel==7.4.0'] + ONNX,
+             'nbclient==0.11.0', 'nbformat==5.11.1', 'ipykernel==7.4.0',
+             # The inspection page's browser test drives Debian's chromium and
+             # chromedriver (.ci/run installs them).
+             'selenium==4.51.0'] + ONNX,
     'onnx': ONNX,
     # Optional: tfds.load / clu metric writers. Not needed for anything else.
     'tf': ['tensorflow'],

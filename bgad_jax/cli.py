@@ -16,8 +16,9 @@ from typing import List, Optional, Sequence
 from bgad_jax import detector
 from bgad_jax import engine
 from bgad_jax import export
+from bgad_jax import serve
 from bgad_jax import validation
-from bgad_jax.errors import UserError
+from bgad_jax.errors import ConfigError, UserError
 from bgad_jax.evaluation import report
 
 USER_ERROR_EXIT_CODE = 2
@@ -48,14 +49,19 @@ def train_command(argv: Sequence[str]) -> str:
 
 
 def run(config, workdir: str, mode: str, command: str = ''):
-  """Runs ``mode`` ('train', 'eval', 'predict' or 'export') of ``config`` in ``workdir``.
+  """Runs ``mode`` ('train', 'eval', 'predict', 'export' or 'serve') of ``config`` in ``workdir``.
 
   ``command``: the command that trains this model, named when eval, predict
   or export find none (see `train_command`).
   """
   validation.validate(config)
-  if mode in ('eval', 'predict', 'export') and config.data.category != 'all':
+  if mode in ('eval', 'predict', 'export', 'serve') and config.data.category != 'all':
     detector.require_trained_model(workdir, command)   # before any data work
+  if mode == 'serve':
+    if config.data.category == 'all':
+      raise ConfigError('--mode=serve shows one model: name its class, not all')
+    serve.serve(config, workdir, ready=lambda url: print(f'Inspection page: {url}', flush=True))
+    return None
   if config.data.category == 'all':
     from tfds_mvtec.layout import CATEGORIES
     rows = {}

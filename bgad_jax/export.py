@@ -36,13 +36,17 @@ FILENAMES = {'stablehlo': 'bgad.stablehlo', 'onnx': 'bgad.onnx'}
 ONNX_INPUT, ONNX_OUTPUTS = 'images', ('maps', 'scores', 'nll_scores')
 
 
-def inference_function(detector: Detector) -> Callable[[jnp.ndarray], Tuple[jnp.ndarray, ...]]:
-  """A pure function uint8 [B, S, S, 3] -> (maps [B, S, S], scores [B], nll scores [B])."""
+def inference_function(detector: Detector, portable: bool = True
+                       ) -> Callable[[jnp.ndarray], Tuple[jnp.ndarray, ...]]:
+  """A pure function uint8 [B, S, S, 3] -> (maps [B, S, S], scores [B], nll scores [B]).
+
+  ``portable``: plain depthwise convolutions, which lower on every platform
+  and convert to ONNX; False keeps the backbone's ``depthwise_impl`` (the
+  shifted form is a CPU speed trick chosen at trace time).
+  """
   size = detector.config.data.inp_size
   backbone = detector.backbone
-  # The plain depthwise convolution lowers on every platform (the shifted
-  # form is a CPU speed trick chosen at trace time).
-  model = backbone.model.clone(depthwise_impl='conv')
+  model = backbone.model.clone(depthwise_impl='conv') if portable else backbone.model
   mean = np.asarray(backbone.mean, np.float32)
   std = np.asarray(backbone.std, np.float32)
   sides = [tap.shape[1:3] for tap in jax.eval_shape(

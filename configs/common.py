@@ -103,6 +103,10 @@ def get_config(arg=None):
   config.predict.threshold = 'val_max'
   config.predict.target_fpr = 0.01
 
+  config.serve = ml_collections.ConfigDict()    # --mode=serve (the inspection page)
+  config.serve.host = '127.0.0.1'               # '0.0.0.0' to let other machines in
+  config.serve.port = 8080                      # 0: any free port (printed)
+
   config.export = ml_collections.ConfigDict()   # --mode=export
   config.export.format = 'stablehlo'            # jax.export, loadable without bgad_jax
   config.export.platforms = ('cpu', 'cuda', 'tpu')   # lowered for each; any of cpu/cuda/rocm/tpu

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -232,3 +234,20 @@ def test_accelerator_check_dry_run_names_what_to_send(tmp_path):
   stdout = _run('accelerator_check.py', '--dry_run', '--wheels', str(wheels))
   assert f'carry: ["{wheels}"]' in stdout and '1 wheels' in stdout
   assert f'python3 benchmarks/accelerator_check.py --out "$OUT" --wheels {wheels}' in stdout
+
+
+def test_inference_benchmark_times_three_sides(tmp_path):
+  out = tmp_path / 'inference.json'
+  stdout = _run('inference.py', '--tiny', '--size', '64', '--batches', '1,2', '--repeats', '1',
+                '--json', str(out))
+  rows = json.loads(out.read_text())['rows']
+  sides = ('bgad_jax', 'onnxruntime', 'official')
+  assert [(r['side'], r['batch']) for r in rows] == [(s, b) for b in (1, 2) for s in sides]
+  assert all(r['images_per_s'] > 0 for r in rows)
+  for row in rows:
+    assert row['ms_per_image'] == pytest.approx(row['ms_per_call'] / row['batch'])
+    if row['side'] == 'official':
+      assert row['vs_official'] == 1.0
+  # Both runtimes run the same exported function: equal maps.
+  diff = float(re.search(r'max \|diff\| (\S+)', stdout).group(1))
+  assert diff < 1e-3

@@ -109,7 +109,7 @@ def test_user_error_is_one_line_naming_the_culprit(setup, capsys, make_problem):
   _assert_one_line_error(code, err, *culprits)
 
 
-@pytest.mark.parametrize('mode', ['eval', 'predict', 'export'])
+@pytest.mark.parametrize('mode', ['eval', 'predict', 'export', 'serve'])
 def test_eval_and_predict_without_model_stop_before_data_work(setup, capsys, mode):
   config, argv, paths = setup
   config.predict.images = str(paths['root'])
