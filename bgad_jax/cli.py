@@ -18,6 +18,7 @@ from bgad_jax import engine
 from bgad_jax import export
 from bgad_jax import serve
 from bgad_jax import validation
+from bgad_jax.data import dataset as dataset_lib
 from bgad_jax.errors import ConfigError, UserError
 from bgad_jax.evaluation import report
 
@@ -63,9 +64,8 @@ def run(config, workdir: str, mode: str, command: str = ''):
     serve.serve(config, workdir, ready=lambda url: print(f'Inspection page: {url}', flush=True))
     return None
   if config.data.category == 'all':
-    from tfds_mvtec.layout import CATEGORIES
     rows = {}
-    for category in CATEGORIES:
+    for category in dataset_lib.all_categories(config.data):
       category_config = config.copy_and_resolve_references()
       category_config.data.category = category
       rows[category] = run(category_config, os.path.join(workdir, category), mode, command)

@@ -21,7 +21,7 @@ import numpy as np
 from bgad_jax import validation
 from bgad_jax.data import image_io
 from bgad_jax.data import strategies as strategies_lib
-from bgad_jax.data.dataset import expand_path, hold_out_normals, load_splits
+from bgad_jax.data.dataset import expand_path, hold_out_normals, load_splits, load_validation
 from bgad_jax.data.known_anomalies import split_known
 from bgad_jax.detector import Detector, read_predict_constants, require_trained_model
 from bgad_jax.errors import DataError, MissingFileError
@@ -73,8 +73,12 @@ def load_data(config) -> Tuple[List[Dict], List[Dict], List[Dict], List[Dict]]:
   """(the flows' normal training examples, held-out normal calibration examples,
   known anomalies, test examples)."""
   train_examples, test_examples = load_splits(config.data, config.seed)
-  train_examples, calibration = hold_out_normals(
-      train_examples, config.data.val_fraction, config.data.val_min_images, config.seed)
+  # A dataset's own validation images (MVTec LOCO AD, MVTec AD 2) calibrate;
+  # otherwise a held-out share of the training images does.
+  calibration = load_validation(config.data)
+  if not calibration:
+    train_examples, calibration = hold_out_normals(
+        train_examples, config.data.val_fraction, config.data.val_min_images, config.seed)
   known, test_examples = split_known(config.data, test_examples,
                                      validation.known_defect_types(config), config.seed,
                                      validation.known_anomaly_files(config))

@@ -88,7 +88,8 @@ async function inspect(file) {
   img.alt = 'overlay of ' + file.name;
   img.src = result.overlay;
   card.insertBefore(img, card.firstChild);
-  line(card, 'score', 'score ' + result.score.toFixed(4) + ', nll score ' + result.nll_score.toFixed(3));
+  line(card, 'score',
+       'score ' + result.score.toFixed(4) + ', nll score ' + result.nll_score.toFixed(3));
   line(card, 'verdict', '');
   card.dataset.nll = result.nll_score;
   card.className = 'card done';

@@ -11,7 +11,7 @@ from typing import Iterable, List, Tuple
 import jax
 
 from bgad_jax.data import strategies as strategies_lib
-from bgad_jax.data.dataset import SOURCES
+from bgad_jax.data.dataset import SOURCES, builder_dataset
 from bgad_jax.errors import ConfigError
 from bgad_jax.evaluation.calibration import THRESHOLD_RULES
 from bgad_jax.export import FORMATS as EXPORT_FORMATS
@@ -107,9 +107,10 @@ def _check_data(config, errors):
   _one_of(errors, 'data.source', data.source, SOURCES)
   if not data.category:
     errors.append("data.category='': name the class (e.g. configs/folder.py:<category>)")
-  elif data.source == 'mvtec':
-    from tfds_mvtec.layout import CATEGORIES
-    _one_of(errors, 'data.category', data.category, CATEGORIES + ('all',))
+  elif data.source not in ('demo', 'folder') and data.source in SOURCES:
+    from tfds_mvtec import DATASETS
+    categories = DATASETS[builder_dataset(data.source)].categories
+    _one_of(errors, 'data.category', data.category, categories + ('all',))
   _at_least(errors, 'data.inp_size', data.inp_size, 16)
   _at_least(errors, 'data.num_anomalies', data.num_anomalies, 0)
   _at_least(errors, 'data.anomaly_repeats', data.anomaly_repeats, 0)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from configs import common, demo, folder, mvtec, test as test_config
+from configs import btad, common, demo, folder, loco, mpdd, mvtec, mvtec_ad2, visa
+from configs import test as test_config
 
 
 def test_published_defaults():
@@ -21,7 +22,8 @@ def test_published_defaults():
           data.not_in_test) == (256, 10, ('real', 'cutpaste'), True)
 
 
-@pytest.mark.parametrize('module', [demo, test_config, mvtec, folder])
+@pytest.mark.parametrize('module', [demo, test_config, mvtec, folder, btad, loco, mpdd,
+                                    mvtec_ad2, visa])
 def test_derived_configs_keep_the_loss_settings(module):
   config = module.get_config()
   assert dict(config.loss) == dict(common.get_config().loss)
@@ -37,3 +39,12 @@ def test_mvtec_config_is_the_published_one():
   # The reference holds no normal image out; the deployment default does.
   assert config.data.val_fraction == 0.0 and published.data.val_fraction == 0.1
   assert (published.predict.threshold, published.predict.target_fpr) == ('val_max', 0.01)
+
+
+@pytest.mark.parametrize('module', [btad, loco, mpdd, mvtec_ad2, visa])
+def test_dataset_configs_are_the_published_ones_on_their_data(module):
+  config, published = module.get_config(), common.get_config()
+  for section in ('backbone', 'flow', 'loss', 'train'):
+    assert dict(config[section]) == dict(published[section]), section
+  assert config.data.inp_size == 256 and config.data.val_fraction == 0.0
+  assert module.get_config('all').data.category == 'all'

@@ -13,6 +13,7 @@ from PIL import Image
 import tfds_mvtec
 from bgad_jax.data import pipeline
 from tfds_mvtec import layout
+from tfds_mvtec.datasets import MVTEC_AD
 
 DUMMY = os.path.join(os.path.dirname(tfds_mvtec.__file__), 'dummy_data')
 
@@ -28,7 +29,7 @@ def test_build_and_read_every_example(tmp_path, category):
   tfds_mvtec.build(category, str(tmp_path), DUMMY)
   train = pipeline.load_examples(str(tmp_path), category, 'train')
   test = pipeline.load_examples(str(tmp_path), category, 'test')
-  expected = layout.scan_category(os.path.join(DUMMY, category), category, True)
+  expected = MVTEC_AD.scan(MVTEC_AD, os.path.join(DUMMY, category), category, True)
   assert [e['filename'] for e in train] == [r.filename for r in expected['train']]
   assert [e['filename'] for e in test] == [r.filename for r in expected['test']]
   for example in train + test:
@@ -50,6 +51,8 @@ def test_building_never_imports_tensorflow(tmp_path):
   code = ('import sys, tfds_mvtec; from bgad_jax.data import pipeline;'
           f'tfds_mvtec.build("bottle", {str(tmp_path)!r}, {DUMMY!r});'
           f'pipeline.load_examples({str(tmp_path)!r}, "bottle", "test");'
+          f'tfds_mvtec.build("candle", {str(tmp_path)!r}, {os.path.join(DUMMY, "visa")!r},'
+          ' dataset="visa");'
           'assert "tensorflow" not in sys.modules, "TensorFlow was imported"')
   result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           timeout=600)

@@ -3,11 +3,14 @@
 import pytest
 
 from bgad_jax import validation
-from configs import common, demo, folder, mvtec, test as test_config
+from configs import btad, common, demo, folder, loco, mpdd, mvtec, mvtec_ad2, visa
+from configs import test as test_config
 
 
 @pytest.mark.parametrize('config', [common.get_config(), demo.get_config(), test_config.get_config(),
-                                    mvtec.get_config('screw'), folder.get_config('widget')])
+                                    mvtec.get_config('screw'), folder.get_config('widget')] + [
+                                        m.get_config(m.get_config().data.category)
+                                        for m in (btad, loco, mpdd, mvtec_ad2, visa)])
 def test_shipped_configs_are_valid(config):
   validation.validate(config, num_devices=1)
 
@@ -53,3 +56,10 @@ def test_unknown_mvtec_category_is_named():
     (('crack,hole',), ['crack', 'hole']), ((), []), ('', []), ((0, 1), ['0', '1'])])
 def test_list_fields_accept_tuples_and_comma_strings(value, expected):
   assert validation.as_list(value) == expected
+
+
+def test_category_must_belong_to_the_dataset():
+  config = visa.get_config('screw')   # an MVTec class
+  with pytest.raises(validation.ConfigError, match="data.category='screw'.*pcb1"):
+    validation.validate(config, num_devices=1)
+  validation.validate(visa.get_config('all'), num_devices=1)

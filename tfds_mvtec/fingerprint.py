@@ -16,22 +16,30 @@ FILENAME = 'source_fingerprint.json'
 _FORMAT = 1
 
 
-def of_source(manual_dir: str, category: str) -> Dict:
+def of_source(manual_dir: str, category: str, dataset: layout.Dataset = None) -> Dict:
   """The fingerprint of ``category`` in ``manual_dir`` (see `layout.category_source`).
+
+  A folder source also covers the dataset's shared paths beside it (VisA's
+  split file), named ``../<path>``.
 
   Returns:
     dict(format, source: absolute path, files: sorted [relative path, size, mtime_ns]).
   """
-  source = os.path.realpath(layout.category_source(manual_dir, category))
+  if dataset is None:
+    from tfds_mvtec.datasets import MVTEC_AD
+    dataset = MVTEC_AD
+  source = os.path.realpath(layout.category_source(dataset, manual_dir, category))
   if os.path.isfile(source):
     stats = {os.path.basename(source): os.stat(source)}
   else:
     stats = {}
-    for folder, _, names in os.walk(source):
-      for name in names:
-        if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith('.'):
-          path = os.path.join(folder, name)
-          stats[os.path.relpath(path, source)] = os.stat(path)
+    for folder in [source] + [os.path.join(os.path.dirname(source), shared)
+                              for shared in dataset.shared]:
+      for parent, _, names in os.walk(folder):
+        for name in names:
+          if name.lower().endswith(IMAGE_EXTENSIONS + ('.csv',)) and not name.startswith('.'):
+            path = os.path.join(parent, name)
+            stats[os.path.relpath(path, source)] = os.stat(path)
   files = [[name, stat.st_size, stat.st_mtime_ns] for name, stat in sorted(stats.items())]
   return dict(format=_FORMAT, source=source, files=files)
 

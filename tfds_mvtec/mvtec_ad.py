@@ -1,4 +1,5 @@
-"""TFDS builder for MVTec AD and any folder in its layout (works without TensorFlow).
+"""TFDS builders for MVTec AD, any folder in its layout, and the datasets in
+`tfds_mvtec.datasets` (MPDD, BTAD, VisA, MVTec LOCO AD, MVTec AD 2); no TensorFlow needed.
 
 Build with ``python -m tfds_mvtec.build`` (array_record files) and read with
 ``tfds.data_source`` / ``builder.as_data_source()``; with TensorFlow installed
@@ -19,6 +20,7 @@ except ImportError:   # Windows: builds are not serialised there
 
 from bgad_jax.data import image_io
 from tfds_mvtec import fingerprint, layout
+from tfds_mvtec.datasets import BTAD, LOCO, MPDD, MVTEC_AD, MVTEC_AD2, VISA
 
 _DESCRIPTION = """MVTec AD: 15 categories of industrial objects and textures with
 normal training images and normal/anomalous test images with pixel masks.
@@ -31,37 +33,39 @@ _CITATION = """@inproceedings{bergmann2019mvtec,
   booktitle={CVPR}, year={2019}}"""
 
 
-def _extract_dir(download_dir: str) -> str:
-  return os.path.join(download_dir, 'extracted', 'mvtec_ad')
+def _extract_dir(download_dir: str, dataset: layout.Dataset) -> str:
+  return os.path.join(download_dir, 'extracted', dataset.builder_name)
 
 
 class MvtecAdConfig(tfds.core.BuilderConfig):
-  """One category. Masks are required for the 15 MVTec categories only."""
+  """One category. Masks are required for a dataset's official categories only."""
 
-  def __init__(self, *, category: str, masks_required: bool = False, **kwargs):
-    # An MVTec name with optional masks is another dataset: it gets its own name.
-    name = category
-    if category in layout.CATEGORIES and not masks_required:
-      name = f'{category}_masks_optional'
+  def __init__(self, *, category: str, masks_required: bool = False, official: bool = True,
+               **kwargs):
+    # An official name with optional masks is another dataset: it gets its own name.
+    name = category if masks_required or not official else f'{category}_masks_optional'
     super().__init__(name=name, **kwargs)
     self.category = category
     self.masks_required = masks_required
 
 
-def category_config(category: str, masks_required=None) -> MvtecAdConfig:
-  """The config of an MVTec category, or of any other folder name (masks optional)."""
+def category_config(category: str, masks_required=None,
+                    dataset: layout.Dataset = MVTEC_AD) -> MvtecAdConfig:
+  """The config of one of ``dataset``'s categories, or of any other folder name (masks optional)."""
+  official = dataset.masks_required(category)
   if masks_required is None:
-    masks_required = category in layout.CATEGORIES
-  return MvtecAdConfig(category=category, masks_required=masks_required,
-                       description=f'MVTec-layout category {category}')
+    masks_required = official
+  return MvtecAdConfig(category=category, masks_required=masks_required, official=official,
+                       description=f'{dataset.title} category {category}')
 
 
 class MvtecAd(tfds.core.GeneratorBasedBuilder):
-  """MVTec AD anomaly detection (one config per category)."""
+  """MVTec AD anomaly detection (one config per category); the base of the other datasets."""
 
+  DATASET = MVTEC_AD
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-  BUILDER_CONFIGS = [category_config(c) for c in layout.CATEGORIES]
+  BUILDER_CONFIGS = [category_config(c) for c in MVTEC_AD.categories]
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
   Download {layout.ARCHIVE_NAME} from {layout.DOWNLOAD_PAGE} (free registration)
   and place it in the manual_dir, either as the archive itself or extracted
@@ -71,27 +75,31 @@ class MvtecAd(tfds.core.GeneratorBasedBuilder):
   """
 
   def _info(self) -> tfds.core.DatasetInfo:
+    features = {
+        'image': tfds.features.Image(shape=(None, None, 3)),
+        'mask': tfds.features.Image(shape=(None, None, 1)),
+        'has_mask': tfds.features.Scalar(dtype=np.bool_),
+        'label': tfds.features.ClassLabel(names=['good', 'anomalous']),
+        'defect_type': tfds.features.Text(),
+        'filename': tfds.features.Text(),
+    }
+    if self.DATASET.split_field:
+      features['split'] = tfds.features.Text()   # the dataset's own split name
     return tfds.core.DatasetInfo(
         builder=self,
-        description=_DESCRIPTION,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3)),
-            'mask': tfds.features.Image(shape=(None, None, 1)),
-            'has_mask': tfds.features.Scalar(dtype=np.bool_),
-            'label': tfds.features.ClassLabel(names=['good', 'anomalous']),
-            'defect_type': tfds.features.Text(),
-            'filename': tfds.features.Text(),
-        }),
-        homepage=layout.DOWNLOAD_PAGE,
-        citation=_CITATION,
+        description=_DESCRIPTION if self.DATASET is MVTEC_AD else (
+            f'{self.DATASET.title} in the MVTec AD example format ({self.DATASET.licence}).'),
+        features=tfds.features.FeaturesDict(features),
+        homepage=self.DATASET.download_page,
+        citation=_CITATION if self.DATASET is MVTEC_AD else '',
     )
 
   def _split_generators(self, dl_manager):
-    config = self.builder_config
+    config, dataset = self.builder_config, self.DATASET
     category_dir = layout.resolve_category_dir(
-        os.fspath(dl_manager.manual_dir), config.category,
-        _extract_dir(os.fspath(dl_manager.download_dir)))
-    records = layout.scan_category(category_dir, config.category, config.masks_required)
+        dataset, os.fspath(dl_manager.manual_dir), config.category,
+        _extract_dir(os.fspath(dl_manager.download_dir), dataset))
+    records = dataset.scan(dataset, category_dir, config.category, config.masks_required)
     return {split: self._generate_examples(split_records)
             for split, split_records in records.items()}
 
@@ -100,26 +108,49 @@ class MvtecAd(tfds.core.GeneratorBasedBuilder):
       # Decoded and re-encoded here so that every mode/bit depth is stored as
       # 8-bit RGB PNG, and TFDS never needs TensorFlow to encode it.
       image = image_io.decode_image(record.image_path)
-      if record.mask_path is not None:
-        mask = image_io.decode_mask(record.mask_path, image.shape[:2]) * 255
-      else:
-        mask = np.zeros(image.shape[:2], np.uint8)
-      yield record.filename, {
+      mask = np.zeros(image.shape[:2], np.uint8)
+      for path in record.mask_paths:   # several regions (MVTec LOCO): their union
+        mask |= image_io.decode_mask(path, image.shape[:2], self.DATASET.mask_threshold)
+      example = {
           'image': image_io.encode_png(image),
-          'mask': image_io.encode_png(mask),
-          'has_mask': record.label == 0 or record.mask_path is not None,
+          'mask': image_io.encode_png(mask * 255),
+          'has_mask': record.label == 0 or bool(record.mask_paths),
           'label': record.label,
           'defect_type': record.defect_type,
           'filename': record.filename,
       }
+      if self.DATASET.split_field:
+        example['split'] = record.split
+      yield record.filename, example
 
 
-def builder(category: str, data_dir: str, masks_required=None) -> MvtecAd:
-  """An array_record MvtecAd builder of ``category`` rooted at ``data_dir``."""
-  config = category_config(category, masks_required)
-  predefined = {c.name for c in MvtecAd.BUILDER_CONFIGS}
-  return MvtecAd(config=config.name if config.name in predefined else config,
-                 data_dir=data_dir, file_format='array_record')
+def _dataset_builder(dataset: layout.Dataset, class_name: str) -> type:
+  """A registered MvtecAd subclass for ``dataset`` (TFDS names it after the class)."""
+  cls = type(class_name, (MvtecAd,), dict(
+      DATASET=dataset, BUILDER_CONFIGS=[category_config(c, dataset=dataset)
+                                        for c in dataset.categories],
+      MANUAL_DOWNLOAD_INSTRUCTIONS=f"""
+  Get {" or ".join(dataset.archives) or "the dataset"} from {dataset.download_page} and place
+  it in the manual_dir, as the archive or extracted: {dataset.layout_help}.
+  """, __module__=__name__))
+  assert cls.name == dataset.builder_name, (cls.name, dataset.builder_name)
+  return cls
+
+
+BUILDERS = {MVTEC_AD.name: MvtecAd}
+for _dataset, _class_name in ((MPDD, 'Mpdd'), (BTAD, 'Btad'), (VISA, 'Visa'),
+                              (LOCO, 'MvtecLoco'), (MVTEC_AD2, 'MvtecAd2')):
+  BUILDERS[_dataset.name] = _dataset_builder(_dataset, _class_name)
+
+
+def builder(category: str, data_dir: str, masks_required=None,
+            dataset: str = 'mvtec') -> MvtecAd:
+  """An array_record builder of ``category`` of ``dataset`` rooted at ``data_dir``."""
+  cls = BUILDERS[dataset]
+  config = category_config(category, masks_required, cls.DATASET)
+  predefined = {c.name for c in cls.BUILDER_CONFIGS}
+  return cls(config=config.name if config.name in predefined else config,
+             data_dir=data_dir, file_format='array_record')
 
 
 @contextlib.contextmanager
@@ -142,8 +173,8 @@ def _build_lock(data_dir: str, name: str):
 
 
 def build(category: str, data_dir: str, manual_dir: str, masks_required=None,
-          force: bool = False) -> MvtecAd:
-  """Builds the array_record dataset of one category from ``manual_dir``.
+          force: bool = False, dataset: str = 'mvtec') -> MvtecAd:
+  """Builds the array_record dataset of one category of ``dataset`` from ``manual_dir``.
 
   A built dataset is reused while its source is unchanged (`fingerprint`); a
   changed source, or ``force``, rebuilds it. Concurrent builds wait on a lock.
@@ -151,12 +182,14 @@ def build(category: str, data_dir: str, manual_dir: str, masks_required=None,
   Raises:
     DatasetFolderError: the category is not in ``manual_dir`` (named with the layout).
   """
+  layout_ = BUILDERS[dataset].DATASET
   download_dir = os.path.join(data_dir, 'downloads')
-  with _build_lock(data_dir, category_config(category, masks_required).name):
+  config_name = category_config(category, masks_required, layout_).name
+  with _build_lock(data_dir, f'{layout_.builder_name}.{config_name}'):
     # Made under the lock: it reads what a concurrent build may just have written.
-    instance = builder(category, data_dir, masks_required)
+    instance = builder(category, data_dir, masks_required, dataset)
     data_path = os.fspath(instance.data_path)
-    current = fingerprint.of_source(manual_dir, category)
+    current = fingerprint.of_source(manual_dir, category, layout_)
     if os.path.isdir(data_path):
       stored = fingerprint.read(data_path)
       if stored == current and not force:
@@ -166,8 +199,10 @@ def build(category: str, data_dir: str, manual_dir: str, masks_required=None,
               f'{fingerprint.difference(stored, current)}', flush=True)
       shutil.rmtree(data_path)
       # An archive's old extraction would be read again: drop it too.
-      shutil.rmtree(os.path.join(_extract_dir(download_dir), category), ignore_errors=True)
-      instance = builder(category, data_dir, masks_required)
+      extracted = _extract_dir(download_dir, layout_)
+      for top in ('',) + layout_.top_folders:
+        shutil.rmtree(os.path.join(extracted, top, category), ignore_errors=True)
+      instance = builder(category, data_dir, masks_required, dataset)
     instance.download_and_prepare(
         download_dir=download_dir,
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))

@@ -12,7 +12,14 @@ import numpy as np
 from bgad_jax.data import demo_data
 from bgad_jax.data import pipeline
 
-SOURCES = ('demo', 'mvtec', 'folder')
+# demo: the generated class; folder: any MVTec-layout folder; the others: the
+# datasets of tfds_mvtec.datasets (mvtec = MVTec AD).
+SOURCES = ('demo', 'mvtec', 'folder', 'mpdd', 'btad', 'visa', 'loco', 'mvtec_ad2')
+
+
+def builder_dataset(source: str) -> str:
+  """The tfds_mvtec dataset a ``data.source`` is built as (demo and folder: MVTec layout)."""
+  return 'mvtec' if source in ('demo', 'folder') else source
 
 
 def expand_path(path: str) -> str:
@@ -25,7 +32,7 @@ def dataset_location(data_config) -> Tuple[str, str, str]:
   if data_config.source == 'demo':
     root = expand_path(data_config.root or '~/.cache/bgad_jax/demo')
     return os.path.join(root, 'images'), os.path.join(root, 'tfds'), data_config.category
-  if data_config.source in ('mvtec', 'folder'):
+  if data_config.source in SOURCES:
     manual_dir = expand_path(data_config.root) if data_config.root else ''
     return manual_dir, expand_path(data_config.tfds_dir), data_config.category
   raise ValueError(f'data.source must be one of {SOURCES}, got {data_config.source!r}')
@@ -45,6 +52,7 @@ def load_splits(data_config, seed: int) -> Tuple[List[Dict], List[Dict]]:
   """
   import tfds_mvtec   # slow import, only where data is read
   manual_dir, data_dir, category = dataset_location(data_config)
+  name = builder_dataset(data_config.source)
   if data_config.source == 'demo':
     demo = data_config.demo
     demo_data.generate(manual_dir, category, demo.size, demo.num_train, demo.num_test_good,
@@ -52,13 +60,24 @@ def load_splits(data_config, seed: int) -> Tuple[List[Dict], List[Dict]]:
   if manual_dir:
     if not os.path.isdir(manual_dir):
       # Never fall back to an earlier build of this category: it came from elsewhere.
+      layout = tfds_mvtec.DATASETS[name]
       raise tfds_mvtec.DatasetFolderError(
           f'data.root={data_config.root} does not exist ({manual_dir}): point '
-          f'--config.data.root at the folder holding {category}/ (MVTec layout) or '
-          f'{tfds_mvtec.layout.ARCHIVE_NAME}')
-    tfds_mvtec.build(category, data_dir, manual_dir)
-  return (pipeline.load_examples(data_dir, category, 'train'),
-          pipeline.load_examples(data_dir, category, 'test'))
+          f'--config.data.root at the folder holding {category}/ ({layout.title} layout) or '
+          f'{" or ".join(layout.archives) or "its extracted archive"}')
+    tfds_mvtec.build(category, data_dir, manual_dir, dataset=name)
+  return (pipeline.load_examples(data_dir, category, 'train', dataset=name),
+          pipeline.load_examples(data_dir, category, 'test', dataset=name))
+
+
+def load_validation(data_config) -> List[Dict]:
+  """The normal images of the dataset's own validation split (MVTec LOCO AD, MVTec AD 2),
+  or [] when it has none. Call after `load_splits` (which builds the dataset)."""
+  _, data_dir, category = dataset_location(data_config)
+  name = builder_dataset(data_config.source)
+  if not pipeline.has_split(data_dir, category, 'validation', name):
+    return []
+  return pipeline.load_examples(data_dir, category, 'validation', dataset=name)
 
 
 def hold_out_normals(train_examples: Sequence[Dict], fraction: float, min_images: int,
@@ -77,3 +96,17 @@ def hold_out_normals(train_examples: Sequence[Dict], fraction: float, min_images
   held = set(np.random.RandomState([seed, 0xCA11]).permutation(total)[:count].tolist())
   return ([e for i, e in enumerate(train_examples) if i not in held],
           [e for i, e in enumerate(train_examples) if i in held])
+
+
+def all_categories(data_config) -> List[str]:
+  """What ``data.category='all'`` runs: the dataset's official classes, or for a
+  folder source every category folder (with a train/ folder) in ``data.root``."""
+  import tfds_mvtec
+  if data_config.source == 'folder':
+    root = expand_path(data_config.root) if data_config.root else ''
+    if not root or not os.path.isdir(root):
+      raise tfds_mvtec.DatasetFolderError(
+          f'data.category=all with data.source=folder reads the categories of data.root, '
+          f'and data.root={data_config.root!r} is not a folder')
+    return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d, 'train')))
+  return list(tfds_mvtec.DATASETS[builder_dataset(data_config.source)].categories)

@@ -64,13 +64,16 @@ def decode_image(source: PathOrBytes) -> np.ndarray:
   return np.asarray(image, dtype=np.uint8).copy()
 
 
-def decode_mask(source: PathOrBytes, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
-  """A ground-truth mask -> {0, 1} uint8 [H, W]; pixels above half intensity are defective.
+def decode_mask(source: PathOrBytes, size: Optional[Tuple[int, int]] = None,
+                threshold: int = 127) -> np.ndarray:
+  """A ground-truth mask -> {0, 1} uint8 [H, W]; pixels above ``threshold`` are defective.
 
   Args:
     source: file path or encoded bytes.
     size: (height, width) of the image the mask belongs to; a mask of another
       size is resized with nearest neighbour, with a warning.
+    threshold: 127 (half intensity) for black/white masks; 0 for masks that
+      hold a small class id per region (VisA).
   """
   image = _open(source, 'mask')
   grey = _single_channel(image)
@@ -81,7 +84,7 @@ def decode_mask(source: PathOrBytes, size: Optional[Tuple[int, int]] = None) -> 
                     source if isinstance(source, str) else '<bytes>',
                     grey.shape[0], grey.shape[1], size[0], size[1])
     grey = np.asarray(Image.fromarray(grey).resize((size[1], size[0]), Image.NEAREST))
-  return (grey > 127).astype(np.uint8)
+  return (grey > threshold).astype(np.uint8)
 
 
 def encode_png(array: np.ndarray) -> bytes:

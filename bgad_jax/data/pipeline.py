@@ -25,30 +25,47 @@ def _text(value) -> str:
 
 
 def load_examples(data_dir: str, category: str, split: str,
-                  masks_required: Optional[bool] = None) -> List[Dict]:
+                  masks_required: Optional[bool] = None, dataset: str = 'mvtec') -> List[Dict]:
   """Reads one split of a built tfds_mvtec dataset, sorted by filename.
+
+  Args:
+    dataset: its name in `tfds_mvtec.DATASETS` ('mvtec' also for own folders).
+
+  Returns:
+    Example dicts (see the module docstring); ``split`` (the dataset's own
+    split name) where the dataset defines one.
 
   Raises:
     DatasetNotBuiltError: naming the folder and the command that builds it.
   """
   import tfds_mvtec   # imported here: TFDS start-up is slow and predict does not need it
-  builder = tfds_mvtec.builder(category, data_dir, masks_required)
+  builder = tfds_mvtec.builder(category, data_dir, masks_required, dataset)
   if not os.path.isdir(os.fspath(builder.data_path)):
     raise DatasetNotBuiltError(
         f'dataset {builder.name}/{builder.builder_config.name} is not built in {data_dir} '
         f'(no folder {builder.data_path}): pass --config.data.root=FOLDER (the folder with '
-        f'{category}/ or mvtec_anomaly_detection.tar.xz) to build it on the fly, or build it '
-        'with ' + shlex.join(['python', '-m', 'tfds_mvtec.build', '--manual_dir', 'FOLDER',
-                              '--data_dir', data_dir, '--categories', category]))
+        f'{category}/ or the dataset archive) to build it on the fly, or build it with '
+        + shlex.join(['python', '-m', 'tfds_mvtec.build', '--dataset', dataset, '--manual_dir',
+                      'FOLDER', '--data_dir', data_dir, '--categories', category]))
   source = builder.as_data_source(split=split)
   examples = []
   for i in range(len(source)):
     record = source[i]
-    examples.append(dict(
-        image=np.asarray(record['image']), mask=(np.asarray(record['mask'])[..., 0] > 127).astype(np.uint8),
+    example = dict(
+        image=np.asarray(record['image']),
+        mask=(np.asarray(record['mask'])[..., 0] > 127).astype(np.uint8),
         has_mask=bool(record['has_mask']), label=int(record['label']),
-        defect_type=_text(record['defect_type']), filename=_text(record['filename'])))
+        defect_type=_text(record['defect_type']), filename=_text(record['filename']))
+    if 'split' in record:
+      example['split'] = _text(record['split'])
+    examples.append(example)
   return sorted(examples, key=lambda e: e['filename'])
+
+
+def has_split(data_dir: str, category: str, split: str, dataset: str = 'mvtec') -> bool:
+  """Whether the built dataset of ``category`` has ``split`` (e.g. 'validation')."""
+  import tfds_mvtec
+  return split in tfds_mvtec.builder(category, data_dir, None, dataset).info.splits
 
 
 def resize_and_center_crop(array: np.ndarray, size: int, resample) -> np.ndarray:

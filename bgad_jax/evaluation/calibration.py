@@ -88,7 +88,10 @@ def verdict_metrics(scores: np.ndarray, labels: np.ndarray, threshold_value: flo
   truth = np.asarray(labels).astype(bool)
   tp, fp = int(np.sum(flagged & truth)), int(np.sum(flagged & ~truth))
   fn, tn = int(np.sum(~flagged & truth)), int(np.sum(~flagged & ~truth))
-  ratio = lambda num, den: num / den if den else None   # pylint: disable=unnecessary-lambda-assignment
+
+  def ratio(num, den):
+    return num / den if den else None
+
   precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
   f1 = (2 * precision * recall / (precision + recall)
         if precision is not None and recall is not None and precision + recall > 0 else None)

@@ -67,3 +67,15 @@ def test_hold_out_normals_is_a_seeded_partition_above_the_minimum():
   assert dataset.hold_out_normals(examples[:49], 0.1, 50, seed=3) == (examples[:49], [])
   assert dataset.hold_out_normals(examples, 0.0, 50, seed=3) == (examples, [])
   assert len(dataset.hold_out_normals(examples[:8], 0.01, 4, seed=0)[1]) == 1   # at least one
+
+
+def test_all_categories_of_each_source(tmp_path):
+  assert dataset.all_categories(_data_config('', tmp_path, source='visa'))[:2] == [
+      'candle', 'capsules']
+  assert len(dataset.all_categories(_data_config('', tmp_path, source='mvtec'))) == 15
+  for name in ('widget', 'gadget'):
+    shutil.copytree(os.path.join(DUMMY, 'bottle'), tmp_path / 'own' / name)
+  (tmp_path / 'own' / 'notes').mkdir()   # no train/: not a category
+  assert dataset.all_categories(_data_config(tmp_path / 'own', tmp_path)) == ['gadget', 'widget']
+  with pytest.raises(tfds_mvtec.DatasetFolderError, match='data.root'):
+    dataset.all_categories(_data_config('', tmp_path))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bgad_jax.data import demo_data
-from tfds_mvtec import layout
+from tfds_mvtec.datasets import MVTEC_AD
 
 SMALL = dict(size=48, num_train=4, num_test_good=2, num_per_defect=2)
 
@@ -28,7 +28,7 @@ def test_generates_bit_identically_twice(tmp_path):
 
 def test_layout_is_a_valid_mvtec_class(tmp_path):
   category_dir = demo_data.generate(str(tmp_path), 'tissue', **SMALL)
-  records = layout.scan_category(category_dir, 'tissue', masks_required=True)
+  records = MVTEC_AD.scan(MVTEC_AD, category_dir, 'tissue', masks_required=True)
   assert len(records['train']) == 4
   types = sorted({r.defect_type for r in records['test']})
   assert types == ['crack', 'good', 'hole', 'scratch', 'stain']
