@@ -17,6 +17,7 @@ from bgad_jax import detector
 from bgad_jax import engine
 from bgad_jax import export
 from bgad_jax import serve
+from bgad_jax import sweep
 from bgad_jax import validation
 from bgad_jax.data import dataset as dataset_lib
 from bgad_jax.errors import ConfigError, UserError
@@ -64,19 +65,18 @@ def run(config, workdir: str, mode: str, command: str = ''):
     serve.serve(config, workdir, ready=lambda url: print(f'Inspection page: {url}', flush=True))
     return None
   if config.data.category == 'all':
-    rows = {}
-    for category in dataset_lib.all_categories(config.data):
+
+    def run_one(category, folder):
       category_config = config.copy_and_resolve_references()
       category_config.data.category = category
-      rows[category] = run(category_config, os.path.join(workdir, category), mode, command)
-    if mode in ('predict', 'export'):
-      return None   # no metrics to summarise
-    summary = report.summary_markdown(rows)
-    with open(os.path.join(workdir, 'summary.md'), 'w') as f:
-      f.write(summary)
-    report.write_json(os.path.join(workdir, 'summary.json'), rows)
-    print('\n' + summary + f'\nSummary: {os.path.join(workdir, "summary.md")}')
-    return rows
+      return run(category_config, folder, mode, command)
+
+    outcomes = sweep.run_all(dataset_lib.all_categories(config.data), workdir, run_one,
+                             config.parallel, summarise=mode in ('train', 'eval'),
+                             process=sweep.process_from_env())
+    if outcomes is None or mode in ('predict', 'export'):
+      return None   # another process summarises, or no metrics to summarise
+    return {c: o['row'] for c, o in outcomes.items()}
   if mode == 'export':
     path = export.write_export(workdir, config, validation.as_list(config.export.platforms),
                                config.export.format)

@@ -144,6 +144,10 @@ def _check_predict(config, errors):
                   'e.g. 0.01')
 
 
+def _check_parallel(config, errors):
+  _one_of(errors, 'parallel', config.parallel, ('none', 'categories'))
+
+
 def _check_serve(config, errors):
   if not 0 <= config.serve.port <= 65535:
     errors.append(f'serve.port={config.serve.port}: a TCP port in 0..65535 (0: any free one)')
@@ -170,6 +174,7 @@ def validate(config, num_devices: int = None) -> None:
   _check_train(config, errors, num_devices or jax.device_count())
   _check_data(config, errors)
   _check_predict(config, errors)
+  _check_parallel(config, errors)
   _check_serve(config, errors)
   _check_export(config, errors)
   _at_least(errors, 'report.aupro_thresholds', config.report.aupro_thresholds, 0)

@@ -90,6 +90,10 @@ def get_config(arg=None):
   config.data.val_fraction = 0.1
   config.data.val_min_images = 50
 
+  # data.category='all': 'none' runs the classes one after another; 'categories'
+  # spreads them over the processes of `python -m bgad_jax.launch`.
+  config.parallel = 'none'
+
   config.report = ml_collections.ConfigDict()
   config.report.num_overlays = 12
   # AUPRO up to FPR 0.3: 0 = exact (every score a threshold); 1000 = the
