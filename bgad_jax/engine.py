@@ -171,7 +171,8 @@ def _write_predict_constants(config, workdir, state, normal_features, files, sou
                              mesh) -> Dict[str, Any]:
   """Map constants and thresholds for `predict` from normal images (`calibration`).
 
-  ``source``: 'held-out' (``data.val_fraction``) or 'training' images.
+  ``source``: 'held-out' (never trained on: ``data.val_fraction`` of the
+  training images, or the dataset's validation split) or 'training' images.
   """
   constants = calibration_lib.predict_constants(
       lp_maps(state, normal_features, mesh), config.data.inp_size, config.predict.threshold,

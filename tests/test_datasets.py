@@ -163,6 +163,12 @@ def test_incomplete_source_names_what_is_missing_and_the_layout(tmp_path, name, 
   assert f'Expected the {DATASETS[name].title} layout' in message
 
 
+def test_archive_without_the_class_names_it(tmp_path):
+  manual = _visa_archive(tmp_path, parts=('split_csv',))
+  with pytest.raises(tfds_mvtec.DatasetFolderError, match=r'no candle/ in .*VisA_20220922\.tar'):
+    tfds_mvtec.build('candle', str(tmp_path / 'data'), str(manual), dataset='visa')
+
+
 def test_damaged_archive_is_named(tmp_path):
   manual = tmp_path / 'manual'
   manual.mkdir()

@@ -220,21 +220,21 @@ def resolve_category_dir(dataset: Dataset, manual_dir: str, category: str,
       return os.path.join(root, category)
   os.makedirs(extract_dir, exist_ok=True)
   tops = ('',) + tuple(f'{top}/' for top in dataset.top_folders)
-  wanted = tuple(top + part for top in tops for part in (f'{category}/',) + tuple(
-      f'{shared}' for shared in dataset.shared))
+  wanted = tuple(top + part for top in tops for part in (f'{category}/',) + dataset.shared)
+  in_category = tuple(top + f'{category}/' for top in tops)
   try:
     names, extract = _archive_members(source)
     chosen = [n for n in names if n.lstrip('./').startswith(wanted)]
-    if not any(n.lstrip('./').startswith(tuple(t + f'{category}/' for t in tops))
-               for n in chosen):
-      raise dataset.missing(f'no {category}/ in {source}', manual_dir, category)
-    extract(extract_dir, chosen)
+    if any(n.lstrip('./').startswith(in_category) for n in chosen):
+      extract(extract_dir, chosen)
   except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
     for root in _roots(dataset, extract_dir):
       shutil.rmtree(os.path.join(root, category), ignore_errors=True)   # never half of one
     raise DatasetFolderError(f'cannot read {source} ({err}): the archive is damaged or '
                              f'incomplete; download it again from {dataset.download_page}'
                              ) from err
+  if not any(n.lstrip('./').startswith(in_category) for n in chosen):
+    raise dataset.missing(f'no {category}/ in {source}', manual_dir, category)
   for root in _roots(dataset, extract_dir):
     if os.path.exists(os.path.join(root, category, dataset.marker)):
       return os.path.join(root, category)
