@@ -51,9 +51,12 @@ def test_building_never_imports_tensorflow(tmp_path):
   code = ('import sys, tfds_mvtec; from bgad_jax.data import pipeline;'
           f'tfds_mvtec.build("bottle", {str(tmp_path)!r}, {DUMMY!r});'
           f'pipeline.load_examples({str(tmp_path)!r}, "bottle", "test");'
-          f'tfds_mvtec.build("candle", {str(tmp_path)!r}, {os.path.join(DUMMY, "visa")!r},'
-          ' dataset="visa");'
-          'assert "tensorflow" not in sys.modules, "TensorFlow was imported"')
+          + ''.join(f'tfds_mvtec.build({category!r}, {str(tmp_path)!r}, '
+                    f'{os.path.join(DUMMY, name)!r}, dataset={name!r});'
+                    for name, category in (('mpdd', 'tubes'), ('btad', '01'),
+                                           ('visa', 'candle'), ('loco', 'pushpins'),
+                                           ('mvtec_ad2', 'can')))
+          + 'assert "tensorflow" not in sys.modules, "TensorFlow was imported"')
   result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
