@@ -37,6 +37,9 @@ EXTRAS_REQUIRE = {
              # chromedriver (.ci/run installs them).
              'selenium==4.51.0'] + ONNX,
     'onnx': ONNX,
+    # --mode=serve: the page runs on the standard library; the extra exists so
+    # that `pip install -e ".[app]"` (the usual spelling for a demo app) works.
+    'app': [],
     # Optional: tfds.load / clu metric writers. Not needed for anything else.
     'tf': ['tensorflow'],
 }
