@@ -25,10 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from bgad_jax.detector import Detector
+from bgad_jax.errors import ConfigError
 from bgad_jax.evaluation import maps as maps_lib
 from bgad_jax.evaluation.inference import level_lp
-
-from bgad_jax.errors import ConfigError
 
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 FORMATS = ('stablehlo', 'onnx')

@@ -10,11 +10,9 @@ from configs import common
 
 
 def get_config(arg='carpet'):
-  """The class ``arg`` (checked with the rest of the config when a run starts)."""
-  config = common.get_config()
-  config.data.source = 'mvtec'
-  config.data.category = arg or 'carpet'
-  # The reference trains the flows on every normal image; predict then
-  # calibrates on them. --config.data.val_fraction=0.1 holds out 10% instead.
-  config.data.val_fraction = 0.0
-  return config
+  """The class ``arg`` (checked with the rest of the config when a run starts).
+
+  The reference trains the flows on every normal image and predict then
+  calibrates on them; --config.data.val_fraction=0.1 holds out 10% instead.
+  """
+  return common.benchmark_dataset_config('mvtec', arg or 'carpet')

@@ -16,7 +16,7 @@ FILENAME = 'source_fingerprint.json'
 _FORMAT = 1
 
 
-def of_source(manual_dir: str, category: str, dataset: layout.Dataset = None) -> Dict:
+def of_source(manual_dir: str, category: str, dataset: layout.Dataset) -> Dict:
   """The fingerprint of ``category`` in ``manual_dir`` (see `layout.category_source`).
 
   A folder source also covers the dataset's shared paths beside it (VisA's
@@ -25,9 +25,6 @@ def of_source(manual_dir: str, category: str, dataset: layout.Dataset = None) ->
   Returns:
     dict(format, source: absolute path, files: sorted [relative path, size, mtime_ns]).
   """
-  if dataset is None:
-    from tfds_mvtec.datasets import MVTEC_AD
-    dataset = MVTEC_AD
   source = os.path.realpath(layout.category_source(dataset, manual_dir, category))
   if os.path.isfile(source):
     stats = {os.path.basename(source): os.stat(source)}
