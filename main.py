@@ -7,6 +7,7 @@
   python main.py --mode=predict --config.predict.images=DIR --workdir=runs/demo
   python main.py --mode=export --workdir=runs/demo      # one StableHLO file, no bgad_jax needed
   python main.py --mode=serve --workdir=runs/demo       # inspection page on 127.0.0.1:8080
+  python -m bgad_jax.launch --num_processes 2 -- main.py   # one run over two processes
 
 A problem with the config, data, checkpoint or weights ends in one line naming
 it and exit code 2 (--verbose adds the traceback).
@@ -29,6 +30,14 @@ flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'export', 'serve
                   'predict: maps and scores for --config.predict.images; export: the '
                   'inference graph as <workdir>/export/bgad.<export.format>; serve: the '
                   'inspection page on serve.host:serve.port.')
+flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
+                  'Join the processes of a multi-process run with jax.distributed: auto '
+                  '(when the flags below, bgad_jax.launch, SLURM or a GKE TPU slice say so), '
+                  'on (always: JAX finds the cluster, e.g. a Cloud TPU pod slice), off.')
+flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 (multi-process runs).')
+flags.DEFINE_integer('num_processes', None, 'Processes of a multi-process run.')
+flags.DEFINE_integer('process_id', None, 'This process in a multi-process run (0 = writes '
+                     'the outputs).')
 flags.DEFINE_bool('verbose', False, 'Show the Python traceback of configuration, data, '
                   'checkpoint and weights errors too.')
 FLAGS = flags.FLAGS
@@ -60,7 +69,9 @@ def main(argv):
   from bgad_jax import cli   # imported after flag parsing so that --help stays fast
   cli.plain_warnings(logging.get_absl_handler())
   workdir = FLAGS.workdir or default_workdir(flags.FLAGS['config'].config_filename)
-  return cli.main(FLAGS.config, workdir, FLAGS.mode, sys.argv, FLAGS.verbose)
+  cluster = dict(mode=FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
+                 num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  return cli.main(FLAGS.config, workdir, FLAGS.mode, sys.argv, FLAGS.verbose, cluster)
 
 
 if __name__ == '__main__':

@@ -11,9 +11,12 @@ import os
 import shlex
 import sys
 import traceback
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
+
+import jax
 
 from bgad_jax import detector
+from bgad_jax import distributed
 from bgad_jax import engine
 from bgad_jax import export
 from bgad_jax import serve
@@ -22,6 +25,7 @@ from bgad_jax import validation
 from bgad_jax.data import dataset as dataset_lib
 from bgad_jax.errors import ConfigError, UserError
 from bgad_jax.evaluation import report
+from bgad_jax.training.sharding import is_main_process
 
 USER_ERROR_EXIT_CODE = 2
 
@@ -57,6 +61,8 @@ def run(config, workdir: str, mode: str, command: str = ''):
   or export find none (see `train_command`).
   """
   validation.validate(config)
+  if mode in ('predict', 'export', 'serve') and jax.process_count() > 1:
+    raise ConfigError(f'--mode={mode} runs in one process (train and eval can use several)')
   if mode in ('eval', 'predict', 'export', 'serve') and config.data.category != 'all':
     detector.require_trained_model(workdir, command)   # before any data work
   if mode == 'serve':
@@ -71,9 +77,12 @@ def run(config, workdir: str, mode: str, command: str = ''):
       category_config.data.category = category
       return run(category_config, folder, mode, command)
 
+    process = sweep.process_from_env()
+    if config.parallel == 'data':   # one run over every process, class after class
+      process = (jax.process_index(), jax.process_count(), process[2])
     outcomes = sweep.run_all(dataset_lib.all_categories(config.data), workdir, run_one,
                              config.parallel, summarise=mode in ('train', 'eval'),
-                             process=sweep.process_from_env())
+                             process=process)
     if outcomes is None or mode in ('predict', 'export'):
       return None   # another process summarises, or no metrics to summarise
     return {c: o['row'] for c, o in outcomes.items()}
@@ -92,7 +101,8 @@ def run(config, workdir: str, mode: str, command: str = ''):
     return None
   results = (engine.train_and_evaluate(config, workdir) if mode == 'train'
              else engine.evaluate_checkpoint(config, workdir))
-  _print_result(results, workdir)
+  if is_main_process():
+    _print_result(results, workdir)
   return report.headline(results)
 
 
@@ -109,9 +119,17 @@ def plain_warnings(handler: logging.Handler) -> None:
   handler.addFilter(_DropCustomConfigNotes())
 
 
-def main(config, workdir: str, mode: str, argv: Sequence[str], verbose: bool = False) -> int:
-  """`run`, with user errors reported in one line; returns the exit code."""
+def main(config, workdir: str, mode: str, argv: Sequence[str], verbose: bool = False,
+         cluster: Optional[Dict[str, Any]] = None) -> int:
+  """`run`, with user errors reported in one line; returns the exit code.
+
+  ``cluster``: keyword arguments of `distributed.initialize` (main.py's
+  --distributed, --coordinator_address, --num_processes, --process_id).
+  """
   try:
+    distributed.initialize(parallel=config.parallel, **(cluster or {}))
+    if not is_main_process():   # process 0 logs; the others report errors only
+      logging.getLogger().setLevel(logging.ERROR)
     run(config, workdir, mode, train_command(argv))
   except UserError as err:
     if verbose:

@@ -21,7 +21,8 @@ import numpy as np
 from bgad_jax import validation
 from bgad_jax.data import image_io
 from bgad_jax.data import strategies as strategies_lib
-from bgad_jax.data.dataset import expand_path, hold_out_normals, load_splits, load_validation
+from bgad_jax.data.dataset import (expand_path, hold_out_normals, load_splits, load_validation,
+                                   prepare_dataset)
 from bgad_jax.data.known_anomalies import split_known
 from bgad_jax.detector import Detector, read_predict_constants, require_trained_model
 from bgad_jax.errors import DataError, MissingFileError
@@ -34,7 +35,7 @@ from bgad_jax.training import checkpoint
 from bgad_jax.training import schedule
 from bgad_jax.training.features import FrozenBackbone
 from bgad_jax.training.loop import train_meta_epoch
-from bgad_jax.training.sharding import make_mesh
+from bgad_jax.training.sharding import is_main_process, make_mesh, replicate, sync
 from bgad_jax.training.state import FlowTrainState
 from bgad_jax.training.step import LossSettings
 from bgad_jax.training.training_set import TrainingSet
@@ -71,7 +72,16 @@ def evaluate(config, state: FlowTrainState, test: TestSet,
 
 def load_data(config) -> Tuple[List[Dict], List[Dict], List[Dict], List[Dict]]:
   """(the flows' normal training examples, held-out normal calibration examples,
-  known anomalies, test examples)."""
+  known anomalies, test examples).
+
+  With several processes, process 0 generates or builds the dataset first;
+  the others then find it ready (or build their own copy where the disks are
+  not shared).
+  """
+  if jax.process_count() > 1:
+    if is_main_process():
+      prepare_dataset(config.data, config.seed)
+    sync('dataset prepared')
   train_examples, test_examples = load_splits(config.data, config.seed)
   # A dataset's own validation images (MVTec LOCO AD, MVTec AD 2) calibrate;
   # otherwise a held-out share of the training images does.
@@ -95,18 +105,16 @@ def _without_mask(arrays: Dict[str, np.ndarray]) -> List[str]:
 
 
 def _test_set(config, backbone: FrozenBackbone, test_examples) -> TestSet:
-  arrays = backbone.preprocess(test_examples, config.data.inp_size)
+  arrays, features = backbone.extract(test_examples, config.data.inp_size)
   for name in _without_mask(arrays):
     logging.warning('%s has no ground-truth mask: it counts in the image AUROC only, not in '
                     'the pixel metrics', name)
-  return TestSet(arrays, backbone.features(arrays['images']),
-                 validation.known_defect_types(config))
+  return TestSet(arrays, features, validation.known_defect_types(config))
 
 
 def _training_set(config, backbone: FrozenBackbone, train_examples, known):
   """(TrainingSet, the training images' preprocessed arrays, their features)."""
-  arrays = backbone.preprocess(train_examples + known, config.data.inp_size)
-  features = backbone.features(arrays['images'])
+  arrays, features = backbone.extract(train_examples + known, config.data.inp_size)
   images = strategies_lib.TrainingImages(arrays['pixels'], arrays['masks'], arrays['filenames'],
                                          num_normal=len(train_examples))
   chosen = strategies_lib.build(validation.strategies(config), config.data, images)
@@ -115,14 +123,21 @@ def _training_set(config, backbone: FrozenBackbone, train_examples, known):
   return training_set, features
 
 
-def _restore_or_create(config, workdir: str, channels) -> Tuple[FlowTrainState, Dict, Any]:
-  state = FlowTrainState.create(config, channels, jax.random.key(config.seed))
+def _new_state(config, channels, mesh) -> FlowTrainState:
+  """Initial flows, replicated on every device of the mesh (the same on every process)."""
+  return replicate(FlowTrainState.create(config, channels, jax.random.key(config.seed)), mesh)
+
+
+def _restore_or_create(config, workdir: str, channels,
+                       mesh) -> Tuple[FlowTrainState, Dict, Any]:
+  state = _new_state(config, channels, mesh)
   mngr = checkpoint.manager(workdir)
   meta = dict(history=[], seconds=dict(train=0.0, eval=0.0))
   restored = checkpoint.restore_latest(mngr, state)
   if restored is not None:
     state, meta = restored
-    print(f'Resuming from the checkpoint of meta-epoch {int(state.epoch)} in {workdir}')
+    if is_main_process():
+      print(f'Resuming from the checkpoint of meta-epoch {int(state.epoch)} in {workdir}')
   return state, meta, mngr
 
 
@@ -141,7 +156,8 @@ def _train_epochs(config, workdir, state, meta, mngr, training_set, evaluate_now
   total, num_normal = config.train.meta_epochs, training_set.num_normal
   warmup_total = schedule.warmup_batches(config.train, num_normal, training_set.num_images)
   loss = LossSettings.from_config(config.loss)
-  writer = report.ScalarWriter(os.path.join(workdir, 'tensorboard'))
+  writer = (report.ScalarWriter(os.path.join(workdir, 'tensorboard')) if is_main_process()
+            else None)
   session_start, session_epoch, evaluation = time.time(), int(state.epoch), None
   try:
     while int(state.epoch) < total:
@@ -158,12 +174,14 @@ def _train_epochs(config, workdir, state, meta, mngr, training_set, evaluate_now
         evaluation = evaluate_now(state)
         row.update(report.headline(evaluation[0]), eval_seconds=time.time() - t0)
       meta['history'].append(row)
-      writer.write(epoch, {k: v for k, v in row.items() if k != 'epoch'})
       checkpoint.save(mngr, state, meta)
-      eta = (time.time() - session_start) / (epoch + 1 - session_epoch) * (total - epoch - 1)
-      print(_progress_line(row, total, eta), flush=True)
+      if writer:   # process 0 logs and reports
+        writer.write(epoch, {k: v for k, v in row.items() if k != 'epoch'})
+        eta = (time.time() - session_start) / (epoch + 1 - session_epoch) * (total - epoch - 1)
+        print(_progress_line(row, total, eta), flush=True)
   finally:
-    writer.close()
+    if writer:
+      writer.close()
   return state, evaluation
 
 
@@ -178,7 +196,8 @@ def _write_predict_constants(config, workdir, state, normal_features, files, sou
       lp_maps(state, normal_features, mesh), config.data.inp_size, config.predict.threshold,
       config.predict.target_fpr, source)
   constants['calibration']['files'] = list(files)
-  report.write_json(os.path.join(workdir, 'predict_constants.json'), constants)
+  if is_main_process():
+    report.write_json(os.path.join(workdir, 'predict_constants.json'), constants)
   return constants
 
 
@@ -199,19 +218,19 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   started, mesh = time.time(), make_mesh()
   train_examples, calibration, known, test_examples = load_data(config)
-  if known:
+  if known and is_main_process():
     print('Known anomalies used for training: ' + ', '.join(e['filename'] for e in known))
   backbone = FrozenBackbone.load(config, mesh)
   t0 = time.time()
   training_set, train_features = _training_set(config, backbone, train_examples, known)
   test = _test_set(config, backbone, test_examples)
   if calibration:
-    calibration_features = backbone.features(
-        backbone.preprocess(calibration, config.data.inp_size)['images'])
+    calibration_features = backbone.extract(calibration, config.data.inp_size)[1]
   else:   # the flows' own normal images, as the reference would
     calibration_features = [f[:len(train_examples)] for f in train_features]
   feature_seconds = time.time() - t0
-  state, meta, mngr = _restore_or_create(config, workdir, [f.shape[-1] for f in train_features])
+  state, meta, mngr = _restore_or_create(config, workdir, [f.shape[-1] for f in train_features],
+                                         mesh)
 
   def evaluate_now(state):
     t0 = time.time()
@@ -246,14 +265,16 @@ def _write_outputs(config, workdir, state, meta, result, maps, test_arrays, know
   for group in ('seen', 'unseen', 'at_threshold'):
     if group in result:
       results[group] = result[group]
-  report.write_results(workdir, results, maps, test_arrays, config.report.num_overlays,
-                       config.seed)
+  if is_main_process():
+    report.write_results(workdir, results, maps, test_arrays, config.report.num_overlays,
+                         config.seed)
+  sync('results written')
   return results
 
 
-def _restore_for_inference(config, workdir, channels) -> Tuple[FlowTrainState, Dict]:
-  template = FlowTrainState.create(config, channels, jax.random.key(config.seed))
-  return checkpoint.restore_latest(checkpoint.manager(workdir), template)
+def _restore_for_inference(config, workdir, channels, mesh) -> Tuple[FlowTrainState, Dict]:
+  return checkpoint.restore_latest(checkpoint.manager(workdir),
+                                   _new_state(config, channels, mesh))
 
 
 def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
@@ -267,7 +288,8 @@ def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
   t0 = time.time()
   test = _test_set(config, backbone, test_examples)
   feature_seconds = time.time() - t0
-  state, meta = _restore_for_inference(config, workdir, [f.shape[-1] for f in test.features])
+  state, meta = _restore_for_inference(config, workdir, [f.shape[-1] for f in test.features],
+                                       mesh)
   t0 = time.time()
   result, maps, test_lp = evaluate(config, state, test, mesh)
   if os.path.isfile(os.path.join(workdir, 'predict_constants.json')):

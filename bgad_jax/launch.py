@@ -1,17 +1,24 @@
-"""Starts several main.py processes on this machine, for sweeps spread over processes.
+"""Starts the processes of one run (or of a sweep) on this machine.
 
+  python -m bgad_jax.launch --num_processes 2 -- main.py --config=configs/mvtec.py:carpet
   python -m bgad_jax.launch --num_processes 2 -- main.py --config=configs/mvtec.py:all \
       --config.parallel=categories
 
-Each process gets its id, the number of processes and one sweep id in its
-environment (`bgad_jax.sweep`); its output lines are prefixed with ``[p<id>]``.
+Each process gets its id, the number of processes, one sweep id and the
+address of a `jax.distributed` coordinator (a free port on 127.0.0.1) in its
+environment: with ``parallel='data'`` they train together over all their
+devices (`bgad_jax.distributed`), with ``parallel='categories'`` each runs its
+own classes (`bgad_jax.sweep`). Output lines are prefixed with ``[p<id>]``.
 ``--devices`` gives each process its own accelerators (e.g. ``0,1;2,3`` sets
-CUDA_VISIBLE_DEVICES per process). Returns the highest exit code of the
-processes; Ctrl-C stops them all.
+CUDA_VISIBLE_DEVICES per process). When a process of a data-parallel run
+fails, the others are stopped (they would wait for it forever); the exit code
+is the highest of the processes'. Ctrl-C stops them all. Rerunning the same command resumes from
+the last checkpoint.
 """
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +26,19 @@ import time
 import uuid
 from typing import List, Optional, Sequence
 
+from bgad_jax import distributed
 from bgad_jax import sweep
+
+# How long the others may keep running after a process failed (they may be
+# finishing a checkpoint) before they are stopped.
+STOP_GRACE_S = 10.0
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that nothing listens on now."""
+  with socket.socket() as probe:
+    probe.bind(('127.0.0.1', 0))
+    return probe.getsockname()[1]
 
 
 def _forward(process: subprocess.Popen, prefix: str) -> None:
@@ -32,11 +51,12 @@ def launch(num_processes: int, command: Sequence[str], devices: Optional[List[st
            ) -> int:
   """Runs ``python <command>`` ``num_processes`` times at once; returns the highest exit code."""
   sweep_id = f'{time.strftime("%Y%m%d-%H%M%S")}-{uuid.uuid4().hex[:8]}'
+  coordinator = f'127.0.0.1:{free_port()}'
   processes, threads = [], []
   for process_id in range(num_processes):
     env = dict(os.environ, **{sweep.PROCESS_ID: str(process_id),
                               sweep.NUM_PROCESSES: str(num_processes),
-                              sweep.SWEEP_ID: sweep_id})
+                              sweep.SWEEP_ID: sweep_id, distributed.COORDINATOR: coordinator})
     if devices:
       env['CUDA_VISIBLE_DEVICES'] = devices[process_id]
     process = subprocess.Popen([sys.executable, *command], env=env, stdout=subprocess.PIPE,
@@ -46,14 +66,46 @@ def launch(num_processes: int, command: Sequence[str], devices: Optional[List[st
     processes.append(process)
     threads.append(thread)
   try:
-    codes = [process.wait() for process in processes]
+    codes = _wait(processes, stop_on_failure=not independent(command))
   except KeyboardInterrupt:
-    for process in processes:
-      process.terminate()
+    _stop(processes)
     codes = [process.wait() for process in processes]
   for thread in threads:
     thread.join(timeout=5)
   return max(codes)
+
+
+def _stop(processes: Sequence[subprocess.Popen]) -> None:
+  for process in processes:
+    if process.poll() is None:
+      process.terminate()
+  deadline = time.time() + STOP_GRACE_S
+  for process in processes:
+    try:
+      process.wait(timeout=max(0.1, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+      process.kill()
+
+
+def independent(command: Sequence[str]) -> bool:
+  """Whether ``command`` runs independent processes (``--config.parallel=categories``)."""
+  joined = ' '.join(command).replace('--config.parallel ', '--config.parallel=')
+  return '--config.parallel=categories' in joined
+
+
+def _wait(processes: Sequence[subprocess.Popen], stop_on_failure: bool,
+          poll_s: float = 0.5) -> List[int]:
+  """Exit codes of all processes; with ``stop_on_failure``, once one fails the
+  others get STOP_GRACE_S to end."""
+  failed_at = None
+  while any(process.poll() is None for process in processes):
+    if stop_on_failure and failed_at is None and any(process.poll() for process in processes):
+      failed_at = time.time()
+    if failed_at is not None and time.time() - failed_at > STOP_GRACE_S:
+      _stop(processes)
+      break
+    time.sleep(poll_s)
+  return [process.wait() for process in processes]
 
 
 def main(argv=None) -> int:

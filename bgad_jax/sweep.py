@@ -4,6 +4,8 @@
   python -m bgad_jax.launch --num_processes 2 -- main.py --config=configs/mvtec.py:all \
       --config.parallel=categories
 
+With ``parallel='data'`` (the default) the processes of a run
+(`bgad_jax.distributed`) train each class together, one after another.
 With ``parallel='categories'`` process i of n runs classes i, i + n, ...
 (each on its own devices, nothing shared); process 0 then waits for every
 class's outcome and writes the summary. A class that fails is reported (in
@@ -18,7 +20,7 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from bgad_jax.errors import ConfigError, UserError
+from bgad_jax.errors import UserError
 from bgad_jax.evaluation import report
 
 PROCESS_ID, NUM_PROCESSES, SWEEP_ID = 'BGAD_PROCESS_ID', 'BGAD_NUM_PROCESSES', 'BGAD_SWEEP_ID'
@@ -56,13 +58,13 @@ def _read_outcome(folder: str, sweep_id: str) -> Optional[Dict[str, Any]]:
 
 
 def run_share(categories: Sequence[str], workdir: str, run_one: Callable[[str, str], Any],
-              sweep_id: str = '') -> Dict[str, Dict[str, Any]]:
+              sweep_id: str = '', write: bool = True) -> Dict[str, Dict[str, Any]]:
   """Runs ``run_one(category, folder)`` for each class; an error fails that class only.
 
   Returns:
     {category: outcome}: dict(sweep, status='ok', row=<run_one's return>) or
-    dict(sweep, status='failed', error=<one line>); each is also written to
-    ``<workdir>/<category>/outcome.json``.
+    dict(sweep, status='failed', error=<one line>); with ``write`` each is
+    also written to ``<workdir>/<category>/outcome.json``.
   """
   outcomes = {}
   for category in categories:
@@ -74,9 +76,10 @@ def run_share(categories: Sequence[str], workdir: str, run_one: Callable[[str, s
     except Exception as error:   # pylint: disable=broad-except
       traceback.print_exc()   # a bug: keep its traceback, but let the other classes run
       outcome = dict(sweep=sweep_id, status='failed', error=f'{type(error).__name__}: {error}')
-    if outcome['status'] == 'failed':
+    if outcome['status'] == 'failed' and write:
       print(f"error: class {category} failed: {outcome['error']}", flush=True)
-    _write_outcome(folder, outcome)
+    if write:
+      _write_outcome(folder, outcome)
     outcomes[category] = outcome
   return outcomes
 
@@ -122,7 +125,9 @@ def write_summary(workdir: str, outcomes: Dict[str, Dict[str, Any]]) -> str:
 def run_all(categories: Sequence[str], workdir: str, run_one: Callable[[str, str], Any],
             parallel: str, summarise: bool, process: Tuple[int, int, str] = (0, 1, '')
             ) -> Optional[Dict[str, Dict[str, Any]]]:
-  """Runs a sweep over ``categories`` (this process's share when ``parallel='categories'``).
+  """Runs a sweep over ``categories``: this process's share when ``parallel='categories'``;
+  with ``parallel='data'`` every process takes part in every class (one
+  `jax.distributed` run) and process 0 writes the outcomes.
 
   Args:
     run_one: (category, its workdir) -> that class's headline row (or None).
@@ -133,18 +138,14 @@ def run_all(categories: Sequence[str], workdir: str, run_one: Callable[[str, str
     Every class's outcome when this process writes the summary, else None.
 
   Raises:
-    ConfigError: several processes without ``parallel='categories'``.
     SweepFailedError: after the summary, when a class (of this process's
       share; for process 0, of the sweep) failed.
   """
   process_id, num_processes, sweep_id = process
-  if num_processes > 1 and parallel != 'categories':
-    raise ConfigError(f'{num_processes} processes share a sweep only with '
-                      '--config.parallel=categories (training one class over several '
-                      'processes is not available yet)')
   mine = share(categories, process_id, num_processes) if parallel == 'categories' else list(
       categories)
-  outcomes = run_share(mine, workdir, run_one, sweep_id)
+  outcomes = run_share(mine, workdir, run_one, sweep_id,
+                       write=parallel == 'categories' or process_id == 0)
   if process_id == 0:
     if len(mine) < len(categories):
       print(f'Process 0 waits for the other {num_processes - 1} processes\' classes', flush=True)
@@ -153,7 +154,7 @@ def run_all(categories: Sequence[str], workdir: str, run_one: Callable[[str, str
       summary = write_summary(workdir, outcomes)
       print('\n' + summary + f'\nSummary: {os.path.join(workdir, "summary.md")}')
   failed = [c for c, o in outcomes.items() if o['status'] == 'failed']
-  if failed:
+  if failed and (parallel == 'categories' or process_id == 0):
     raise SweepFailedError(f'{len(failed)} of {len(outcomes)} classes failed: '
                            + ', '.join(failed) + ' (see their outcome.json)')
   return outcomes if process_id == 0 else None

@@ -93,6 +93,7 @@ def _check_train(config, errors, num_devices):
     _at_least(errors, f'train.{name}', train[name], 1)
   _at_least(errors, 'train.lr_warm_epochs', train.lr_warm_epochs, 0)
   _one_of(errors, 'train.lr_warmup', train.lr_warmup, ('linear', 'reference'))
+  _one_of(errors, 'train.grad_reduction', train.grad_reduction, ('ordered', 'psum'))
   if not train.lr > 0:
     errors.append(f'train.lr={train.lr!r}: must be > 0')
   if not 0 < train.lr_decay_rate <= 1:
@@ -145,7 +146,7 @@ def _check_predict(config, errors):
 
 
 def _check_parallel(config, errors):
-  _one_of(errors, 'parallel', config.parallel, ('none', 'categories'))
+  _one_of(errors, 'parallel', config.parallel, ('data', 'categories'))
 
 
 def _check_serve(config, errors):

@@ -115,6 +115,18 @@ def test_end_to_end_benchmark_smoke(tmp_path):
     assert row['total_s'] > row['meta_epoch_s']
 
 
+def test_multiprocess_benchmark_smoke(tmp_path):
+  out = tmp_path / 'multiprocess.json'
+  stdout = _run('multiprocess.py', '--tiny', '--meta_epochs', '1', '--json', str(out))
+  one, two = json.loads(out.read_text())
+  assert (one['setup'], two['setup']) == ('1 x 2 devices', '2 x 1 devices')
+  assert one['vs_one'] == 1.0 and two['vs_one'] > 0 and 'vectors/s' in stdout
+  for row in (one, two):
+    assert row['images_per_s'] > 0 and row['vectors_per_s'] > 0
+  # The same 2-device mesh: the same run, whatever the processes.
+  assert (one['img_auroc'], one['pix_auroc']) == (two['img_auroc'], two['pix_auroc'])
+
+
 def test_precision_benchmark_smoke(tmp_path):
   out = tmp_path / 'precision.json'
   stdout = _run('precision.py', '--dims', '6', '--side', '4', '--vectors', '64',

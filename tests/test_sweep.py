@@ -44,9 +44,15 @@ def test_waiting_ignores_other_sweeps_and_gives_up(tmp_path):
   assert outcomes['a']['status'] == 'failed' and 'did not finish' in outcomes['a']['error']
 
 
-def test_several_processes_need_parallel_categories(tmp_path):
-  with pytest.raises(sweep.ConfigError, match='parallel=categories'):
-    sweep.run_all(['a'], str(tmp_path), lambda c, f: None, 'none', True, (0, 2, 's'))
+def test_data_parallel_sweep_runs_every_class_and_only_process_0_writes(tmp_path):
+  ran = []
+  run_one = lambda c, f: ran.append(c) or dict(img_auroc=0.5, pix_auroc=0.5, aupro=0.5)
+  assert sweep.run_all(['a', 'b'], str(tmp_path / 'p1'), run_one, 'data', True,
+                       (1, 2, 's')) is None
+  assert ran == ['a', 'b'] and not (tmp_path / 'p1').exists()
+  outcomes = sweep.run_all(['a', 'b'], str(tmp_path / 'p0'), run_one, 'data', True, (0, 2, 's'))
+  assert list(outcomes) == ['a', 'b'] and (tmp_path / 'p0' / 'summary.json').is_file()
+  assert (tmp_path / 'p0' / 'b' / sweep.OUTCOME).is_file()
 
 
 @pytest.fixture(scope='module')

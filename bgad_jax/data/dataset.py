@@ -38,17 +38,15 @@ def dataset_location(data_config) -> Tuple[str, str, str]:
   raise ValueError(f'data.source must be one of {SOURCES}, got {data_config.source!r}')
 
 
-def load_splits(data_config, seed: int) -> Tuple[List[Dict], List[Dict]]:
-  """Train and test examples (see `pipeline.load_examples`), building the dataset when needed.
+def prepare_dataset(data_config, seed: int) -> None:
+  """Generates the demo class (from ``seed``) and builds or checks the TFDS dataset.
 
-  With ``data.root`` set, the built dataset is checked against that folder on
-  every run and rebuilt when its images changed (`tfds_mvtec.build`); without
-  it, the dataset already built in ``data.tfds_dir`` is read. The demo class
-  is generated from ``seed`` first.
+  With ``data.root`` set, the built dataset is checked against that folder
+  and rebuilt when its images changed (`tfds_mvtec.build`); without it,
+  nothing is done (`load_splits` reads what is built in ``data.tfds_dir``).
 
   Raises:
     DatasetFolderError: ``data.root`` does not exist or lacks the category.
-    DatasetNotBuiltError: no ``data.root`` and nothing built.
   """
   import tfds_mvtec   # slow import, only where data is read
   manual_dir, data_dir, category = dataset_location(data_config)
@@ -66,6 +64,18 @@ def load_splits(data_config, seed: int) -> Tuple[List[Dict], List[Dict]]:
           f'--config.data.root at the folder holding {category}/ ({layout.title} layout) or '
           f'{" or ".join(layout.archives) or "its extracted archive"}')
     tfds_mvtec.build(category, data_dir, manual_dir, dataset=name)
+
+
+def load_splits(data_config, seed: int) -> Tuple[List[Dict], List[Dict]]:
+  """Train and test examples (see `pipeline.load_examples`) after `prepare_dataset`.
+
+  Raises:
+    DatasetFolderError: ``data.root`` does not exist or lacks the category.
+    DatasetNotBuiltError: no ``data.root`` and nothing built.
+  """
+  prepare_dataset(data_config, seed)
+  _, data_dir, category = dataset_location(data_config)
+  name = builder_dataset(data_config.source)
   return (pipeline.load_examples(data_dir, category, 'train', dataset=name),
           pipeline.load_examples(data_dir, category, 'test', dataset=name))
 

@@ -47,19 +47,40 @@ def load_examples(data_dir: str, category: str, split: str,
         f'{category}/ or the dataset archive) to build it on the fly, or build it with '
         + shlex.join(['python', '-m', 'tfds_mvtec.build', '--dataset', dataset, '--manual_dir',
                       'FOLDER', '--data_dir', data_dir, '--categories', category]))
-  source = builder.as_data_source(split=split)
+  import tensorflow_datasets as tfds
+  # Pixels stay encoded until an example's image or mask is first read: a
+  # process of a multi-process run decodes only its share of the images.
+  source = builder.as_data_source(split=split, decoders=dict(
+      image=tfds.decode.SkipDecoding(), mask=tfds.decode.SkipDecoding()))
   examples = []
   for i in range(len(source)):
     record = source[i]
-    example = dict(
-        image=np.asarray(record['image']),
-        mask=(np.asarray(record['mask'])[..., 0] > 127).astype(np.uint8),
-        has_mask=bool(record['has_mask']), label=int(record['label']),
-        defect_type=_text(record['defect_type']), filename=_text(record['filename']))
+    example = _Example(builder.info.features, record['image'], record['mask'])
+    example.update(has_mask=bool(record['has_mask']), label=int(record['label']),
+                   defect_type=_text(record['defect_type']),
+                   filename=_text(record['filename']))
     if 'split' in record:
       example['split'] = _text(record['split'])
     examples.append(example)
   return sorted(examples, key=lambda e: e['filename'])
+
+
+class _Example(dict):
+  """An example dict whose ``image`` and ``mask`` are decoded on first access."""
+
+  def __init__(self, features, image: bytes, mask: bytes):
+    super().__init__()
+    self._encoded = (features, image, mask)
+
+  def __missing__(self, key):
+    if key not in ('image', 'mask') or self._encoded is None:
+      raise KeyError(key)
+    features, image, mask = self._encoded
+    self['image'] = np.asarray(features['image'].decode_example_np(image))
+    self['mask'] = (np.asarray(features['mask'].decode_example_np(mask))[..., 0] > 127
+                    ).astype(np.uint8)
+    self._encoded = None
+    return self[key]
 
 
 def has_split(data_dir: str, category: str, split: str, dataset: str = 'mvtec') -> bool:
@@ -105,10 +126,14 @@ def preprocess(examples: Sequence[Dict], inp_size: int, mean: Sequence[float],
     pixels.append(resize_and_center_crop(example['image'], inp_size, Image.LANCZOS))
     masks.append(resize_and_center_crop(example['mask'], inp_size, Image.NEAREST))
   pixels = np.stack(pixels)
+  return dict(images=normalise(pixels, mean, std), pixels=pixels,
+              masks=np.stack(masks).astype(np.uint8), **metadata(examples))
+
+
+def metadata(examples: Sequence[Dict]) -> Dict[str, np.ndarray]:
+  """What `preprocess` returns without reading pixels: labels int32 [N], has_mask
+  bool [N], defect_types and filenames (object arrays [N])."""
   return dict(
-      images=normalise(pixels, mean, std),
-      pixels=pixels,
-      masks=np.stack(masks).astype(np.uint8),
       labels=np.array([e['label'] for e in examples], np.int32),
       has_mask=np.array([e['has_mask'] for e in examples], bool),
       defect_types=np.array([e['defect_type'] for e in examples], object),

@@ -8,7 +8,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from bgad_jax.models import flow as flow_lib
-from bgad_jax.training.sharding import sharded_batches
+from bgad_jax.training.sharding import gather_rows, local_batches, local_rows, process_share
 from bgad_jax.training.state import FlowTrainState, LevelState
 
 
@@ -33,7 +33,8 @@ def lp_maps(state: FlowTrainState, level_features: Sequence[np.ndarray], mesh: M
   Args:
     state: the trained flows.
     level_features: one float32 [N, h_l, w_l, C_l] array per level.
-    mesh: the devices images are sharded over.
+    mesh: the devices images are sharded over (each process computes its
+      `process_share` of the images; every process gets all maps).
     vectors_per_call: feature vectors per device and jitted call. The flows'
       hidden layers are [vectors, 2 (C/2 + D)] float32: about 8192 vectors
       keep them in the CPU caches (a third faster than 8 whole images at
@@ -48,7 +49,8 @@ def lp_maps(state: FlowTrainState, level_features: Sequence[np.ndarray], mesh: M
     level_state = state.level(level).replace(opt_state=None)   # not needed here
     tables = level_state.condition.tables(h, w)
     images_per_call = max(1, vectors_per_call // (h * w)) * mesh.devices.size
-    out = [np.asarray(_level_lp(level_state, batch, tables))[:real]
-           for batch, real in sharded_batches(features, images_per_call, mesh)]
-    maps.append(np.concatenate(out))
+    local = features[process_share(len(features))]
+    out = [local_rows(_level_lp(level_state, batch, tables))[:real]
+           for batch, real in local_batches(local, images_per_call, mesh)]
+    maps.append(gather_rows(np.concatenate(out), len(features)))
   return maps

@@ -2,7 +2,9 @@
 
 One checkpoint per completed meta-epoch (step = epoch count), plus a JSON
 ``meta`` item with the run's history, so that a killed run restarts from its
-last meta-epoch and ends exactly where an uninterrupted run ends.
+last meta-epoch and ends exactly where an uninterrupted run ends. With several
+processes every process saves and restores (Orbax lets process 0 write the
+replicated arrays and the metadata); process 0 lists the files.
 
 Each checkpoint also gets a list of its files with sizes and SHA-256 digests.
 A checkpoint whose files no longer match (truncated, changed, missing) is moved
@@ -21,6 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from bgad_jax.errors import CheckpointError
+from bgad_jax.training.sharding import is_main_process, sync
 from bgad_jax.training.state import FlowTrainState
 
 _DIGESTS = 'file_digests.json'
@@ -98,7 +101,9 @@ def save(mngr: ocp.CheckpointManager, state: FlowTrainState, meta: Dict[str, Any
   mngr.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state_dict), meta=ocp.args.JsonSave(meta)))
   mngr.wait_until_finished()
-  _write_digests(os.path.join(os.fspath(mngr.directory), str(step)))
+  if is_main_process():   # every process saved its part; one lists the files
+    _write_digests(os.path.join(os.fspath(mngr.directory), str(step)))
+  sync(f'checkpoint {step} listed')
 
 
 def _shapes(tree) -> Dict[str, Tuple[int, ...]]:
@@ -190,11 +195,13 @@ def restore_latest(mngr: ocp.CheckpointManager, template: FlowTrainState
     if restored is None:
       unreadable.append((step, damage))
       continue
-    for bad_step, reason in unreadable:
-      moved = _move_aside(mngr, bad_step)
-      logging.warning('The checkpoint of meta-epoch %d cannot be read (%s): moved it to '
-                      '%s; using meta-epoch %d instead.', bad_step, reason, moved, step)
     if unreadable:
+      sync(f'checkpoint {step} restored')   # every process has read before one moves
+      for bad_step, reason in unreadable:
+        moved = _move_aside(mngr, bad_step) if is_main_process() else 'checkpoints_unreadable/'
+        logging.warning('The checkpoint of meta-epoch %d cannot be read (%s): moved it to '
+                        '%s; using meta-epoch %d instead.', bad_step, reason, moved, step)
+      sync('unreadable checkpoints moved')
       mngr.reload()
     return restored
   if unreadable:

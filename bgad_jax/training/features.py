@@ -12,7 +12,7 @@ from jax.sharding import Mesh
 from bgad_jax.data import pipeline
 from bgad_jax.models import backbone as backbone_lib
 from bgad_jax.models import weight_conversion
-from bgad_jax.training.sharding import sharded_batches
+from bgad_jax.training.sharding import gather_rows, local_batches, local_rows, process_share
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -59,19 +59,50 @@ class FrozenBackbone:
     """`pipeline.preprocess` with this backbone's normalisation."""
     return pipeline.preprocess(examples, inp_size, self.mean, self.std)
 
-  def features(self, images: np.ndarray) -> List[np.ndarray]:
-    """Backbone taps of all images, in batches sharded over the mesh.
-
-    Args:
-      images: [N, S, S, 3] float32, normalised (see `preprocess`).
+  def extract(self, examples: Sequence[Dict], inp_size: int
+              ) -> Tuple[Dict[str, np.ndarray], List[np.ndarray]]:
+    """Preprocessed arrays and backbone taps of ``examples``; each process decodes
+    and extracts only its share (`sharding.process_share`).
 
     Returns:
-      One float32 array [N, h_l, w_l, C_l] per level (host memory).
+      (`pipeline.preprocess`'s arrays without the normalised ``images``, one
+       float32 [N, h_l, w_l, C_l] array per level), all N rows on every process.
+    """
+    count = len(examples)
+    local = self.preprocess([examples[i] for i in process_share(count)], inp_size)
+    features = [gather_rows(level, count) for level in self.local_features(local['images'])]
+    arrays = dict(pixels=gather_rows(local['pixels'], count),
+                  masks=gather_rows(local['masks'], count), **pipeline.metadata(examples))
+    return arrays, features
+
+  def local_features(self, local_images: np.ndarray) -> List[np.ndarray]:
+    """Backbone taps of this process's images (`sharding.process_share`), in global
+    batches sharded over the mesh of every process.
+
+    Args:
+      local_images: [n, S, S, 3] float32, normalised (see `preprocess`); every
+        process passes the same n.
+
+    Returns:
+      One float32 array [n, h_l, w_l, C_l] per level (host memory).
     """
     outputs: List[List[np.ndarray]] = []
-    for batch, real in sharded_batches(images, self.batch_size, self.mesh):
-      outputs.append([np.asarray(t)[:real] for t in _taps(self.model, self.variables, batch)])
+    for batch, real in local_batches(local_images, self.batch_size, self.mesh):
+      outputs.append([local_rows(t)[:real] for t in _taps(self.model, self.variables, batch)])
     return [np.concatenate(level) for level in zip(*outputs)]
+
+  def features(self, images: np.ndarray) -> List[np.ndarray]:
+    """Backbone taps of all images, each process computing its share.
+
+    Args:
+      images: [N, S, S, 3] float32, normalised (see `preprocess`), the same
+        on every process.
+
+    Returns:
+      One float32 array [N, h_l, w_l, C_l] per level (host memory, every process).
+    """
+    share = process_share(len(images))
+    return [gather_rows(level, len(images)) for level in self.local_features(images[share])]
 
   def pixel_features(self, pixels: np.ndarray) -> List[np.ndarray]:
     """`features` of uint8 [N, S, S, 3] pixels (normalised here)."""

@@ -10,21 +10,21 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from bgad_jax.errors import TrainingDivergedError
 from bgad_jax.training import schedule
 from bgad_jax.training.plan import chunk_plan, image_batches, plan_rng
-from bgad_jax.training.sharding import replicated
+from bgad_jax.training.sharding import AXIS, replicate, to_host
 from bgad_jax.training.state import FlowTrainState
 from bgad_jax.training.step import TERMS, LossSettings, train_chunks
 from bgad_jax.training.training_set import TrainingSet
 
 
 def _train_level(state: FlowTrainState, level: int, data, chunks: np.ndarray, lrs: np.ndarray,
-                 loss: LossSettings, normal_only: bool, mesh):
+                 loss: LossSettings, normal_only: bool, mesh, reduction: str):
   # The same placement on every call (fresh states are uncommitted, returned
   # ones are replicated on the mesh): otherwise the second call recompiles.
-  level_state = jax.device_put(state.level(level), replicated(mesh))
-  chunks = jax.device_put(chunks, NamedSharding(mesh, P(None, 'data')))
+  level_state = replicate(state.level(level), mesh)
+  chunks = jax.device_put(chunks, NamedSharding(mesh, P(None, AXIS)))
   level_state, metrics = train_chunks(level_state, data, chunks, jnp.asarray(lrs, jnp.float32),
-                                      loss, normal_only)
-  return state.with_level(level, level_state), jax.tree.map(np.asarray, metrics)
+                                      loss, normal_only, mesh, reduction)
+  return state.with_level(level, level_state), to_host(metrics)
 
 
 def _mean(values: np.ndarray) -> Optional[float]:
@@ -92,7 +92,8 @@ def train_meta_epoch(state: FlowTrainState, training_set: TrainingSet, train_con
       if not len(chunks):
         continue
       state, metrics = _train_level(state, level, data, chunks, batch_lrs[owners], loss,
-                                    normal_only, training_set.mesh)
+                                    normal_only, training_set.mesh,
+                                    train_config.grad_reduction)
       bad = ~np.isfinite(metrics['loss'])
       if bad.any():
         raise TrainingDivergedError(

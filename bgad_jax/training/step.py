@@ -1,19 +1,22 @@
 """The jitted optimiser steps of one level: a ``lax.scan`` over the chunks of a sub-epoch.
 
-`train_step` is the pure update of one chunk of feature vectors;
-`train_chunks` runs it over all chunks of one level's plan on the devices.
+`train_step` is the pure update of one chunk of feature vectors on one
+device; `train_chunks` runs the same update over all chunks of one level's
+plan, each chunk's vectors split over the devices of the mesh.
 """
 
 import dataclasses
 import functools
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, PartitionSpec as P
 
 from bgad_jax.models import flow as flow_lib
 from bgad_jax.training import losses
+from bgad_jax.training.sharding import AXIS, make_mesh
 from bgad_jax.training.state import LevelState
 from bgad_jax.training.training_set import LevelData
 
@@ -35,10 +38,8 @@ class LossSettings:
     return cls(**{f.name: loss_config[f.name] for f in dataclasses.fields(cls)})
 
 
-def _chunk_loss(params, state: LevelState, x, abnormal, condition, loss: LossSettings,
-                normal_only: bool):
-  z, logdet = state.apply(x, condition, params)
-  lp = flow_lib.per_dim_log_likelihood(z, logdet)
+def _loss_of_lp(lp, abnormal, loss: LossSettings, normal_only: bool):
+  """(loss, (skip, terms)) of one chunk's per-dimension log-likelihoods lp [N]."""
   if normal_only:
     value, skip = losses.normal_only_loss(lp, abnormal)
     zero = jnp.zeros((), value.dtype)
@@ -48,10 +49,33 @@ def _chunk_loss(params, state: LevelState, x, abnormal, condition, loss: LossSet
   return value, (jnp.zeros((), bool), terms)
 
 
+def _chunk_loss(params, state: LevelState, x, abnormal, condition, loss: LossSettings,
+                normal_only: bool):
+  z, logdet = state.apply(x, condition, params)
+  return _loss_of_lp(flow_lib.per_dim_log_likelihood(z, logdet), abnormal, loss, normal_only)
+
+
+def apply_gradients(state: LevelState, grads, lr: jnp.ndarray, value: jnp.ndarray,
+                    skip: jnp.ndarray) -> Tuple[LevelState, jnp.ndarray]:
+  """The Adam update with learning rate ``lr``; (new state, skipped).
+
+  A step whose ``skip`` is set or whose loss ``value`` is not finite returns
+  the input state.
+  """
+  skip = skip | ~jnp.isfinite(value)
+  opt_state = state.opt_state._replace(
+      hyperparams={**state.opt_state.hyperparams, 'learning_rate': lr})
+  updates, new_opt_state = state.tx.update(grads, opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(skip, a, b), old, new)
+  return state.replace(params=keep(state.params, new_params),
+                       opt_state=keep(state.opt_state, new_opt_state)), skip
+
+
 def train_step(state: LevelState, x: jnp.ndarray, abnormal: jnp.ndarray,
                condition: Dict[str, Any], lr: jnp.ndarray, loss: LossSettings,
                normal_only: bool) -> Tuple[LevelState, Dict[str, jnp.ndarray]]:
-  """One Adam step on one chunk (pure).
+  """One Adam step on one chunk, on one device (pure).
 
   Args:
     state: the level's flow.
@@ -68,36 +92,71 @@ def train_step(state: LevelState, x: jnp.ndarray, abnormal: jnp.ndarray,
   """
   (value, (skip, terms)), grads = jax.value_and_grad(_chunk_loss, has_aux=True)(
       state.params, state, x, abnormal, condition, loss, normal_only)
-  skip = skip | ~jnp.isfinite(value)
-  opt_state = state.opt_state._replace(
-      hyperparams={**state.opt_state.hyperparams, 'learning_rate': lr})
-  updates, new_opt_state = state.tx.update(grads, opt_state, state.params)
-  new_params = optax.apply_updates(state.params, updates)
-  keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(skip, a, b), old, new)
-  new_state = state.replace(params=keep(state.params, new_params),
-                            opt_state=keep(state.opt_state, new_opt_state))
+  new_state, skip = apply_gradients(state, grads, lr, value, skip)
   return new_state, dict(loss=value, skipped=skip, **terms)
 
 
-@functools.partial(jax.jit, static_argnames=('loss', 'normal_only'), donate_argnums=0)
+def _device_step(state: LevelState, data: LevelData, ids: jnp.ndarray, lr: jnp.ndarray,
+                 loss: LossSettings, normal_only: bool, reduction: str):
+  """`train_step` on one device's share ``ids`` of a chunk (inside ``shard_map``).
+
+  The flow runs on this device's vectors only. Their log-likelihoods are
+  gathered (exact copies), so that every device computes the loss of the
+  whole chunk; the loss's gradient with respect to this device's lp is pulled
+  back through its flow pass. ``reduction='ordered'`` then gathers every
+  device's parameter gradients and sums them in mesh order: the same sum,
+  bit for bit, however the devices are spread over processes. 'psum' lets
+  the runtime reduce them (less traffic on large meshes; the summation
+  order, and so the last bits, depend on the process layout).
+  """
+  def local_lp(params):
+    condition = state.condition.flow_kwargs(data.cond, ids % data.positions)
+    z, logdet = state.apply(data.features[ids], condition, params)
+    return flow_lib.per_dim_log_likelihood(z, logdet)
+
+  lp_local, pullback = jax.vjp(local_lp, state.params)
+  lp = jax.lax.all_gather(lp_local, AXIS, tiled=True)
+  abnormal = jax.lax.all_gather(data.masks[ids], AXIS, tiled=True)
+  (value, (skip, terms)), lp_grad = jax.value_and_grad(_loss_of_lp, has_aux=True)(
+      lp, abnormal, loss, normal_only)
+  share = ids.shape[0]
+  (grads,) = pullback(jax.lax.dynamic_slice_in_dim(
+      lp_grad, jax.lax.axis_index(AXIS) * share, share))
+  if reduction == 'ordered':
+    grads = jax.tree.map(lambda g: jax.lax.all_gather(g, AXIS).sum(axis=0), grads)
+  else:
+    grads = jax.lax.psum(grads, AXIS)
+  new_state, skip = apply_gradients(state, grads, lr, value, skip)
+  return new_state, dict(loss=value, skipped=skip, **terms)
+
+
+@functools.partial(jax.jit, static_argnames=('loss', 'normal_only', 'mesh', 'reduction'),
+                   donate_argnums=0)
 def train_chunks(state: LevelState, data: LevelData, chunks: jnp.ndarray, lrs: jnp.ndarray,
-                 loss: LossSettings, normal_only: bool
-                 ) -> Tuple[LevelState, Dict[str, jnp.ndarray]]:
+                 loss: LossSettings, normal_only: bool, mesh: Optional[Mesh] = None,
+                 reduction: str = 'ordered') -> Tuple[LevelState, Dict[str, jnp.ndarray]]:
   """`train_step` on every chunk of a plan, in order (the input state's buffers are donated).
 
   Args:
-    data: the level's vectors (`training_set.LevelData`).
+    state: the level's flow, replicated on ``mesh``.
+    data: the level's vectors (`training_set.LevelData`), replicated.
     chunks: int32 [n_chunks, num_vectors] flat vector ids, sharded over the
-      devices along the vectors.
+      devices along the vectors (num_vectors a multiple of the device count).
     lrs: float32 [n_chunks] learning rate of each chunk.
+    mesh: the devices (default: every device, `sharding.make_mesh`).
+    reduction: how the devices' gradients are summed, 'ordered' or 'psum'
+      (see `_device_step`).
 
   Returns:
     (new state, metrics): each metric of `train_step` as an [n_chunks] array.
   """
+  step = jax.shard_map(
+      functools.partial(_device_step, loss=loss, normal_only=normal_only, reduction=reduction),
+      mesh=mesh or make_mesh(), in_specs=(P(), P(), P(AXIS), P()), out_specs=(P(), P()),
+      check_vma=False)
+
   def body(state, inputs):
     ids, lr = inputs
-    condition = state.condition.flow_kwargs(data.cond, ids % data.positions)
-    return train_step(state, data.features[ids], data.masks[ids], condition, lr, loss,
-                      normal_only)
+    return step(state, data, ids, lr)
 
   return jax.lax.scan(body, state, (chunks, lrs))

@@ -19,15 +19,17 @@ def _copy(level_state):
 
 # Chunks of 16 and 32 vectors over the 16 positions; the factored condition
 # (column and row tables) and the reference's [N, D] condition rows.
+# Both gradient reductions over the devices of this process.
 @pytest.mark.parametrize('first', [48, 32])
-@pytest.mark.parametrize('factored', [True, False])
-def test_chunk_step_equals_one_manual_adam_step(first, factored):
+@pytest.mark.parametrize('factored,reduction', [(True, 'ordered'), (False, 'ordered'),
+                                                (True, 'psum')])
+def test_chunk_step_equals_one_manual_adam_step(first, factored, reduction):
   config, _, data, state = tiny_level(factored_condition=factored)
   chunk = np.arange(first, 64, dtype=np.int32)[None]   # last image: has abnormal vectors
   level = state.level(0)
   new_level, metrics = step_lib.train_chunks(
       _copy(level), data, jnp.asarray(chunk), jnp.array([1e-3]),
-      step_lib.LossSettings.from_config(config.loss), False)
+      step_lib.LossSettings.from_config(config.loss), False, reduction=reduction)
 
   x, m = data.features[chunk[0]], data.masks[chunk[0]]
   c = positional_encoding_2d(config.flow.pos_embed_dim, 4, 4).reshape(16, -1)[chunk[0] % 16]
