@@ -21,8 +21,8 @@ import numpy as np
 from bgad_jax import validation
 from bgad_jax.data import image_io
 from bgad_jax.data import strategies as strategies_lib
-from bgad_jax.data.dataset import (expand_path, hold_out_normals, load_splits, load_validation,
-                                   prepare_dataset)
+from bgad_jax.data.dataset import (expand_path, hold_out_normals, load_validation,
+                                   prepare_dataset, read_splits)
 from bgad_jax.data.known_anomalies import split_known
 from bgad_jax.detector import Detector, read_predict_constants, require_trained_model
 from bgad_jax.errors import DataError, MissingFileError
@@ -78,11 +78,12 @@ def load_data(config) -> Tuple[List[Dict], List[Dict], List[Dict], List[Dict]]:
   the others then find it ready (or build their own copy where the disks are
   not shared).
   """
-  if jax.process_count() > 1:
-    if is_main_process():
-      prepare_dataset(config.data, config.seed)
-    sync('dataset prepared')
-  train_examples, test_examples = load_splits(config.data, config.seed)
+  if is_main_process():
+    prepare_dataset(config.data, config.seed)
+  sync('dataset prepared')
+  if not is_main_process():
+    prepare_dataset(config.data, config.seed)
+  train_examples, test_examples = read_splits(config.data)
   # A dataset's own validation images (MVTec LOCO AD, MVTec AD 2) calibrate;
   # otherwise a held-out share of the training images does.
   calibration = load_validation(config.data)

@@ -74,6 +74,15 @@ def load_splits(data_config, seed: int) -> Tuple[List[Dict], List[Dict]]:
     DatasetNotBuiltError: no ``data.root`` and nothing built.
   """
   prepare_dataset(data_config, seed)
+  return read_splits(data_config)
+
+
+def read_splits(data_config) -> Tuple[List[Dict], List[Dict]]:
+  """Train and test examples of the dataset already prepared (`prepare_dataset`).
+
+  Raises:
+    DatasetNotBuiltError: nothing built.
+  """
   _, data_dir, category = dataset_location(data_config)
   name = builder_dataset(data_config.source)
   return (pipeline.load_examples(data_dir, category, 'train', dataset=name),

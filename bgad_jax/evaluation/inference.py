@@ -8,7 +8,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from bgad_jax.models import flow as flow_lib
-from bgad_jax.training.sharding import gather_rows, local_batches, local_rows, process_share
+from bgad_jax.training.sharding import gather_rows, map_local_rows, process_share
 from bgad_jax.training.state import FlowTrainState, LevelState
 
 
@@ -49,8 +49,7 @@ def lp_maps(state: FlowTrainState, level_features: Sequence[np.ndarray], mesh: M
     level_state = state.level(level).replace(opt_state=None)   # not needed here
     tables = level_state.condition.tables(h, w)
     images_per_call = max(1, vectors_per_call // (h * w)) * mesh.devices.size
-    local = features[process_share(len(features))]
-    out = [local_rows(_level_lp(level_state, batch, tables))[:real]
-           for batch, real in local_batches(local, images_per_call, mesh)]
-    maps.append(gather_rows(np.concatenate(out), len(features)))
+    (local,) = map_local_rows(lambda batch: [_level_lp(level_state, batch, tables)],
+                              features[process_share(len(features))], images_per_call, mesh)
+    maps.append(gather_rows(local, len(features)))
   return maps

@@ -197,10 +197,10 @@ def restore_latest(mngr: ocp.CheckpointManager, template: FlowTrainState
       continue
     if unreadable:
       sync(f'checkpoint {step} restored')   # every process has read before one moves
-      for bad_step, reason in unreadable:
-        moved = _move_aside(mngr, bad_step) if is_main_process() else 'checkpoints_unreadable/'
+      for bad_step, reason in unreadable if is_main_process() else ():
         logging.warning('The checkpoint of meta-epoch %d cannot be read (%s): moved it to '
-                        '%s; using meta-epoch %d instead.', bad_step, reason, moved, step)
+                        '%s; using meta-epoch %d instead.', bad_step, reason,
+                        _move_aside(mngr, bad_step), step)
       sync('unreadable checkpoints moved')
       mngr.reload()
     return restored

@@ -12,7 +12,7 @@ from jax.sharding import Mesh
 from bgad_jax.data import pipeline
 from bgad_jax.models import backbone as backbone_lib
 from bgad_jax.models import weight_conversion
-from bgad_jax.training.sharding import gather_rows, local_batches, local_rows, process_share
+from bgad_jax.training.sharding import gather_rows, map_local_rows, process_share
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -86,10 +86,8 @@ class FrozenBackbone:
     Returns:
       One float32 array [n, h_l, w_l, C_l] per level (host memory).
     """
-    outputs: List[List[np.ndarray]] = []
-    for batch, real in local_batches(local_images, self.batch_size, self.mesh):
-      outputs.append([local_rows(t)[:real] for t in _taps(self.model, self.variables, batch)])
-    return [np.concatenate(level) for level in zip(*outputs)]
+    return map_local_rows(lambda batch: _taps(self.model, self.variables, batch),
+                          local_images, self.batch_size, self.mesh)
 
   def features(self, images: np.ndarray) -> List[np.ndarray]:
     """Backbone taps of all images, each process computing its share.

@@ -8,7 +8,7 @@ over the mesh, and `gather_rows` hands every process all rows back. Alone,
 a process's share is every row and gathering changes nothing.
 """
 
-from typing import Any, Iterator, Tuple
+from typing import Any, Callable, Iterator, List, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -118,7 +118,19 @@ def local_batches(local: np.ndarray, batch_size: int,
     real = len(batch)
     if real < part:
       batch = np.concatenate([batch, np.repeat(batch[-1:], part - real, axis=0)])
-    if jax.process_count() == 1:
-      yield jax.device_put(batch, sharding), real
-    else:
-      yield jax.make_array_from_process_local_data(sharding, batch), real
+    yield jax.make_array_from_process_local_data(sharding, batch), real
+
+
+def map_local_rows(fn: Callable[[jax.Array], Sequence[jax.Array]], local: np.ndarray,
+                   batch_size: int, mesh: Mesh) -> List[np.ndarray]:
+  """``fn`` over this process's rows in global batches (`local_batches`).
+
+  Args:
+    fn: jitted; a [B, ...] batch -> a sequence of [B, ...] outputs.
+
+  Returns:
+    Each output of ``fn`` for this process's rows, concatenated (host memory).
+  """
+  outputs = [[local_rows(out)[:real] for out in fn(batch)]
+             for batch, real in local_batches(local, batch_size, mesh)]
+  return [np.concatenate(parts) for parts in zip(*outputs)]
