@@ -46,6 +46,7 @@ FLAGS = flags.FLAGS
 def default_workdir(config_arg: str) -> str:
   path, _, arg = config_arg.partition(':')
   name = os.path.splitext(os.path.basename(path))[0]
+  arg = arg.replace(',', '_')   # carpet,best -> runs/mvtec_carpet_best
   return os.path.join('runs', f'{name}_{arg}' if arg else name)
 
 

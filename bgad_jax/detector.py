@@ -157,7 +157,7 @@ class Detector:
       arrays = self.backbone.preprocess(examples, size)
       lp = lp_maps(self.state, self.backbone.features(arrays['images']), self.backbone.mesh)
       maps = maps_lib.apply_fixed_constants(lp, size, self.constants).astype(np.float32)
-      outputs.append((arrays['pixels'], maps, maps.reshape(len(maps), -1).max(axis=1),
+      outputs.append((arrays['pixels'], maps, maps_lib.fixed_constant_scores(maps, self.constants),
                       maps_lib.nll_scores(lp, size, self.constants)))
     return tuple(np.concatenate(parts) for parts in zip(*outputs))
 

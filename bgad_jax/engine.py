@@ -62,11 +62,13 @@ def evaluate(config, state: FlowTrainState, test: TestSet,
   """Metrics (`metrics.evaluate`), [N, S, S] anomaly maps of ``test`` the reference's way
   and the per-level log-likelihood maps they came from."""
   lp = lp_maps(state, test.features, mesh)
-  maps = maps_lib.test_set_anomaly_maps(lp, config.data.inp_size)
+  maps = maps_lib.test_set_anomaly_maps(lp, config.data.inp_size,
+                                        config.maps.smoothing_sigma)
   arrays = test.arrays
+  scores = maps_lib.image_scores(maps, config.maps.image_score, config.maps.top_k_fraction)
   result = metrics.evaluate(maps, arrays['masks'], arrays['labels'], arrays['defect_types'],
                             arrays['has_mask'], test.known_types,
-                            config.report.aupro_thresholds)
+                            config.report.aupro_thresholds, scores)
   return result, maps, lp
 
 
@@ -195,7 +197,7 @@ def _write_predict_constants(config, workdir, state, normal_features, files, sou
   """
   constants = calibration_lib.predict_constants(
       lp_maps(state, normal_features, mesh), config.data.inp_size, config.predict.threshold,
-      config.predict.target_fpr, source)
+      config.predict.target_fpr, source, config.maps.to_dict())
   constants['calibration']['files'] = list(files)
   if is_main_process():
     report.write_json(os.path.join(workdir, 'predict_constants.json'), constants)

@@ -14,6 +14,7 @@ from bgad_jax.data import strategies as strategies_lib
 from bgad_jax.data.dataset import SOURCES, builder_dataset
 from bgad_jax.errors import ConfigError
 from bgad_jax.evaluation.calibration import THRESHOLD_RULES
+from bgad_jax.evaluation.maps import IMAGE_SCORES
 from bgad_jax.export import FORMATS as EXPORT_FORMATS
 from bgad_jax.export import PLATFORMS as EXPORT_PLATFORMS
 from bgad_jax.models import backbone as backbone_lib
@@ -145,6 +146,14 @@ def _check_predict(config, errors):
                   'e.g. 0.01')
 
 
+def _check_maps(config, errors):
+  _at_least(errors, 'maps.smoothing_sigma', config.maps.smoothing_sigma, 0.0)
+  _one_of(errors, 'maps.image_score', config.maps.image_score, IMAGE_SCORES)
+  if not 0.0 < config.maps.top_k_fraction <= 1.0:
+    errors.append(f'maps.top_k_fraction={config.maps.top_k_fraction}: a fraction of the '
+                  'pixels in (0, 1], e.g. 0.01')
+
+
 def _check_parallel(config, errors):
   _one_of(errors, 'parallel', config.parallel, ('data', 'categories'))
 
@@ -175,6 +184,7 @@ def validate(config, num_devices: int = None) -> None:
   _check_train(config, errors, num_devices or jax.device_count())
   _check_data(config, errors)
   _check_predict(config, errors)
+  _check_maps(config, errors)
   _check_parallel(config, errors)
   _check_serve(config, errors)
   _check_export(config, errors)

@@ -6,6 +6,8 @@ predict's threshold; configs/mvtec.py turns it off to stay the reference.
 
 import ml_collections
 
+from configs import presets
+
 
 def get_config(arg=None):
   """Returns the reference's defaults as a ConfigDict."""
@@ -99,6 +101,13 @@ def get_config(arg=None):
   # 'categories' gives each process its own classes of data.category='all'.
   config.parallel = 'data'
 
+  # Anomaly-map options beyond the reference (docs/METHOD.md, "Quality options");
+  # off here ('best' turns on the top-k score). Evaluation, predict and exports use them.
+  config.maps = ml_collections.ConfigDict()
+  config.maps.smoothing_sigma = 0.0             # Gaussian sigma in pixels; 4 = PatchCore/CFLOW
+  config.maps.image_score = 'max'               # or 'top_k_mean'
+  config.maps.top_k_fraction = 0.01             # pixels averaged by 'top_k_mean'
+
   config.report = ml_collections.ConfigDict()
   config.report.num_overlays = 12
   # AUPRO up to FPR 0.3: 0 = exact (every score a threshold); 1000 = the
@@ -129,9 +138,10 @@ def benchmark_dataset_config(source: str, category: str, inp_size: int = 256):
   reference does), so results compare with published ones; MVTec LOCO AD and
   MVTec AD 2 calibrate predict on their own validation images.
   """
+  category, preset_names = presets.split(category)
   config = get_config()
   config.data.source = source
   config.data.category = category
   config.data.inp_size = inp_size
   config.data.val_fraction = 0.0
-  return config
+  return presets.apply(config, preset_names)

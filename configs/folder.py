@@ -8,12 +8,14 @@ Published settings (strategy 0,1 included); with no masks, pixel metrics are rep
 unavailable. The default backbone is the offline Lite0.
 """
 
-from configs import common
+from configs import common, presets
 
 
 def get_config(arg=None):
+  """configs/folder.py:CATEGORY[,best]."""
+  category, preset_names = presets.split(arg)
   config = common.get_config()
   config.backbone.name = 'efficientnet_lite0'
   config.data.source = 'folder'
-  config.data.category = arg or ''
-  return config
+  config.data.category = category
+  return presets.apply(config, preset_names)

@@ -263,3 +263,32 @@ def test_inference_benchmark_times_three_sides(tmp_path):
   # Both runtimes run the same exported function: equal maps.
   diff = float(re.search(r'max \|diff\| (\S+)', stdout).group(1))
   assert diff < 1e-3
+
+
+def test_quality_benchmark_smoke(tmp_path):
+  """bgad_jax's side, tiny; PatchCore needs the bench extra (anomalib), not installed here."""
+  stdout = _run('quality.py', '--tiny', '--classes', 'surface', '--runs', 'faithful,top_k,best',
+                '--meta_epochs', '2', '--out', str(tmp_path))
+  payload = json.loads((tmp_path / 'quality.json').read_text())
+  assert payload['known_types'] == {'surface': ['contamination', 'deformation', 'discoloration']}
+  results = payload['results']['surface']
+  assert list(results) == ['faithful', 'top_k', 'best']
+  for name, result in results.items():
+    assert len(result['history']) == 2 and 0 <= result['img_auroc'] <= 1, name
+    assert result['seen']['n'] > 0 and set(result['per_type']) == {
+        'contamination', 'deformation', 'discoloration', 'smudge'}
+  # Options only change scoring or training: top_k trains the faithful flows, scores differently.
+  assert results['top_k']['pix_auroc'] == results['faithful']['pix_auroc']
+  assert results['best']['config']['maps']['image_score'] == 'top_k_mean'
+  assert '| surface | best |' in stdout and 'smudge (unseen)' in stdout
+  with open(tmp_path / 'quality_curves.png', 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.mark.skipif(__import__('importlib').util.find_spec('anomalib') is None,
+                    reason='anomalib comes with the bench extra only')
+def test_quality_benchmark_runs_patchcore(tmp_path):
+  _run('quality.py', '--tiny', '--classes', 'tissue', '--runs', 'patchcore', '--out', str(tmp_path))
+  patchcore = json.loads((tmp_path / 'quality.json').read_text())['results']['tissue']['patchcore']
+  assert patchcore['memory_bank'] > 0 and 0.5 < patchcore['img_auroc'] <= 1
+  assert patchcore['test_images'] == 4 + 3 * (3 - 2) + 3   # the known anomalies left it

@@ -48,3 +48,26 @@ def test_dataset_configs_are_the_published_ones_on_their_data(module):
     assert dict(config[section]) == dict(published[section]), section
   assert config.data.inp_size == 256 and config.data.val_fraction == 0.0
   assert module.get_config('all').data.category == 'all'
+
+
+@pytest.mark.parametrize('module,category', [(demo, 'surface'), (folder, 'widget'),
+                                             (mvtec, 'carpet'), (visa, 'candle')])
+def test_best_preset_turns_on_the_options_and_faithful_configs_leave_them_off(module, category):
+  faithful, best = module.get_config(category), module.get_config(category + ',best')
+  assert best.data.category == faithful.data.category == category
+  assert dict(faithful.maps) == dict(smoothing_sigma=0.0, image_score='max', top_k_fraction=0.01)
+  assert faithful.backbone.normalization == 'imagenet'
+  assert (best.maps.smoothing_sigma, best.maps.image_score) == (0.0, 'top_k_mean')
+  assert best.backbone.normalization == 'backbone'
+  # Everything else is the faithful config; the demo's short schedule trains faster.
+  if module is demo:
+    assert (faithful.train.lr, best.train.lr) == (2e-4, 1e-3)
+    assert best.data.anomaly_strategy == ('real', 'cutpaste')
+    best.train.lr, best.data.anomaly_strategy = faithful.train.lr, faithful.data.anomaly_strategy
+  for section in ('flow', 'loss', 'train', 'data'):
+    assert dict(best[section]) == dict(faithful[section]), section
+
+
+def test_unknown_preset_is_named():
+  with pytest.raises(ValueError, match="unknown preset 'fast'.*best"):
+    mvtec.get_config('carpet,fast')

@@ -4,6 +4,7 @@ import glob
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -99,3 +100,19 @@ def test_onnx_without_its_extra_is_a_config_error(monkeypatch):
   monkeypatch.setitem(sys.modules, 'jax2onnx', None)   # import fails as when not installed
   with pytest.raises(ConfigError, match=r'\[onnx\] extra'):
     export.export_onnx(None)
+
+
+def test_exported_function_follows_the_map_options(trained, exported):
+  """Smoothing and the top-k score, recorded in the constants, are part of the program."""
+  from bgad_jax import export as export_lib
+  _, reference = exported
+  options = dict(smoothing_sigma=2.0, image_score='top_k_mean', top_k_fraction=0.05)
+  detector = Detector(reference.config, reference.backbone, reference.state,
+                      dict(reference.constants, scoring=options))
+  pixels, maps, scores, nll = _pixels(trained, detector)
+  assert not np.allclose(maps, _pixels(trained, reference)[1], atol=1e-3)   # options applied
+  out_maps, out_scores, out_nll = (np.asarray(x) for x in jax.jit(
+      export_lib.inference_function(detector))(pixels))
+  np.testing.assert_allclose(out_maps, maps, atol=1e-4)
+  np.testing.assert_allclose(out_scores, scores, atol=1e-4)
+  np.testing.assert_allclose(out_nll, nll, rtol=1e-4)

@@ -37,3 +37,5 @@ def test_user_error_exits_2_without_traceback_unless_verbose(tmp_path):
 def test_default_workdir_names():
   assert main_module.default_workdir('configs/demo.py') == os.path.join('runs', 'demo')
   assert main_module.default_workdir('configs/mvtec.py:carpet') == os.path.join('runs', 'mvtec_carpet')
+  assert main_module.default_workdir('configs/mvtec.py:carpet,best') == os.path.join(
+      'runs', 'mvtec_carpet_best')

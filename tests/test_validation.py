@@ -8,6 +8,7 @@ from configs import test as test_config
 
 
 @pytest.mark.parametrize('config', [common.get_config(), demo.get_config(), test_config.get_config(),
+                                    demo.get_config('surface,best'), mvtec.get_config('carpet,best'),
                                     mvtec.get_config('screw'), folder.get_config('widget')] + [
                                         m.get_config(m.get_config().data.category)
                                         for m in (btad, loco, mpdd, mvtec_ad2, visa)])
@@ -24,13 +25,16 @@ def test_one_error_names_every_bad_field():
   config.loss.pos_beta = 1.5
   config.export.platforms = ('cpu', 'metal')
   config.export.format = 'tflite'
+  config.maps.image_score = 'median'
+  config.maps.top_k_fraction = 0.0
   with pytest.raises(validation.ConfigError) as caught:
     validation.validate(config, num_devices=4)
   message = str(caught.value)
   for field in ('data.anomaly_strategy', 'glitter', 'train.num_vectors', 'flow.pos_embed_dim',
-                'backbone.name', 'loss.pos_beta', 'export.platforms', 'export.format'):
+                'backbone.name', 'loss.pos_beta', 'export.platforms', 'export.format',
+                'maps.image_score', 'maps.top_k_fraction'):
     assert field in message, field
-  assert len(message.splitlines()) == 8   # the header and one line per field
+  assert len(message.splitlines()) == 10   # the header and one line per field
 
 
 def test_strategy_names_and_aliases():

@@ -4,9 +4,16 @@ Normal images are random crops (flips, 90-degree turns, slight brightness
 changes) of a texture photograph that ships with scikit-image; training crops
 come from the top 60% of the photograph and test crops from the rest, so test
 normals are unseen. Anomalous test images get one of four procedural defects,
-drawn here with numpy/scikit-image; the mask marks exactly the pixels the
-defect changed. Generation is deterministic: the same arguments give
-byte-identical PNG files.
+drawn here with numpy/scikit-image; the mask marks the defect's region (for
+cracks, holes, scratches and stains exactly the pixels it changed).
+Generation is deterministic: the same arguments give byte-identical PNG files.
+
+The texture classes (tissue, brick, grass, gravel) get cracks, holes, scratches
+and stains. The 'surface' class is harder and closer to a real inspection task:
+a photograph of a cratered rock surface (its normal images already hold
+craters and boulders) with four other defect types: contamination (a patch of
+another photograph), discoloration, deformation (a local swirl) and smudge (a
+local blur).
 """
 
 import json
@@ -17,7 +24,7 @@ from typing import Callable, Dict
 import numpy as np
 from PIL import Image
 from skimage import data as skdata
-from skimage import draw, morphology
+from skimage import draw, filters, morphology, transform
 
 from bgad_jax.errors import ConfigError
 
@@ -26,7 +33,16 @@ TEXTURES: Dict[str, Callable[[], np.ndarray]] = {
     'tissue': skdata.immunohistochemistry,
 }
 DEFECT_TYPES = ('crack', 'hole', 'scratch', 'stain')
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2   # 2: the surface class
+# Classes with their own photograph and defect types (not strategy 2's textures).
+SURFACE_DEFECT_TYPES = ('contamination', 'deformation', 'discoloration', 'smudge')
+PHOTO_CLASSES: Dict[str, Callable[[], np.ndarray]] = {'surface': skdata.moon}
+CATEGORIES = tuple(TEXTURES) + tuple(PHOTO_CLASSES)
+
+
+def defect_types(category: str) -> tuple:
+  """The defect types of a demo category's test set."""
+  return SURFACE_DEFECT_TYPES if category in PHOTO_CLASSES else DEFECT_TYPES
 
 
 def as_rgb(texture: np.ndarray) -> np.ndarray:
@@ -111,7 +127,76 @@ def _crack(image, rng):
   return out, mask
 
 
-_DEFECTS = {'crack': _crack, 'hole': _hole, 'scratch': _scratch, 'stain': _stain}
+def _blob(size: int, rng, low: float, high: float) -> np.ndarray:
+  """A random blob of overlapping ellipses (radii low..high of the image side)."""
+  mask = np.zeros((size, size), bool)
+  cy, cx = rng.uniform(0.3, 0.7, size=2) * size
+  for _ in range(3):
+    rr, cc = draw.ellipse(cy + rng.normal(0, 0.03 * size), cx + rng.normal(0, 0.03 * size),
+                          rng.uniform(low, high) * size, rng.uniform(low, high) * size,
+                          shape=mask.shape, rotation=rng.uniform(0, np.pi))
+    mask[rr, cc] = True
+  return mask
+
+
+def _contamination(image, rng):
+  """A patch of another photograph (a cat's fur) lying on the surface."""
+  size = image.shape[0]
+  fur = as_rgb(skdata.chelsea())
+  top = int(rng.integers(0, fur.shape[0] - size + 1))
+  left = int(rng.integers(0, fur.shape[1] - size + 1))
+  patch = fur[top:top + size, left:left + size]
+  if np.array_equal(image[..., 0], image[..., 1]):   # grey surface: grey debris
+    patch = np.repeat(patch.mean(axis=2, keepdims=True), 3, axis=2)
+  mask = _blob(size, rng, 0.04, 0.09)
+  out = image.copy()
+  out[mask] = np.round(patch[mask]).astype(np.uint8)
+  return out, mask
+
+
+def _discoloration(image, rng):
+  """A region darker or brighter by 25-45%."""
+  mask = _blob(image.shape[0], rng, 0.06, 0.12)
+  factor = rng.uniform(0.55, 0.75) if rng.random() < 0.5 else rng.uniform(1.25, 1.45)
+  out = image.astype(np.float32)
+  out[mask] *= factor
+  out = np.clip(np.round(out), 0, 255).astype(np.uint8)
+  return out, mask
+
+
+def _deformation(image, rng):
+  """A local swirl, as if the surface were pressed and twisted; the mask is
+  where the swirl moves the surface by at least one pixel."""
+  size = image.shape[0]
+  radius = rng.uniform(0.2, 0.3) * size
+  strength = rng.uniform(4, 7)
+  centre = rng.uniform(0.3, 0.7, size=2) * size
+  swirled = transform.swirl(image.astype(np.float64) / 255.0, center=centre[::-1],
+                            strength=strength, radius=radius, mode='reflect')
+  # scikit-image turns a point at distance rho by strength * exp(-rho / (radius
+  # ln2 / 5)); it moves along the chord 2 rho sin(angle / 2).
+  rows, cols = np.mgrid[:size, :size]
+  rho = np.hypot(rows - centre[0], cols - centre[1])
+  angle = strength * np.exp(-rho / (radius * np.log(2) / 5))
+  mask = (2 * rho * np.sin(np.minimum(angle, np.pi) / 2) >= 1.0) | (rho < 1.0)   # + the pivot
+  out = np.clip(np.round(swirled * 255.0), 0, 255).astype(np.uint8)
+  out[~mask] = image[~mask]   # moved by under a pixel: imperceptible
+  return out, mask
+
+
+def _smudge(image, rng):
+  """A blurred region, as if something were smeared over it."""
+  mask = _blob(image.shape[0], rng, 0.06, 0.12)
+  blurred = filters.gaussian(image.astype(np.float64), sigma=rng.uniform(3, 5),
+                             channel_axis=2, preserve_range=True)
+  out = image.copy()
+  out[mask] = np.clip(np.round(blurred[mask]), 0, 255).astype(np.uint8)
+  return out, mask
+
+
+_DEFECTS = {'crack': _crack, 'hole': _hole, 'scratch': _scratch, 'stain': _stain,
+            'contamination': _contamination, 'deformation': _deformation,
+            'discoloration': _discoloration, 'smudge': _smudge}
 
 
 def add_defect(image: np.ndarray, defect_type: str, rng: np.random.Generator):
@@ -132,8 +217,8 @@ def generate(root: str, category: str = 'tissue', size: int = 128, num_train: in
   Reuses an existing folder made with the same arguments (a stamp file records
   them). Returns the category folder.
   """
-  if category not in TEXTURES:
-    raise ConfigError(f'data.category: a demo category must be one of {sorted(TEXTURES)}, got {category!r}')
+  if category not in CATEGORIES:
+    raise ConfigError(f'data.category: a demo category must be one of {sorted(CATEGORIES)}, got {category!r}')
   category_dir = os.path.join(root, category)
   settings = dict(format=_FORMAT_VERSION, size=size, num_train=num_train,
                   num_test_good=num_test_good, num_per_defect=num_per_defect, seed=seed)
@@ -142,7 +227,7 @@ def generate(root: str, category: str = 'tissue', size: int = 128, num_train: in
     with open(stamp) as f:
       if json.load(f) == settings:
         return category_dir
-  texture = as_rgb(TEXTURES[category]())
+  texture = as_rgb({**TEXTURES, **PHOTO_CLASSES}[category]())
   split_row = int(texture.shape[0] * 0.6)
   largest = min(texture.shape[0] - split_row, texture.shape[1])
   if size > largest:
@@ -157,7 +242,7 @@ def generate(root: str, category: str = 'tissue', size: int = 128, num_train: in
   for i in range(num_test_good):
     _save(_normal_crop(texture, rng, size, test_rows),
           os.path.join(category_dir, 'test', 'good', f'{i:03d}.png'))
-  for defect_type in DEFECT_TYPES:
+  for defect_type in defect_types(category):
     for i in range(num_per_defect):
       image, mask = add_defect(_normal_crop(texture, rng, size, test_rows), defect_type, rng)
       _save(image, os.path.join(category_dir, 'test', defect_type, f'{i:03d}.png'))

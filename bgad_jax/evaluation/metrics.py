@@ -163,12 +163,14 @@ def _thresholded_aupro(maps, scores, pro, fpr, max_fpr, num_thresholds):
 
 def evaluate(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray,
              defect_types: Sequence[str], has_mask: np.ndarray,
-             known_types: Sequence[str] = (), aupro_thresholds: int = 0) -> Dict[str, object]:
+             known_types: Sequence[str] = (), aupro_thresholds: int = 0,
+             image_scores: Optional[np.ndarray] = None) -> Dict[str, object]:
   """All metrics of one evaluation.
 
-  Image scores are map maxima. Pixel metrics use normal images and the
-  anomalous images that have a mask; they are None when no anomalous image
-  has one (image-level-only data). ``per_type``: each defect type's images
+  Image scores: ``image_scores`` [N] when given (`maps.image_scores`), else
+  the map maxima. Pixel metrics use normal images and the anomalous images
+  that have a mask; they are None when no anomalous image has one
+  (image-level-only data). ``per_type``: each defect type's images
   against all normal images. ``seen``/``unseen``: the same for the known
   defect types and the others, when ``known_types`` is given.
   ``aupro_thresholds``: see `aupro`.
@@ -177,7 +179,9 @@ def evaluate(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray,
   labels = np.asarray(labels)
   defect_types = np.asarray(defect_types, object)
   has_mask = np.asarray(has_mask, bool)
-  image_scores = maps.reshape(len(maps), -1).max(axis=1)
+  if image_scores is None:
+    image_scores = maps.reshape(len(maps), -1).max(axis=1)
+  image_scores = np.asarray(image_scores)
   images = RankedScores(image_scores)
   pixel_ok = has_mask   # normal images always have their (empty) mask
   pixels_available = bool((has_mask & (labels == 1)).any())

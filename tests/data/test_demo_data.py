@@ -54,3 +54,26 @@ def test_unknown_category_is_an_error(tmp_path):
 def test_size_beyond_the_texture_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match=r'demo images of 256 px do not fit the tissue texture'):
     demo_data.generate(str(tmp_path), 'tissue', size=256)
+
+
+def test_surface_class_has_its_own_defect_types(tmp_path):
+  category_dir = demo_data.generate(str(tmp_path), 'surface', **SMALL)
+  records = MVTEC_AD.scan(MVTEC_AD, category_dir, 'surface', masks_required=True)
+  types = sorted({r.defect_type for r in records['test']})
+  assert types == sorted(demo_data.SURFACE_DEFECT_TYPES + ('good',))
+  assert not set(demo_data.SURFACE_DEFECT_TYPES) & set(demo_data.DEFECT_TYPES)
+  assert demo_data.defect_types('surface') == demo_data.SURFACE_DEFECT_TYPES
+  assert demo_data.defect_types('tissue') == demo_data.DEFECT_TYPES
+
+
+@pytest.mark.parametrize('defect_type', demo_data.SURFACE_DEFECT_TYPES)
+def test_surface_defect_stays_in_its_region_and_fills_it(defect_type):
+  rng = np.random.default_rng(0)
+  grey = np.random.default_rng(1).integers(60, 200, size=(64, 64, 1)).astype(np.uint8)
+  base = np.repeat(grey, 3, axis=2)   # textured grey, like the surface photograph
+  image, mask = demo_data.add_defect(base, defect_type, rng)
+  assert mask.dtype == bool and 0 < mask.sum() < 0.3 * mask.size
+  np.testing.assert_array_equal(image[~mask], base[~mask])
+  changed = np.any(image != base, axis=-1)
+  assert changed[mask].mean() > 0.6   # the region is the defect, not a loose outline
+  assert np.array_equal(image[..., 0], image[..., 2])   # grey stays grey

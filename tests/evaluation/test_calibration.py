@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from bgad_jax.evaluation import calibration
 from bgad_jax.evaluation import maps as maps_lib
@@ -50,3 +51,21 @@ def test_predict_constants_score_their_own_images_at_the_threshold():
   assert calibration.nll_threshold(constants, 'val_fpr', 0.5) == pytest.approx(np.sort(nll)[2])
   older = dict(nll_threshold=4.25)   # a workdir written before the stored scores
   assert calibration.nll_threshold(older, 'val_fpr', 0.5) == 4.25
+
+
+def test_predict_constants_follow_the_map_options():
+  rng = np.random.RandomState(1)
+  lp = [rng.normal(-1.0, 0.3, (4, 8, 8)).astype(np.float32)]
+  options = dict(smoothing_sigma=2.0, image_score='top_k_mean', top_k_fraction=0.05)
+  constants = calibration.predict_constants(lp, 16, 'val_max', 0.01, 'held-out', options)
+  assert constants['scoring'] == options
+  # Known answer: the reference maps, smoothed (scipy), minus the smoothed maximum ...
+  reference = maps_lib.test_set_anomaly_maps(lp, 16).astype(np.float64)
+  smoothed = ndimage.gaussian_filter(reference, (0, 2, 2), mode='mirror', truncate=4.0)
+  maps = smoothed - smoothed.min()
+  np.testing.assert_allclose(maps_lib.apply_fixed_constants(lp, 16, constants), maps,
+                             atol=1e-5)
+  # ... scored by the mean of their 13 highest pixels (5% of 256).
+  top = np.sort(maps.reshape(4, -1), axis=1)[:, -13:].mean(axis=1)
+  np.testing.assert_allclose(constants['calibration_scores'], top, atol=1e-5)
+  assert constants['score_threshold'] == pytest.approx(top.max(), abs=1e-5)

@@ -1,9 +1,13 @@
-"""bgad_jax.evaluation.maps: align-corners upsampling against torch, the reference's maps."""
+"""bgad_jax.evaluation.maps: align-corners upsampling against torch, the reference's maps,
+the smoothing and image-score options."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from bgad_jax.evaluation import maps as anomaly_maps
 
@@ -64,3 +68,68 @@ def test_log_normality_is_exact_and_never_underflows():
   plain = anomaly_maps.nll_scores(lp_maps, 32, constants)
   assert list(np.argsort(plain)) == list(np.argsort(reference))   # same ranking unsaturated
   assert saturated[0] == pytest.approx(constants['map_max'], rel=1e-6)
+
+
+@pytest.mark.parametrize('sigma', [1.0, 4.0])
+def test_smoothing_matches_scipy_and_log_space_matches_linear(sigma):
+  rng = np.random.default_rng(4)
+  maps = rng.normal(size=(2, 24, 24))
+  expected = ndimage.gaussian_filter(maps, (0, sigma, sigma), mode='mirror', truncate=4.0)
+  ours = np.asarray(anomaly_maps.smooth_maps(jnp.asarray(maps, jnp.float32), sigma))
+  np.testing.assert_allclose(ours, expected, atol=1e-5)
+  # Log space: the log of the smoothed exp, also far below exp's range.
+  logs = 3.0 * maps - 800.0
+  smoothed_log = anomaly_maps.smooth_maps(logs, sigma, np, log_space=True)
+  np.testing.assert_allclose(smoothed_log - (-800.0), np.log(ndimage.gaussian_filter(
+      np.exp(3.0 * maps), (0, sigma, sigma), mode='mirror', truncate=4.0)), atol=1e-9)
+  assert anomaly_maps.smooth_maps(maps, 0.0, np) is maps   # off: untouched
+
+
+def test_smoothing_of_a_narrow_map_mirrors_more_than_once():
+  maps = np.arange(2 * 5 * 5, dtype=np.float64).reshape(2, 5, 5)   # radius 16 > side 5
+  expected = ndimage.gaussian_filter(maps, (0, 4, 4), mode='mirror', truncate=4.0)
+  np.testing.assert_allclose(anomaly_maps.smooth_maps(maps, 4.0, np), expected, atol=1e-9)
+
+
+def test_top_k_mean_image_score():
+  maps = np.zeros((2, 10, 10))
+  maps[0, 0, :3] = [5.0, 4.0, 3.0]
+  maps[1, 5, 5] = 9.0
+  np.testing.assert_allclose(anomaly_maps.image_scores(maps, 'top_k_mean', 0.03), [4.0, 3.0])
+  np.testing.assert_allclose(anomaly_maps.image_scores(maps, 'max'), [5.0, 9.0])
+  np.testing.assert_allclose(anomaly_maps.image_scores(jnp.asarray(maps), 'top_k_mean', 0.03,
+                                                       jnp), [4.0, 3.0])
+  assert anomaly_maps.top_k_count(100, 0.001) == 1   # never an empty mean
+  with pytest.raises(ValueError, match='top_k_mean'):
+    anomaly_maps.image_scores(maps, 'mean')
+
+
+def test_reference_constants_record_no_options_and_options_are_recorded():
+  rng = np.random.default_rng(5)
+  lp_maps = [rng.normal(-2, 0.5, size=(3, h, h)).astype(np.float32) for h in (8, 4)]
+  assert 'scoring' not in anomaly_maps.fixed_constants(lp_maps, 32)   # files stay as before
+  constants = anomaly_maps.fixed_constants(lp_maps, 32, 4.0, 'top_k_mean', 0.05)
+  assert anomaly_maps.scoring(constants) == dict(smoothing_sigma=4.0, image_score='top_k_mean',
+                                                 top_k_fraction=0.05)
+  # With smoothing, the deployable maps are the smoothed test-set maps shifted by a constant.
+  fixed = anomaly_maps.apply_fixed_constants(lp_maps, 32, constants)
+  test_set = anomaly_maps.test_set_anomaly_maps(lp_maps, 32, 4.0)
+  np.testing.assert_allclose(fixed - fixed.min(), test_set - test_set.min(), atol=1e-5)
+  assert fixed.min() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_traced_outputs_equal_the_host_functions_with_options():
+  rng = np.random.default_rng(6)
+  lp_maps = [rng.normal(-2, 0.5, size=(3, h, h)).astype(np.float32) for h in (8, 4)]
+  constants = anomaly_maps.fixed_constants(lp_maps, 32, 2.0, 'top_k_mean', 0.02)
+  maps, scores, nll = jax.jit(lambda lp: anomaly_maps.fixed_constant_outputs(
+      lp, 32, constants))([jnp.asarray(m) for m in lp_maps])
+  host_maps = anomaly_maps.apply_fixed_constants(lp_maps, 32, constants)
+  np.testing.assert_allclose(maps, host_maps, atol=1e-5)
+  np.testing.assert_allclose(scores, anomaly_maps.fixed_constant_scores(host_maps, constants),
+                             atol=1e-5)
+  np.testing.assert_allclose(nll, anomaly_maps.nll_scores(lp_maps, 32, constants), rtol=1e-5)
+  # Smoothing in log space is smoothing of the normality: nll = -log(map_max - map) on average.
+  np.testing.assert_allclose(np.log(constants['map_max'] - host_maps).min(axis=(1, 2)),
+                             -anomaly_maps.nll_scores(lp_maps, 32, dict(
+                                 constants, scoring=dict(smoothing_sigma=2.0))), rtol=1e-5)

@@ -89,3 +89,18 @@ def test_evaluate_tables():
   assert no_masks['pix_auroc'] is None and no_masks['aupro'] is None
   assert no_masks['per_type']['crack']['pix_auroc'] is None
   assert no_masks['img_auroc'] == 1.0
+
+
+def test_evaluate_takes_other_image_scores():
+  labels = np.array([0, 0, 1, 1])
+  maps = np.zeros((4, 4, 4))
+  maps[[0, 2, 3], 0, 0] = 1.0    # the map maxima tie a normal image with the anomalies
+  masks = np.zeros((4, 4, 4), bool)
+  masks[2:, 0, 0] = True
+  types = np.array(['good', 'good', 'crack', 'crack'], object)
+  by_max = metrics.evaluate(maps, masks, labels, types, np.ones(4, bool))
+  assert by_max['img_auroc'] == 0.75
+  np.testing.assert_array_equal(by_max['image_scores'], [1, 0, 1, 1])
+  chosen = metrics.evaluate(maps, masks, labels, types, np.ones(4, bool),
+                            image_scores=np.array([0.1, 0.2, 0.8, 0.9]))
+  assert chosen['img_auroc'] == 1.0 and chosen['pix_auroc'] == by_max['pix_auroc']

