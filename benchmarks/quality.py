@@ -69,6 +69,7 @@ from bgad_jax.data.pipeline import preprocess  # noqa: E402
 from bgad_jax.evaluation import metrics  # noqa: E402
 from bgad_jax.evaluation.report import headline  # noqa: E402
 from bgad_jax.models import backbone as backbone_lib  # noqa: E402
+from bgad_jax.models import weight_conversion  # noqa: E402
 from configs import demo  # noqa: E402
 
 RUNS = ('faithful', 'smooth', 'own_norm', 'top_k', 'high_lr', 'cutpaste', 'long', 'best')
@@ -131,14 +132,6 @@ def run_bgad(config, workdir: str) -> Dict:
   return result
 
 
-def _lite0_timm_weights():
-  import torch
-  from bgad_jax.models import state_dict_io, weight_conversion
-  weights = state_dict_io.load_state_dict(weight_conversion.lite_wheel_path('efficientnet_lite0'))
-  renamed = weight_conversion.timm_names_from_lukemelas(weights, 'efficientnet_lite0')
-  return {k: torch.from_numpy(np.asarray(v)) for k, v in renamed.items()}
-
-
 def run_patchcore(config, args, normalization: str = 'imagenet') -> Dict:
   """anomalib's PatchCore on the test images bgad_jax is scored on (see the module doc).
 
@@ -156,8 +149,9 @@ def run_patchcore(config, args, normalization: str = 'imagenet') -> Dict:
   mean, std = backbone_lib.normalization('efficientnet_lite0', normalization)
   started = time.time()
   model = PatchcoreModel(layers=[2, 3], backbone='tf_efficientnet_lite0', pre_trained=False)
+  weights = weight_conversion.read_backbone_state_dict('efficientnet_lite0')   # timm names
   missing, _ = model.feature_extractor.feature_extractor.load_state_dict(
-      _lite0_timm_weights(), strict=False)
+      {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}, strict=False)
   assert not missing, missing
   train = preprocess(train_examples, size, mean, std)['images']
   model.train()

@@ -37,7 +37,8 @@ _FORMAT_VERSION = 2   # 2: the surface class
 # Classes with their own photograph and defect types (not strategy 2's textures).
 SURFACE_DEFECT_TYPES = ('contamination', 'deformation', 'discoloration', 'smudge')
 PHOTO_CLASSES: Dict[str, Callable[[], np.ndarray]] = {'surface': skdata.moon}
-CATEGORIES = tuple(TEXTURES) + tuple(PHOTO_CLASSES)
+_PHOTOGRAPHS = {**TEXTURES, **PHOTO_CLASSES}
+CATEGORIES = tuple(_PHOTOGRAPHS)
 
 
 def defect_types(category: str) -> tuple:
@@ -227,7 +228,7 @@ def generate(root: str, category: str = 'tissue', size: int = 128, num_train: in
     with open(stamp) as f:
       if json.load(f) == settings:
         return category_dir
-  texture = as_rgb({**TEXTURES, **PHOTO_CLASSES}[category]())
+  texture = as_rgb(_PHOTOGRAPHS[category]())
   split_row = int(texture.shape[0] * 0.6)
   largest = min(texture.shape[0] - split_row, texture.shape[1])
   if size > largest:
