@@ -171,34 +171,44 @@ def _inputs(dim, positions, vectors, steps):
   return feats, masks, chunks, condition_tables(COND, side, side)
 
 
+def one_level(dim, positions, vectors, factored=True, precision='highest', steps=1):
+  """(config, a fresh level state, `LevelData` of random features) for one flow level."""
+  config = common.get_config()
+  config.train.num_vectors = vectors
+  config.flow.factored_condition = factored
+  config.flow.matmul_precision = precision
+  feats, masks, _, cond = _inputs(dim, positions, vectors, steps)
+  state = FlowTrainState.create(config, (dim,), jax.random.key(0)).level(0)
+  data = LevelData(features=jnp.asarray(feats), masks=jnp.asarray(masks),
+                   cond=jax.tree.map(jnp.asarray, cond), positions=positions)
+  return config, state, data
+
+
+def compiled_step(config, state, data, chunk):
+  """The training step (`step.train_chunks`) compiled for one chunk [1, vectors]."""
+  return step_lib.train_chunks.lower(
+      state, data, chunk, jnp.full((1,), 2e-4, jnp.float32),
+      step_lib.LossSettings.from_config(config.loss), False).compile()
+
+
 def ours_runner(dim, positions, vectors, steps, factored=True, precision='highest'):
   """(``run()`` of ``steps`` trainer steps, XLA flops of one step, its optimised HLO).
 
   ``factored``: config ``flow.factored_condition``; ``precision``: ``flow.matmul_precision``.
   """
-  config = common.get_config()
-  config.train.num_vectors = vectors
-  config.flow.factored_condition = factored
-  config.flow.matmul_precision = precision
-  feats, masks, chunks, cond = _inputs(dim, positions, vectors, steps)
-  state = FlowTrainState.create(config, (dim,), jax.random.key(0)).level(0)
-  data = LevelData(features=jnp.asarray(feats), masks=jnp.asarray(masks),
-                   cond=jax.tree.map(jnp.asarray, cond), positions=positions)
+  config, state, data = one_level(dim, positions, vectors, factored, precision, steps)
+  chunks = jnp.asarray(_inputs(dim, positions, vectors, steps)[2])
   loss = step_lib.LossSettings.from_config(config.loss)
   carry = [jax.tree.map(jnp.array, state)]
   lrs = jnp.full(steps, 2e-4, jnp.float32)
-  chunks = jnp.asarray(chunks)
 
   def run():
     new_state, metrics = step_lib.train_chunks(carry[0], data, chunks, lrs, loss, False)
     jax.block_until_ready(metrics['loss'])
     carry[0] = new_state   # train_chunks donates its input state
 
-  ids = chunks[0]
-  step = jax.jit(step_lib.train_step, static_argnames=('loss', 'normal_only'))
-  compiled = step.lower(state, data.features[ids], data.masks[ids],
-                        flow_condition(data.cond, ids % positions, factored),
-                        jnp.float32(2e-4), loss, False).compile()
+  # One step's cost, from the program training runs (compiled for one chunk).
+  compiled = compiled_step(config, state, data, chunks[:1])
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
   return run, float(analysis['flops']), compiled.as_text()

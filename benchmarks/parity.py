@@ -1,15 +1,25 @@
-"""Parity with the official BGAD code, end to end, per seed, in one run.
+"""Parity with the official BGAD code: free runs over many seeds, or lockstep.
 
-  python benchmarks/parity.py --reference_dir DIR [--data ROOT --category C] [--seeds 0,1,2]
-      [--meta_epochs 4 --sub_epochs 2] [--modes supervised,unsupervised,unsupervised_nofocal]
-      [--warmups reference,linear] [--json parity.json]
-  python benchmarks/parity.py --ours_only ...    # bgad_jax side only (CI smoke test)
+  python benchmarks/parity.py --reference_dir DIR [--demo_class surface | --data ROOT
+      --category C] [--seeds 0-7] [--meta_epochs 4 --sub_epochs 2]
+      [--modes supervised,unsupervised] [--warmups reference] [--json parity.json [--resume]]
+  python benchmarks/parity.py --reference_dir DIR --lockstep ...   # step by step (lockstep.py)
+  python benchmarks/parity.py --sides ours ...   # bgad_jax side only (CI smoke test)
 
-Both sides train on the same MVTec-layout class (default: the demo class, its
-128 px images resized to ``--inp_size``), with the same Lite0 weights and ImageNet normalisation, the
-same known anomaly files (bgad_jax's seeded draw, handed to both), the same
-schedule, batch size and 4096 vectors per step, and are evaluated on the same
-test images after every meta-epoch.
+Both sides train on the same MVTec-layout class (default: a demo class made
+from a real photograph, its 128 px images resized to ``--inp_size``), with the
+same Lite0 weights and ImageNet normalisation, the same known anomaly files
+(bgad_jax's seeded draw, handed to both), the same schedule, batch size and
+4096 vectors per step, and are evaluated on the same test images after every
+meta-epoch.
+
+Free runs: each side initialises and shuffles with its own generators, seeded
+by the run's seed. One run moves by several points with its seed, so the
+sides are compared as two samples: per side the mean and sample sd over the
+seeds, and ours - official with its 95% interval (Welch) and the p-values of
+Welch's t-test and of an exact permutation test (`stats.py`). ``--json`` is
+rewritten after every run; ``--resume`` reuses the runs it holds (same
+settings), so a long run can be stopped and continued, or a side added later.
 
 The official side is a checkout of github xcyao00/BGAD (``--reference_dir``):
 its engine's ``train_meta_epoch`` and ``validate`` (its training loop, warm-up,
@@ -22,10 +32,11 @@ its plotting module, and numpy's removed ``np.bool``. Its encoder is timm's
 that bgad_jax reads. Its AUPRO loop takes about a minute per evaluation here,
 so it runs after the last meta-epoch only, unless ``--reference_pro=every``.
 
-Modes: ``supervised`` (``data.num_anomalies`` known anomalies, strategy real,
-focal weighting), ``unsupervised`` (no anomalies, focal weighting) and
-``unsupervised_nofocal``. bgad_jax runs once per ``--warmups`` entry
-(``train.lr_warmup``). Needs the test extras (torch, timm, FrEIA).
+Modes: ``supervised`` (``--num_anomalies`` known anomalies, strategy real,
+focal weighting), ``supervised_nofocal``, ``unsupervised`` (no anomalies,
+focal weighting) and ``unsupervised_nofocal``. bgad_jax runs once per
+``--warmups`` entry (``train.lr_warmup``). Needs the test extras (torch,
+timm, FrEIA).
 """
 
 import os
@@ -47,6 +58,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import stats  # noqa: E402
 from benchmarks import table  # noqa: E402
 from bgad_jax import engine  # noqa: E402
 from bgad_jax.data import demo_data  # noqa: E402
@@ -58,6 +70,7 @@ from configs import folder  # noqa: E402
 
 MODES = {   # name -> (known anomalies?, focal weighting)
     'supervised': (True, True),
+    'supervised_nofocal': (True, False),
     'unsupervised': (False, True),
     'unsupervised_nofocal': (False, False),
 }
@@ -75,7 +88,7 @@ def prepare_data(args):
   if args.data:
     manual_dir, category = os.path.abspath(args.data), args.category
   else:
-    manual_dir, category = os.path.join(work, 'images'), 'tissue'
+    manual_dir, category = os.path.join(work, 'images'), args.demo_class
     demo_data.generate(manual_dir, category, args.demo_size, args.num_train,
                        args.num_test_good, args.num_per_defect, seed=0)
   return manual_dir, os.path.join(work, 'tfds'), category
@@ -215,6 +228,21 @@ def reference_encoder():
   return model.eval()
 
 
+def official_validate(mods, args, ref, epoch, test, encoder, decoders) -> Dict:
+  """The official ``validate`` after meta-epoch ``epoch``: its AUROCs, and its AUPRO
+  after the last epoch (or every one with ``--reference_pro every``)."""
+  ref.pro = args.reference_pro == 'every' or epoch == args.meta_epochs - 1
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      img, pix, pro = mods.engine.validate(ref, epoch, test, encoder, decoders)
+  except ValueError:   # its AUPRO needs 2 curve points at FPR <= 0.3: none on flat maps
+    ref.pro = False
+    with contextlib.redirect_stdout(io.StringIO()):
+      img, pix, pro = mods.engine.validate(ref, epoch, test, encoder, decoders)
+  return dict(img_auroc=float(img), pix_auroc=float(pix),
+              aupro=float(pro) if ref.pro else None, with_pro=ref.pro)
+
+
 def run_reference(mods, args, data, seed: int, mode: str, known_files: List[str]) -> Dict:
   import torch
   torch.set_num_threads(os.cpu_count())
@@ -240,18 +268,9 @@ def run_reference(mods, args, data, seed: int, mode: str, known_files: List[str]
     with contextlib.redirect_stdout(io.StringIO()):
       mods.engine.train_meta_epoch(ref, epoch, [normal, train], encoder, decoders, optimizer)
     train_seconds.append(time.time() - t0)
-    ref.pro = args.reference_pro == 'every' or epoch == args.meta_epochs - 1
     t0 = time.time()
-    try:
-      with contextlib.redirect_stdout(io.StringIO()):
-        img, pix, pro = mods.engine.validate(ref, epoch, test, encoder, decoders)
-    except ValueError:   # its AUPRO needs 2 curve points at FPR <= 0.3: none on flat maps
-      ref.pro = False
-      with contextlib.redirect_stdout(io.StringIO()):
-        img, pix, pro = mods.engine.validate(ref, epoch, test, encoder, decoders)
+    epochs.append(official_validate(mods, args, ref, epoch, test, encoder, decoders))
     eval_seconds.append(time.time() - t0)
-    epochs.append(dict(img_auroc=float(img), pix_auroc=float(pix),
-                       aupro=float(pro) if ref.pro else None, with_pro=ref.pro))
   return dict(epochs=epochs, seconds=dict(total=time.time() - started, train=train_seconds,
                                           evaluate=eval_seconds))
 
@@ -260,11 +279,17 @@ def run_reference(mods, args, data, seed: int, mode: str, known_files: List[str]
 # Tables
 
 
+def _values(runs: List[Dict], epoch: int, metric: str) -> List[float]:
+  return [r['epochs'][epoch][metric] for r in runs if r['epochs'][epoch][metric] is not None]
+
+
 def _stats(runs: List[Dict], epoch: int, metric: str):
-  values = [r['epochs'][epoch][metric] for r in runs if r['epochs'][epoch][metric] is not None]
+  """(mean, sample sd) in percent over the runs, (None, None) without values."""
+  values = _values(runs, epoch, metric)
   if not values:
     return None, None
-  return 100 * float(np.mean(values)), 100 * float(np.std(values))
+  summary = stats.mean_sd(100 * np.asarray(values))
+  return summary['mean'], summary['sd']
 
 
 def _pm(mean, std):
@@ -282,21 +307,25 @@ def metric_rows(results: Dict, mode: str, sides: List[str], meta_epochs: int) ->
   return rows
 
 
-def goal_rows(results: Dict, mode: str, sides: List[str], meta_epochs: int) -> List[Dict]:
-  """Last epoch: |mean(ours) - mean(official)| against max(1 point, official std)."""
+def seed_rows(results: Dict, mode: str, sides: List[str], meta_epochs: int) -> List[Dict]:
+  """Last epoch, per bgad_jax side and metric: both sides' mean and sd over seeds,
+  ours - official with its 95% interval (Welch), Welch's and the permutation
+  test's p-values (`stats.compare`)."""
   rows, last = [], meta_epochs - 1
   for side in sides:
     if side == 'official':
       continue
     for metric in METRICS:
-      ref_mean, ref_std = _stats(results[mode]['official'], last, metric)
-      our_mean, _ = _stats(results[mode][side], last, metric)
-      if ref_mean is None or our_mean is None:
+      ours, official = (_values(results[mode][s], last, metric) for s in (side, 'official'))
+      if not ours or not official:
         continue
-      limit = max(1.0, ref_std)
-      diff = our_mean - ref_mean
-      rows.append(dict(side=side, metric=metric, diff=f'{diff:+.2f}', limit=f'{limit:.2f}',
-                       ok='yes' if abs(diff) <= limit else 'NO'))
+      row = stats.compare(100 * np.asarray(ours), 100 * np.asarray(official))
+      rows.append(dict(side=side, metric=metric, n=f"{row['ours']['n']} / {row['official']['n']}",
+                       ours=_pm(row['ours']['mean'], row['ours']['sd']),
+                       official=_pm(row['official']['mean'], row['official']['sd']),
+                       diff=f"{row['diff']:+.2f} [{row['low']:+.2f}, {row['high']:+.2f}]",
+                       p=row['p'], permutation_p=row['permutation_p'],
+                       differ='YES' if row['differ'] else 'no'))
   return rows
 
 
@@ -327,16 +356,17 @@ def speed_rows(results: Dict, mode: str, sides: List[str]) -> List[Dict]:
 
 def print_tables(results: Dict, sides: List[str], meta_epochs: int) -> None:
   for mode in results:
-    print(f'\n### {mode} (mean ± std over seeds, %)\n')
+    print(f'\n### {mode} (mean ± sd over seeds, %)\n')
     columns = [('epoch', 'epoch', 'd')] + [
         (f'{side}:{metric}', f'{side} {metric}', 's') for metric in METRICS for side in sides]
     print(table.markdown(metric_rows(results, mode, sides, meta_epochs), columns))
     if 'official' in sides:
-      print()
-      print(table.markdown(goal_rows(results, mode, sides, meta_epochs), [
-          ('side', 'bgad_jax', 's'), ('metric', 'last-epoch metric', 's'),
-          ('diff', 'ours - official', 's'), ('limit', 'max(1, official std)', 's'),
-          ('ok', 'within', 's')]))
+      print('\nLast epoch, ours - official (95% interval, Welch); differ: p < 0.05 in either test\n')
+      print(table.markdown(seed_rows(results, mode, sides, meta_epochs), [
+          ('side', 'bgad_jax', 's'), ('metric', 'metric', 's'), ('n', 'seeds ours / official', 's'),
+          ('ours', 'ours', 's'), ('official', 'official', 's'), ('diff', 'ours - official', 's'),
+          ('p', 'Welch p', '.3f'), ('permutation_p', 'permutation p', '.3f'),
+          ('differ', 'differ', 's')]))
     print()
     speed = [('side', 'side', 's'), ('total', 'end to end s', '.1f'),
              ('epoch', 's/meta-epoch', '.1f'), ('evaluate', 's/evaluation', '.2f'),
@@ -344,20 +374,66 @@ def print_tables(results: Dict, sides: List[str], meta_epochs: int) -> None:
     if 'official' in sides:
       speed += [('total_x', 'end to end x', '.2f'), ('epoch_x', 'meta-epoch x', '.2f'),
                 ('evaluate_x', 'evaluation x', '.2f'), ('last_eval_x', 'last eval x', '.2f')]
-    print(table.markdown(speed_rows(results, mode, sides), speed))
+    present = [side for side in sides if results[mode][side]]
+    print(table.markdown(speed_rows(results, mode, present), speed))
 
 
 # ----------------------------------------------------------------------------
 
+# Settings that change what a run computes: saved runs are reused (--resume)
+# only when these match.
+_RUN_SETTINGS = ('data', 'category', 'demo_class', 'meta_epochs', 'sub_epochs', 'batch_size',
+                 'inp_size', 'num_vectors', 'num_anomalies', 'demo_size', 'num_train',
+                 'num_test_good', 'num_per_defect', 'reference_pro')
 
-def main(argv=None):
+
+def _saved_results(args) -> Dict:
+  """The runs of an earlier ``--json`` file with the same run settings (``--resume``)."""
+  if not (args.resume and args.json and os.path.isfile(args.json)):
+    return {}
+  with open(args.json) as f:
+    saved = json.load(f)
+  settings = vars(args)
+  changed = [k for k in _RUN_SETTINGS if saved['settings'].get(k) != settings.get(k)]
+  if changed:
+    raise SystemExit(f'--resume: {args.json} was made with other settings ({", ".join(changed)}); '
+                     'use another --json')
+  return saved['results']
+
+
+def _reuse(saved: Dict, mode: str, side: str, seed: int):
+  for run in saved.get(mode, {}).get(side, []):
+    if run.get('seed') == seed:
+      return run
+  return None
+
+
+def _write_json(args, results: Dict) -> None:
+  if args.json:   # after every run: a long multi-seed run loses nothing when stopped
+    with open(args.json + '.tmp', 'w') as f:
+      json.dump(dict(settings=vars(args), results=results), f, indent=1)
+    os.replace(args.json + '.tmp', args.json)
+
+
+def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--reference_dir', default='', help='checkout of github xcyao00/BGAD')
-  parser.add_argument('--ours_only', action='store_true', help='run the bgad_jax side only')
-  parser.add_argument('--data', default='', help='MVTec-layout root (default: the demo class)')
+  parser.add_argument('--sides', default='official,ours',
+                      help='official, ours or both (runs of a side can come from --resume)')
+  parser.add_argument('--ours_only', action='store_true', help='--sides ours')
+  parser.add_argument('--lockstep', action='store_true',
+                      help='both sides from the same initial flows and the same plan, compared '
+                           'step by step (see benchmarks/lockstep.py)')
+  parser.add_argument('--lockstep_features', choices=('official', 'shared'), default='official',
+                      help="--lockstep: the official side's features from its timm encoder, or "
+                           "bgad_jax's (shared: only the loops differ)")
+  parser.add_argument('--data', default='', help='MVTec-layout root (default: a demo class)')
   parser.add_argument('--category', default='')
-  parser.add_argument('--seeds', default='0,1,2')
-  parser.add_argument('--modes', default=','.join(MODES))
+  parser.add_argument('--demo_class', default='tissue', choices=demo_data.CATEGORIES,
+                      help='without --data: the demo class, made from a real photograph '
+                           '(tissue: colour microscopy; surface, brick, grass, gravel: grey)')
+  parser.add_argument('--seeds', default='0,1,2', help='e.g. 0,1,2 or 0-7')
+  parser.add_argument('--modes', default='supervised,unsupervised,unsupervised_nofocal')
   parser.add_argument('--warmups', default='reference,linear')
   parser.add_argument('--meta_epochs', type=int, default=4)
   parser.add_argument('--sub_epochs', type=int, default=2)
@@ -373,37 +449,74 @@ def main(argv=None):
   parser.add_argument('--num_per_defect', type=int, default=8)
   parser.add_argument('--reference_pro', choices=('last', 'every'), default='last')
   parser.add_argument('--workdir', default=os.path.join(tempfile.gettempdir(), 'bgad_parity'))
-  parser.add_argument('--json', default='')
+  parser.add_argument('--json', default='', help='results, rewritten after every run')
+  parser.add_argument('--resume', action='store_true',
+                      help='reuse the runs already in --json (same settings), run the rest')
   args = parser.parse_args(argv)
-  if not args.ours_only and not args.reference_dir:
-    parser.error('--reference_dir is required (or --ours_only)')
-  if not args.ours_only and args.num_vectors != 4096:
+  if args.ours_only:
+    args.sides = 'ours'
+  sides = {s for s in args.sides.split(',') if s}
+  if not sides or sides - {'official', 'ours'}:
+    parser.error(f'--sides: official and/or ours, got {args.sides!r}')
+  if 'official' in sides and not args.reference_dir:
+    parser.error('--reference_dir is required for the official side (or --sides ours)')
+  if 'official' in sides and args.num_vectors != 4096:
     parser.error('the official engine always uses 4096 vectors per step')
+  if args.lockstep and sides != {'official', 'ours'}:
+    parser.error('--lockstep runs both sides')
   if args.data and not args.category:
     parser.error('--data needs --category')
-  seeds = [int(s) for s in args.seeds.split(',')]
+  return args
+
+
+def parse_seeds(text: str) -> List[int]:
+  """'0,1,2' or '0-7' (or a mix: '0-3,9')."""
+  seeds = []
+  for part in text.split(','):
+    first, _, last = part.partition('-')
+    seeds += list(range(int(first), int(last or first) + 1))
+  return seeds
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  seeds = parse_seeds(args.seeds)
   modes = [m for m in args.modes.split(',') if m]
-  warmups = [w for w in args.warmups.split(',') if w]
+  unknown = sorted(set(modes) - set(MODES))
+  if unknown:
+    raise SystemExit(f'--modes: unknown {unknown}; known: {", ".join(MODES)}')
   data = prepare_data(args)
-  mods = None if args.ours_only else import_reference(args.reference_dir)
-  sides = ([] if args.ours_only else ['official']) + [f'ours[{w}]' for w in warmups]
+  mods = None if 'official' not in args.sides else import_reference(args.reference_dir)
+  if args.lockstep:
+    from benchmarks import lockstep
+    return lockstep.main(args, mods, data, seeds, modes)
+  warmups = [w for w in args.warmups.split(',') if w]
+  sides = (['official'] if 'official' in args.sides else []) + (
+      [f'ours[{w}]' for w in warmups] if 'ours' in args.sides else [])
+  saved = _saved_results(args)
+  # Sides not run now but saved (e.g. the official runs of an earlier call) are shown too.
+  sides = [s for s in ['official'] + [f'ours[{w}]' for w in warmups]
+           if s in sides or any(saved.get(m, {}).get(s) for m in modes)]
   results = {mode: {side: [] for side in sides} for mode in modes}
   for mode in modes:
     for seed in seeds:
       known = known_files_of(args, data, seed) if MODES[mode][0] else []
-      if mods is not None:
-        results[mode]['official'].append(run_reference(mods, args, data, seed, mode, known))
-      for warmup in warmups:
-        config = our_config(args, data, seed, mode, warmup, known)
-        workdir = os.path.join(os.path.abspath(args.workdir), 'runs', f'{mode}_{warmup}_{seed}')
-        if os.path.isdir(workdir):
-          shutil.rmtree(workdir)
-        results[mode][f'ours[{warmup}]'].append(run_ours(config, workdir))
+      for side in sides:
+        run = _reuse(saved, mode, side, seed)
+        if run is None and side == 'official' and mods is not None:
+          run = run_reference(mods, args, data, seed, mode, known)
+        elif run is None and side != 'official' and 'ours' in args.sides:
+          warmup = side[len('ours['):-1]
+          config = our_config(args, data, seed, mode, warmup, known)
+          workdir = os.path.join(os.path.abspath(args.workdir), 'runs', f'{mode}_{warmup}_{seed}')
+          if os.path.isdir(workdir):
+            shutil.rmtree(workdir)
+          run = run_ours(config, workdir)
+        if run is not None:
+          results[mode][side].append(dict(run, seed=seed))
+          _write_json(args, results)
       print(f'{mode} seed {seed} done', file=sys.stderr, flush=True)
   print_tables(results, sides, args.meta_epochs)
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(dict(settings=vars(args), results=results), f, indent=1)
   return results
 
 

@@ -19,6 +19,7 @@ from bgad_jax import detector
 from bgad_jax import distributed
 from bgad_jax import engine
 from bgad_jax import export
+from bgad_jax import seeds
 from bgad_jax import serve
 from bgad_jax import sweep
 from bgad_jax import validation
@@ -63,7 +64,12 @@ def run(config, workdir: str, mode: str, command: str = ''):
   validation.validate(config)
   if mode in ('predict', 'export', 'serve') and jax.process_count() > 1:
     raise ConfigError(f'--mode={mode} runs in one process (train and eval can use several)')
-  if mode in ('eval', 'predict', 'export', 'serve') and config.data.category != 'all':
+  seed_list = validation.seeds(config)
+  if seed_list and mode not in ('train', 'eval'):
+    raise ConfigError(f'--mode={mode} uses one model: drop --config.seeds and pass '
+                      f'--workdir={seeds.seed_folder(workdir, seed_list[0])} (or another seed)')
+  if (mode in ('eval', 'predict', 'export', 'serve') and config.data.category != 'all'
+      and not seed_list):
     detector.require_trained_model(workdir, command)   # before any data work
   if mode == 'serve':
     if config.data.category == 'all':
@@ -86,6 +92,9 @@ def run(config, workdir: str, mode: str, command: str = ''):
     if outcomes is None or mode in ('predict', 'export'):
       return None   # another process summarises, or no metrics to summarise
     return {c: o['row'] for c, o in outcomes.items()}
+  if seed_list:
+    return seeds.run_seeds(config, workdir, seed_list,
+                           lambda seed_config, folder: run(seed_config, folder, mode, command))
   if mode == 'export':
     path = export.write_export(workdir, config, validation.as_list(config.export.platforms),
                                config.export.format)

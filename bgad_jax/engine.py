@@ -32,7 +32,6 @@ from bgad_jax.evaluation import metrics
 from bgad_jax.evaluation import report
 from bgad_jax.evaluation.inference import lp_maps
 from bgad_jax.training import checkpoint
-from bgad_jax.training import schedule
 from bgad_jax.training.features import FrozenBackbone
 from bgad_jax.training.loop import train_meta_epoch
 from bgad_jax.training.sharding import is_main_process, make_mesh, replicate, sync
@@ -107,7 +106,8 @@ def _without_mask(arrays: Dict[str, np.ndarray]) -> List[str]:
       arrays['filenames'], arrays['labels'], arrays['has_mask']) if label and not has]
 
 
-def _test_set(config, backbone: FrozenBackbone, test_examples) -> TestSet:
+def build_test_set(config, backbone: FrozenBackbone, test_examples) -> TestSet:
+  """The test images' arrays and backbone features (one warning per image without a mask)."""
   arrays, features = backbone.extract(test_examples, config.data.inp_size)
   for name in _without_mask(arrays):
     logging.warning('%s has no ground-truth mask: it counts in the image AUROC only, not in '
@@ -115,8 +115,9 @@ def _test_set(config, backbone: FrozenBackbone, test_examples) -> TestSet:
   return TestSet(arrays, features, validation.known_defect_types(config))
 
 
-def _training_set(config, backbone: FrozenBackbone, train_examples, known):
-  """(TrainingSet, the training images' preprocessed arrays, their features)."""
+def build_training_set(config, backbone: FrozenBackbone, train_examples,
+                       known) -> Tuple[TrainingSet, List[np.ndarray]]:
+  """(TrainingSet, the backbone features of ``train_examples + known``, per level)."""
   arrays, features = backbone.extract(train_examples + known, config.data.inp_size)
   images = strategies_lib.TrainingImages(arrays['pixels'], arrays['masks'], arrays['filenames'],
                                          num_normal=len(train_examples))
@@ -156,8 +157,7 @@ def _train_epochs(config, workdir, state, meta, mngr, training_set, evaluate_now
 
   Returns the final state and the last evaluation (None if none ran).
   """
-  total, num_normal = config.train.meta_epochs, training_set.num_normal
-  warmup_total = schedule.warmup_batches(config.train, num_normal, training_set.num_images)
+  total = config.train.meta_epochs
   loss = LossSettings.from_config(config.loss)
   writer = (report.ScalarWriter(os.path.join(workdir, 'tensorboard')) if is_main_process()
             else None)
@@ -165,10 +165,7 @@ def _train_epochs(config, workdir, state, meta, mngr, training_set, evaluate_now
   try:
     while int(state.epoch) < total:
       epoch, t0 = int(state.epoch), time.time()
-      warm_done = schedule.warmup_batches(config.train, num_normal, training_set.num_images,
-                                          before_epoch=epoch)
-      state, stats = train_meta_epoch(state, training_set, config.train, loss, config.seed,
-                                      (warm_done, warmup_total))
+      state, stats = train_meta_epoch(state, training_set, config.train, loss, config.seed)
       train_seconds = time.time() - t0
       meta['seconds']['train'] += train_seconds
       row = dict(epoch=epoch + 1, **stats, train_seconds=train_seconds)   # 1-based epochs
@@ -225,8 +222,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     print('Known anomalies used for training: ' + ', '.join(e['filename'] for e in known))
   backbone = FrozenBackbone.load(config, mesh)
   t0 = time.time()
-  training_set, train_features = _training_set(config, backbone, train_examples, known)
-  test = _test_set(config, backbone, test_examples)
+  training_set, train_features = build_training_set(config, backbone, train_examples, known)
+  test = build_test_set(config, backbone, test_examples)
   if calibration:
     calibration_features = backbone.extract(calibration, config.data.inp_size)[1]
   else:   # the flows' own normal images, as the reference would
@@ -289,7 +286,7 @@ def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
   _, _, known, test_examples = load_data(config)
   backbone = FrozenBackbone.load(config, mesh)
   t0 = time.time()
-  test = _test_set(config, backbone, test_examples)
+  test = build_test_set(config, backbone, test_examples)
   feature_seconds = time.time() - t0
   state, meta = _restore_for_inference(config, workdir, [f.shape[-1] for f in test.features],
                                        mesh)

@@ -39,6 +39,19 @@ def known_anomaly_files(config) -> List[str]:
   return as_list(config.data.known_anomaly_files)
 
 
+def seeds(config) -> List[int]:
+  """``config.seeds`` as ints ([] = one run with ``config.seed``).
+
+  Raises:
+    ConfigError: an entry is not a non-negative integer, or one repeats.
+  """
+  names = as_list(config.seeds)
+  if not all(n.isdigit() for n in names) or len(set(names)) < len(names):
+    raise ConfigError(f'seeds={config.seeds!r}: distinct non-negative integers, e.g. '
+                      '--config.seeds=0,1,2')
+  return [int(n) for n in names]
+
+
 def uses_known_anomalies(config) -> bool:
   return config.data.num_anomalies > 0 or bool(known_anomaly_files(config))
 
@@ -156,6 +169,10 @@ def _check_maps(config, errors):
 
 def _check_parallel(config, errors):
   _one_of(errors, 'parallel', config.parallel, ('data', 'categories'))
+  try:
+    seeds(config)
+  except ConfigError as err:
+    errors.append(str(err))
 
 
 def _check_serve(config, errors):

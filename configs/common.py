@@ -14,6 +14,10 @@ def get_config(arg=None):
   del arg
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # Several seeds, e.g. --config.seeds=0,1,2: one run per seed (<workdir>/seed_<s>)
+  # and their mean +- sd, since one run moves by several points with its seed
+  # (README, "Seed variance"). () = one run with config.seed.
+  config.seeds = ()
   # Compiled XLA programs are kept here and reused by later runs with the same
   # shapes (other seeds, classes of the same size, eval, predict); '' = off.
   config.compile_cache_dir = '~/.cache/bgad_jax/xla'

@@ -3,10 +3,12 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,21 +49,10 @@ def test_flow_step_benchmark_smoke(tmp_path):
 
 def _step_matmuls(dim, vectors, side, factored):
   import jax
-  import jax.numpy as jnp
   from benchmarks import flow_step
-  from bgad_jax.models.pos_embed import condition_tables, flow_condition
-  from bgad_jax.training import step as step_lib
-  from bgad_jax.training.state import FlowTrainState
-  from configs import common
-  config = common.get_config()
-  state = FlowTrainState.create(config, (dim,), jax.random.key(0)).level(0)
-  positions = jnp.arange(vectors, dtype=jnp.int32) % (side * side)
-  tables = condition_tables(config.flow.pos_embed_dim, side, side)
-  step = jax.jit(step_lib.train_step, static_argnames=('loss', 'normal_only'))
-  compiled = step.lower(state, jnp.ones((vectors, dim)), jnp.zeros((vectors,)),
-                        flow_condition(tables, positions, factored), jnp.float32(1e-4),
-                        step_lib.LossSettings.from_config(config.loss), False).compile()
-  return flow_step.step_matmuls(compiled.as_text())
+  config, state, data = flow_step.one_level(dim, side * side, vectors, factored)
+  chunk = jax.numpy.arange(vectors, dtype=jax.numpy.int32)[None]
+  return flow_step.step_matmuls(flow_step.compiled_step(config, state, data, chunk).as_text())
 
 
 def test_flow_step_reads_the_matmuls_of_the_compiled_step():
@@ -189,6 +180,18 @@ def test_parity_benchmark_smoke_ours_only(tmp_path):
   assert (results['supervised']['ours[reference]'][0]['epochs']
           != results['supervised']['ours[linear]'][0]['epochs'])
   assert '### supervised' in stdout and 'end to end s' in stdout
+  # --resume reuses the saved runs (same settings) instead of training again.
+  saved = out.read_text()
+  shutil.rmtree(tmp_path / 'work' / 'runs')   # a run would make its folder again
+  again = _run('parity.py', '--ours_only', '--seeds', '0', '--modes', 'supervised,unsupervised',
+               '--warmups', 'reference,linear', '--meta_epochs', '2', '--sub_epochs', '1',
+               '--inp_size', '48', '--demo_size', '48', '--num_train', '8', '--num_test_good',
+               '4', '--num_per_defect', '2', '--num_anomalies', '4', '--batch_size', '4',
+               '--num_vectors', '64', '--workdir', str(tmp_path / 'work'), '--json', str(out),
+               '--resume')
+  assert json.loads(out.read_text())['results'] == json.loads(saved)['results']
+  assert not (tmp_path / 'work' / 'runs').exists()
+  assert '### unsupervised' in again
 
 
 def test_accelerator_check_runs_every_section_on_the_cpu(tmp_path):
@@ -293,3 +296,42 @@ def test_quality_benchmark_runs_patchcore(tmp_path):
   assert patchcore['memory_bank'] == int(0.1 * 8 * (48 // 8) ** 2)   # 10% of the stride-8 patches
   assert all(0 <= patchcore[k] <= 1 for k in ('img_auroc', 'pix_auroc', 'aupro'))
   assert patchcore['test_images'] == 4 + 3 * (3 - 2) + 3   # the known anomalies left it
+
+
+def test_seed_statistics_known_answers():
+  from scipy import stats as scipy_stats
+  from benchmarks import stats
+  a, b = [1.0, 2.0, 3.0], [4.0, 5.0, 6.0]
+  # All 20 splits of 6 values into 3 + 3: only the observed one and its mirror
+  # reach |difference of means| = 3.
+  assert stats.permutation_p(a, b) == pytest.approx(2 / 20)
+  assert stats.permutation_p(a, a) == 1.0
+  ours, official = [0.61, 0.66, 0.57, 0.60, 0.64], [0.60, 0.65, 0.59, 0.70, 0.63, 0.58]
+  row = stats.welch(ours, official)
+  expected = scipy_stats.ttest_ind(ours, official, equal_var=False)
+  assert row['p'] == pytest.approx(expected.pvalue, rel=1e-9)
+  low, high = expected.confidence_interval(0.95)
+  assert (row['low'], row['high']) == (pytest.approx(low), pytest.approx(high))
+  assert row['diff'] == pytest.approx(np.mean(ours) - np.mean(official))
+  summary = stats.compare(ours, official)
+  assert summary['ours'] == dict(n=5, mean=pytest.approx(0.616), sd=pytest.approx(np.std(ours, ddof=1)))
+  assert summary['differ'] is False
+  assert stats.compare([0.9, 0.91, 0.92, 0.9], [0.5, 0.52, 0.49, 0.51])['differ'] is True
+
+
+def test_lockstep_comparison_finds_the_first_difference_in_the_official_order():
+  from benchmarks import lockstep
+  step = lambda epoch, level, loss: dict(epoch=epoch, level=level, loss=loss, ml=loss,
+                                         loss_n=0.0, loss_a=0.0, b_n=0.0, b_a=0.0, lr=1e-4,
+                                         param_norm=3.0)
+  # Official order: level 0, level 1, level 0, level 1 (one chunk per batch and level).
+  official = [step(0, 0, 5.0), step(0, 1, 7.0), step(0, 0, 4.0), step(0, 1, 6.0)]
+  ours = [step(0, 0, 5.0), step(0, 0, 4.0 * (1 + 3e-4)), step(0, 1, 7.0 * (1 + 1e-5)),
+          step(0, 1, 6.0 * (1 + 2e-3))]
+  labels = lambda epoch, level, k: dict(sub_epoch=0, batch=k, chunk=0)
+  report = lockstep.compare_steps(official, ours, labels)
+  assert report['levels'][0]['max_all']['loss'] == pytest.approx(3e-4 / (1 + 3e-4))   # of the larger
+  assert report['levels'][1]['max_first']['loss'] == pytest.approx(2e-3 / (1 + 2e-3))
+  first = report['first']   # level 0's second step comes before level 1's second
+  assert (first['level'], first['step'], first['quantity'], first['batch']) == (0, 1, 'loss', 1)
+  assert lockstep.compare_steps(official, official, labels)['first'] is None

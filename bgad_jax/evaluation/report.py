@@ -87,6 +87,39 @@ def summary_markdown(rows: Dict[str, Dict[str, Any]]) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def seed_statistics(rows: Dict[Any, Dict[str, Any]]) -> Dict[str, Dict[str, Optional[float]]]:
+  """Per headline metric over the runs of several seeds: mean, sample sd, min, max, n."""
+  stats = {}
+  for key in HEADLINE_METRICS:
+    values = np.array([r[key] for r in rows.values() if r.get(key) is not None], np.float64)
+    stats[key] = dict(n=len(values), mean=float(values.mean()) if len(values) else None,
+                      sd=float(values.std(ddof=1)) if len(values) > 1 else None,
+                      min=float(values.min()) if len(values) else None,
+                      max=float(values.max()) if len(values) else None)
+  return stats
+
+
+def seeds_markdown(rows: Dict[Any, Dict[str, Any]]) -> str:
+  """One row per seed, then mean +- sample sd and the range over the seeds."""
+  stats = seed_statistics(rows)
+  lines = ['| seed | image AUROC | pixel AUROC | AUPRO |', '|---|---|---|---|']
+  for seed, r in rows.items():
+    lines.append(f'| {seed} | ' + ' | '.join(format_percent(r.get(k)) for k in HEADLINE_METRICS)
+                 + ' |')
+
+  def pm(s):
+    if s['mean'] is None:
+      return 'n/a'
+    return format_percent(s['mean']) + ('' if s['sd'] is None else f" ± {100 * s['sd']:.2f}")
+
+  lines.append('| **mean ± sd** | ' + ' | '.join(pm(stats[k]) for k in HEADLINE_METRICS) + ' |')
+  lines.append('| range | ' + ' | '.join(
+      'n/a' if stats[k]['min'] is None
+      else f"{format_percent(stats[k]['min'])} – {format_percent(stats[k]['max'])}"
+      for k in HEADLINE_METRICS) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
 def best_epoch(history: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
   """The history row with the best image AUROC, labelled as chosen on the test set."""
   scored = [r for r in history if r.get('img_auroc') is not None]

@@ -34,9 +34,10 @@ class StateDictMismatch(WeightsError):
 
 
 def _as_f32(value) -> np.ndarray:
+  """A float32 copy: never a view of a tensor that its owner may go on training."""
   if hasattr(value, 'detach'):  # a torch tensor, without importing torch
     value = value.detach().cpu().numpy()
-  return np.asarray(value, dtype=np.float32)
+  return np.array(value, dtype=np.float32)
 
 
 def flow_variables_from_freia(state_dict: Mapping[str, Any]) -> Dict[str, Any]:

@@ -1,6 +1,6 @@
 """One meta-epoch of flow training: ``sub_epochs`` passes over every level's chunks."""
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bgad_jax.errors import TrainingDivergedError
 from bgad_jax.training import schedule
-from bgad_jax.training.plan import chunk_plan, image_batches, plan_rng
+from bgad_jax.training.plan import sub_epoch_plan
 from bgad_jax.training.sharding import AXIS, replicate, to_host
 from bgad_jax.training.state import FlowTrainState
 from bgad_jax.training.step import TERMS, LossSettings, train_chunks
@@ -56,7 +56,8 @@ def epoch_stats(collected: Sequence[Dict[str, np.ndarray]],
 
 def train_meta_epoch(state: FlowTrainState, training_set: TrainingSet, train_config,
                      loss: LossSettings, seed: int,
-                     warmup: Tuple[int, int]) -> Tuple[FlowTrainState, Dict[str, float]]:
+                     on_level: Optional[Callable[[int, int, Dict[str, np.ndarray]], None]] = None
+                     ) -> Tuple[FlowTrainState, Dict[str, float]]:
   """Meta-epoch ``state.epoch``: every sub-epoch, every level, every chunk.
 
   Args:
@@ -65,7 +66,9 @@ def train_meta_epoch(state: FlowTrainState, training_set: TrainingSet, train_con
     train_config: ``config.train`` (schedule, batch size, chunk size).
     loss: the loss settings.
     seed: the run's seed (plans depend on it, the epoch and the sub-epoch).
-    warmup: (batches trained so far in warm-up epochs, their total).
+    on_level: called after each level's steps of a sub-epoch with
+      (sub_epoch, level, the per-chunk metrics of `step.train_chunks` as host
+      arrays), e.g. to record every step.
 
   Returns:
     The new state (its buffers replace the input's, which are donated) and
@@ -77,18 +80,16 @@ def train_meta_epoch(state: FlowTrainState, training_set: TrainingSet, train_con
   epoch = int(state.epoch)
   normal_only = epoch == 0
   num_images = training_set.num_normal if normal_only else training_set.num_images
-  collected = []
-  warm_step, last_lr = warmup[0], 0.0
+  rates = schedule.make_schedule(train_config, training_set.num_normal, training_set.num_images)
+  collected, last_lr = [], 0.0
   for sub_epoch in range(train_config.sub_epochs):
     levels = training_set.levels(epoch, sub_epoch)
-    batches = image_batches(num_images, train_config.batch_size,
-                            plan_rng(seed, epoch, sub_epoch, 0))
-    batch_lrs = schedule.sub_epoch_lrs(train_config, epoch, sub_epoch, len(batches), warm_step,
-                                       warmup[1])
-    warm_step += len(batches)
+    plan = sub_epoch_plan(seed, epoch, sub_epoch, num_images, train_config.batch_size,
+                          [data.positions for data in levels], train_config.num_vectors)
+    batch_lrs = np.array([rates(epoch, sub_epoch, b) for b in range(len(plan.batches))],
+                         np.float32)
     for level, data in enumerate(levels):
-      chunks, owners = chunk_plan(batches, data.positions, train_config.num_vectors,
-                                  plan_rng(seed, epoch, sub_epoch, level + 1))
+      chunks, owners = plan.levels[level]
       if not len(chunks):
         continue
       state, metrics = _train_level(state, level, data, chunks, batch_lrs[owners], loss,
@@ -100,6 +101,8 @@ def train_meta_epoch(state: FlowTrainState, training_set: TrainingSet, train_con
             f'non-finite loss at meta-epoch {epoch}, sub-epoch {sub_epoch}, level {level} '
             f'(chunk {int(np.argmax(bad))} of {len(bad)}); the parameters of that '
             'step were not applied. Try a lower --config.train.lr.')
+      if on_level is not None:
+        on_level(sub_epoch, level, metrics)
       collected.append(metrics)
     if len(batch_lrs):
       last_lr = float(batch_lrs[-1])

@@ -7,6 +7,7 @@ Shuffles are drawn from ``(seed, epoch, sub_epoch, stream)``, so a run resumed
 from a meta-epoch checkpoint replays exactly the same steps.
 """
 
+import dataclasses
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -41,3 +42,56 @@ def chunk_plan(batches: Sequence[np.ndarray], positions: int, num_vectors: int,
   if not chunks:
     return np.zeros((0, num_vectors), np.int32), np.zeros((0,), np.int32)
   return np.stack(chunks).astype(np.int32), np.array(owners, np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class SubEpochPlan:
+  """Every optimiser step of one sub-epoch.
+
+  batches: the image batches (`image_batches`); levels: per level, its
+  (chunks, batch_of_chunk) of `chunk_plan`.
+  """
+  batches: List[np.ndarray]
+  levels: List[Tuple[np.ndarray, np.ndarray]]
+
+  def reference_permutations(self, level: int, positions: int) -> List[np.ndarray]:
+    """`reference_permutation` of each batch at ``level`` (positions: its h * w)."""
+    chunks, owners = self.levels[level]
+    return [reference_permutation(batch, chunks[owners == b], positions)
+            for b, batch in enumerate(self.batches)]
+
+
+def sub_epoch_plan(seed: int, epoch: int, sub_epoch: int, num_images: int, batch_size: int,
+                   level_positions: Sequence[int], num_vectors: int) -> SubEpochPlan:
+  """The plan of sub-epoch ``sub_epoch`` of meta-epoch ``epoch`` over ``num_images``
+  training images (stream 0 shuffles the images, stream l + 1 level l's vectors)."""
+  batches = image_batches(num_images, batch_size, plan_rng(seed, epoch, sub_epoch, 0))
+  return SubEpochPlan(batches, [
+      chunk_plan(batches, positions, num_vectors, plan_rng(seed, epoch, sub_epoch, level + 1))
+      for level, positions in enumerate(level_positions)])
+
+
+def reference_permutation(batch: np.ndarray, chunks: np.ndarray, positions: int) -> np.ndarray:
+  """This plan's chunks of one image batch as the reference loop draws them.
+
+  The reference orders a batch's vectors image by image (as ``batch`` lists
+  them), shuffles them with one ``torch.randperm(len(batch) * positions)`` and
+  cuts consecutive chunks out of it. Handing it this permutation makes it
+  train on exactly these chunks (benchmarks/lockstep.py).
+
+  Args:
+    batch: int [B] the batch's image ids.
+    chunks: int [n, num_vectors] the batch's chunks of `chunk_plan` (flat ids
+      image * positions + position), in order.
+    positions: vectors per image (h * w).
+
+  Returns:
+    int64 [B * positions]: the chunks' batch-local ids (slot in ``batch`` *
+    positions + position), then the vectors no chunk took.
+  """
+  slot = np.zeros(int(np.max(batch)) + 1, np.int64)
+  slot[batch] = np.arange(len(batch))
+  used = np.asarray(chunks, np.int64).reshape(-1)
+  local = slot[used // positions] * positions + used % positions
+  rest = np.setdiff1d(np.arange(len(batch) * positions), local)
+  return np.concatenate([local, rest])

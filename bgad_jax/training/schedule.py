@@ -1,8 +1,17 @@
-"""Learning-rate schedule (docs/METHOD.md, "Learning rate"), as pure functions."""
+"""Learning-rate schedule (docs/METHOD.md, "Learning rate"), as pure functions.
+
+`make_schedule` gives the one function that training, tests and benchmarks
+read: the learning rate of every image batch of a run, addressed by
+(meta-epoch, sub-epoch, batch) as the reference addresses it. Every chunk of
+an image batch (every level) steps with its batch's rate.
+"""
 
 import math
+from typing import Callable
 
-import numpy as np
+# The reference's few-shot engine passes the number of its data loaders (2)
+# where its warm-up formula wants the number of batches (docs/METHOD.md).
+_REFERENCE_LOADERS = 2
 
 
 def epoch_lr(train_config, epoch: int) -> float:
@@ -20,67 +29,46 @@ def epoch_lr(train_config, epoch: int) -> float:
   return lr * train_config.lr_decay_rate ** sum(epoch >= m for m in milestones)
 
 
-def batch_lr(train_config, epoch: int, warmup_step: int, warmup_steps: int) -> float:
-  """The learning rate of one image batch.
+def batches_per_sub_epoch(train_config, epoch: int, num_normal: int, num_images: int) -> int:
+  """Image batches of one sub-epoch (the last partial batch is dropped).
 
-  During the first ``lr_warm_epochs`` meta-epochs it rises linearly from lr / 10
-  (at the first batch) towards ``epoch_lr(lr_warm_epochs)``; ``warmup_step`` is
-  the number of batches already trained in those epochs and ``warmup_steps``
-  their total: ``lr_warmup='linear'`` (`reference_warmup_lr` is the official one).
+  The first meta-epoch trains on the ``num_normal`` normal images only,
+  later ones on all ``num_images``.
   """
-  if train_config.lr_warm and epoch < train_config.lr_warm_epochs:
-    return _warmup_ramp(train_config, warmup_step / warmup_steps)
-  return epoch_lr(train_config, epoch)
+  return (num_normal if epoch == 0 else num_images) // train_config.batch_size
 
 
-def _warmup_ramp(train_config, progress: float) -> float:
-  """lr / 10 + progress * (epoch_lr(lr_warm_epochs) - lr / 10), both warm-ups' rate."""
+def make_schedule(train_config, num_normal: int,
+                  num_images: int) -> Callable[[int, int, int], float]:
+  """``lr(epoch, sub_epoch, batch)``: the learning rate of every image batch of a run.
+
+  Outside warm-up: `epoch_lr`. During the first ``lr_warm_epochs`` meta-epochs
+  (``lr_warm``) the rate rises linearly from lr / 10 towards
+  ``epoch_lr(lr_warm_epochs)`` with a progress p:
+    'linear':    batches trained so far in the warm-up epochs / all of theirs;
+    'reference': the official engine's (batch + 2 * sub_epoch + 2 * S * epoch)
+                 / (2 * S * lr_warm_epochs) for S sub-epochs: its ramp restarts
+                 every sub-epoch and passes its target (p > 1) once the batch
+                 index exceeds 2.
+  """
+  warm_epochs = train_config.lr_warm_epochs if train_config.lr_warm else 0
+  sub_epochs = train_config.sub_epochs
+  per_sub_epoch = [batches_per_sub_epoch(train_config, e, num_normal, num_images)
+                   for e in range(warm_epochs)]
+  warm_total = max(sub_epochs * sum(per_sub_epoch), 1)
   start = train_config.lr / 10.0
-  return start + progress * (epoch_lr(train_config, train_config.lr_warm_epochs) - start)
+  target = epoch_lr(train_config, warm_epochs)
+  reference = train_config.lr_warmup == 'reference'
 
+  def lr(epoch: int, sub_epoch: int, batch: int) -> float:
+    if epoch >= warm_epochs:
+      return epoch_lr(train_config, epoch)
+    if reference:
+      steps = _REFERENCE_LOADERS * sub_epochs
+      progress = (batch + _REFERENCE_LOADERS * sub_epoch + epoch * steps) / (warm_epochs * steps)
+    else:
+      done = sub_epochs * sum(per_sub_epoch[:epoch]) + sub_epoch * per_sub_epoch[epoch] + batch
+      progress = done / warm_total
+    return start + progress * (target - start)
 
-def warmup_batches(train_config, normal_images: int, all_images: int,
-                   before_epoch=None) -> int:
-  """Image batches in the warm-up meta-epochs (only those before ``before_epoch``).
-
-  The first meta-epoch trains on the normal images only, later ones on all.
-  """
-  epochs = train_config.lr_warm_epochs if train_config.lr_warm else 0
-  if before_epoch is not None:
-    epochs = min(epochs, before_epoch)
-  total = 0
-  for epoch in range(epochs):
-    images = normal_images if epoch == 0 else all_images
-    total += (images // train_config.batch_size) * train_config.sub_epochs
-  return total
-
-
-def reference_warmup_lr(train_config, epoch: int, sub_epoch: int, batch: int,
-                        num_loaders: int = 2) -> float:
-  """The official code's warm-up learning rate of one image batch (``lr_warmup='reference'``).
-
-  Its progress is (batch + L * sub_epoch + epoch * L * S) / (warm_epochs * L * S)
-  with L the number of data loaders (2) where the number of batches was
-  meant: the ramp restarts every sub-epoch and passes its target (progress
-  above 1) once the batch index exceeds L. Outside warm-up: `epoch_lr`.
-  """
-  if not (train_config.lr_warm and epoch < train_config.lr_warm_epochs):
-    return epoch_lr(train_config, epoch)
-  steps = num_loaders * train_config.sub_epochs
-  return _warmup_ramp(train_config, (batch + num_loaders * sub_epoch + epoch * steps)
-                      / (train_config.lr_warm_epochs * steps))
-
-
-def sub_epoch_lrs(train_config, epoch: int, sub_epoch: int, num_batches: int,
-                  warm_step: int, warm_total: int) -> np.ndarray:
-  """float32 [num_batches] learning rate of each image batch of one sub-epoch.
-
-  ``warm_step``: batches trained before this sub-epoch in the warm-up epochs;
-  ``warm_total``: all of theirs (see `warmup_batches`).
-  """
-  if train_config.lr_warmup == 'reference':
-    rates = [reference_warmup_lr(train_config, epoch, sub_epoch, b) for b in range(num_batches)]
-  else:
-    rates = [batch_lr(train_config, epoch, warm_step + b, max(warm_total, 1))
-             for b in range(num_batches)]
-  return np.array(rates, np.float32)
+  return lr

@@ -79,6 +79,33 @@ class FlowTrainState(flax.struct.PyTreeNode):
     return cls(epoch=jnp.zeros((), jnp.int32), params=params, constants=constants,
                opt_state=opt_state, flow=flow, tx=tx, condition=condition)
 
+  def with_flows(self, variables: Sequence[Dict[str, Any]]) -> 'FlowTrainState':
+    """This state with other flows and a fresh Adam state, e.g. to start from the
+    reference's initialisation (`weight_conversion.flow_variables_from_freia`).
+
+    Args:
+      variables: one ``{'params': ..., 'constants': ...}`` per level, shaped as
+        this state's.
+
+    Raises:
+      ValueError: a level's variables have another structure or shape.
+    """
+    if len(variables) != self.num_levels:
+      raise ValueError(f'{len(variables)} flows given for {self.num_levels} levels')
+    params, constants, opt_state = {}, {}, {}
+    for level, given in enumerate(variables):
+      key = level_key(level)
+      for name, mine in (('params', self.params[key]),
+                         (flow_lib.CONSTANTS, self.constants[key])):
+        shapes = jax.tree.map(jnp.shape, given[name])
+        if shapes != jax.tree.map(jnp.shape, mine):
+          raise ValueError(f'level {level}: the given {name} do not match the flow '
+                           f'({shapes} vs {jax.tree.map(jnp.shape, mine)})')
+      params[key] = jax.tree.map(jnp.asarray, given['params'])
+      constants[key] = jax.tree.map(jnp.asarray, given[flow_lib.CONSTANTS])
+      opt_state[key] = self.tx.init(params[key])
+    return self.replace(params=params, constants=constants, opt_state=opt_state)
+
   @property
   def num_levels(self) -> int:
     return len(self.params)

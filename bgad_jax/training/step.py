@@ -1,13 +1,14 @@
-"""The jitted optimiser steps of one level: a ``lax.scan`` over the chunks of a sub-epoch.
+"""The training step of one level: `train_chunks`, a ``lax.scan`` of Adam steps over chunks.
 
-`train_step` is the pure update of one chunk of feature vectors on one
-device; `train_chunks` runs the same update over all chunks of one level's
-plan, each chunk's vectors split over the devices of the mesh.
+`train_chunks` is the one step function: training (`loop.train_meta_epoch`),
+the tests and the benchmarks all call it, on one device or many. Each chunk
+is one optimiser step; its vectors are split over the devices of the mesh
+(`_device_step`).
 """
 
 import dataclasses
 import functools
-from typing import Any, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -49,12 +50,6 @@ def _loss_of_lp(lp, abnormal, loss: LossSettings, normal_only: bool):
   return value, (jnp.zeros((), bool), terms)
 
 
-def _chunk_loss(params, state: LevelState, x, abnormal, condition, loss: LossSettings,
-                normal_only: bool):
-  z, logdet = state.apply(x, condition, params)
-  return _loss_of_lp(flow_lib.per_dim_log_likelihood(z, logdet), abnormal, loss, normal_only)
-
-
 def apply_gradients(state: LevelState, grads, lr: jnp.ndarray, value: jnp.ndarray,
                     skip: jnp.ndarray) -> Tuple[LevelState, jnp.ndarray]:
   """The Adam update with learning rate ``lr``; (new state, skipped).
@@ -72,33 +67,9 @@ def apply_gradients(state: LevelState, grads, lr: jnp.ndarray, value: jnp.ndarra
                        opt_state=keep(state.opt_state, new_opt_state)), skip
 
 
-def train_step(state: LevelState, x: jnp.ndarray, abnormal: jnp.ndarray,
-               condition: Dict[str, Any], lr: jnp.ndarray, loss: LossSettings,
-               normal_only: bool) -> Tuple[LevelState, Dict[str, jnp.ndarray]]:
-  """One Adam step on one chunk, on one device (pure).
-
-  Args:
-    state: the level's flow.
-    x: [N, C] float32 feature vectors; abnormal: [N] float32 {0, 1}.
-    condition: the flow's condition keywords (`PositionalCondition.flow_kwargs`).
-    lr: float32 scalar learning rate of this chunk.
-    loss: the loss settings.
-    normal_only: the first meta-epoch's loss (chunks with abnormal vectors are skipped).
-
-  Returns:
-    (new state, metrics): scalars ``loss``, ``skipped`` and the `TERMS`. A
-    skipped step (first meta-epoch chunk with abnormal vectors, or a
-    non-finite loss) returns the input state.
-  """
-  (value, (skip, terms)), grads = jax.value_and_grad(_chunk_loss, has_aux=True)(
-      state.params, state, x, abnormal, condition, loss, normal_only)
-  new_state, skip = apply_gradients(state, grads, lr, value, skip)
-  return new_state, dict(loss=value, skipped=skip, **terms)
-
-
 def _device_step(state: LevelState, data: LevelData, ids: jnp.ndarray, lr: jnp.ndarray,
                  loss: LossSettings, normal_only: bool, reduction: str):
-  """`train_step` on one device's share ``ids`` of a chunk (inside ``shard_map``).
+  """One Adam step on the chunk whose share on this device is ``ids`` (inside ``shard_map``).
 
   The flow runs on this device's vectors only. Their log-likelihoods are
   gathered (exact copies), so that every device computes the loss of the
@@ -127,7 +98,10 @@ def _device_step(state: LevelState, data: LevelData, ids: jnp.ndarray, lr: jnp.n
   else:
     grads = jax.lax.psum(grads, AXIS)
   new_state, skip = apply_gradients(state, grads, lr, value, skip)
-  return new_state, dict(loss=value, skipped=skip, **terms)
+  # The learning rate and the parameters' global norm after the step are
+  # reported for step-by-step comparisons with the reference (lockstep).
+  return new_state, dict(loss=value, skipped=skip, lr=lr,
+                         param_norm=optax.tree.norm(new_state.params), **terms)
 
 
 @functools.partial(jax.jit, static_argnames=('loss', 'normal_only', 'mesh', 'reduction'),
@@ -135,7 +109,7 @@ def _device_step(state: LevelState, data: LevelData, ids: jnp.ndarray, lr: jnp.n
 def train_chunks(state: LevelState, data: LevelData, chunks: jnp.ndarray, lrs: jnp.ndarray,
                  loss: LossSettings, normal_only: bool, mesh: Optional[Mesh] = None,
                  reduction: str = 'ordered') -> Tuple[LevelState, Dict[str, jnp.ndarray]]:
-  """`train_step` on every chunk of a plan, in order (the input state's buffers are donated).
+  """One Adam step per chunk of a plan, in order (the input state's buffers are donated).
 
   Args:
     state: the level's flow, replicated on ``mesh``.
@@ -148,7 +122,10 @@ def train_chunks(state: LevelState, data: LevelData, chunks: jnp.ndarray, lrs: j
       (see `_device_step`).
 
   Returns:
-    (new state, metrics): each metric of `train_step` as an [n_chunks] array.
+    (new state, metrics): [n_chunks] arrays: ``loss`` (the chunk's loss before
+    its step), ``skipped`` (a first-meta-epoch chunk with abnormal vectors, or a
+    non-finite loss: the state is left as it was), the `TERMS` of the loss,
+    ``lr`` and ``param_norm`` (the global norm of the parameters after the step).
   """
   step = jax.shard_map(
       functools.partial(_device_step, loss=loss, normal_only=normal_only, reduction=reduction),

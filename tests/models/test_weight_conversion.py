@@ -20,6 +20,18 @@ def test_freia_state_dict_round_trip_of_shapes_and_values():
   assert sorted(variables['params']) == ['blocks_0', 'blocks_1']
 
 
+def test_converted_flows_are_copies_of_the_tensors():
+  # A FrEIA flow trained on after conversion must not change the converted flow.
+  import torch
+  model = freia_reference.build_freia_flow(5, coupling_layers=2, cond_dim=8)
+  variables = flow_variables_from_freia(model.state_dict())
+  before = np.array(variables['params']['blocks_0']['global_offset'])
+  with torch.no_grad():
+    for param in model.parameters():
+      param.add_(1.0)
+  np.testing.assert_array_equal(variables['params']['blocks_0']['global_offset'], before)
+
+
 def test_mismatch_lists_missing_and_unexpected_keys():
   model = freia_reference.build_freia_flow(5, coupling_layers=2)
   state = dict(model.state_dict())

@@ -36,7 +36,7 @@ def test_non_finite_loss_stops_training():
   data = data.replace(features=data.features.at[:].set(np.nan))
   with pytest.raises(FloatingPointError, match='non-finite loss at meta-epoch 0'):
     loop.train_meta_epoch(state, _CachedOnly([data], 4, 4, mesh), config.train,
-                          LossSettings.from_config(config.loss), 0, (0, 1))
+                          LossSettings.from_config(config.loss), 0)
 
 
 def test_meta_epoch_reports_the_loss_terms():
@@ -44,10 +44,10 @@ def test_meta_epoch_reports_the_loss_terms():
   config.train.batch_size = 1   # one image (16 vectors, one chunk) per batch
   loss = LossSettings.from_config(config.loss)
   training_set = _CachedOnly([data], 3, 4, mesh)   # image 3 has abnormal vectors
-  state, first = loop.train_meta_epoch(state, training_set, config.train, loss, 0, (0, 4))
+  state, first = loop.train_meta_epoch(state, training_set, config.train, loss, 0)
   assert int(state.epoch) == 1 and first['abnormal_chunks'] == 0.0
   assert first['loss_n'] is None and first['ml'] == pytest.approx(first['loss'], rel=1e-5)
-  state, second = loop.train_meta_epoch(state, training_set, config.train, loss, 0, (4, 4))
+  state, second = loop.train_meta_epoch(state, training_set, config.train, loss, 0)
   assert second['abnormal_chunks'] == 0.25   # image 3's chunk
   assert second['b_a'] == pytest.approx(second['b_n'] - config.loss.margin_tau, abs=1e-5)
   assert second['loss_a'] >= 0.0 and second['loss_n'] >= 0.0
@@ -88,8 +88,7 @@ state = FlowTrainState.create(config, (5,), jax.random.key(0))
 history = []
 for epoch in range(2):
   state, stats = loop.train_meta_epoch(state, _CachedOnly([data], 4, 6, mesh), config.train,
-                                       LossSettings.from_config(config.loss), config.seed,
-                                       (epoch * 2, 4))
+                                       LossSettings.from_config(config.loss), config.seed)
   history.append(stats['loss'])
 leaves = [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(state.params)]
 print(json.dumps(dict(devices=jax.device_count(), losses=history, params=leaves)))

@@ -21,3 +21,19 @@ def test_plan_rng_streams_are_independent_and_reproducible():
   a = plan.plan_rng(0, 1, 2, 3).permutation(50)
   np.testing.assert_array_equal(a, plan.plan_rng(0, 1, 2, 3).permutation(50))
   assert not np.array_equal(a, plan.plan_rng(0, 1, 2, 4).permutation(50))
+
+
+def test_reference_permutation_gives_the_reference_loop_our_chunks():
+  positions, num_vectors = 6, 5
+  batches = plan.image_batches(10, 4, np.random.default_rng(0))
+  chunks, owners = plan.chunk_plan(batches, positions, num_vectors, np.random.default_rng(1))
+  features = np.arange(10 * positions) * 10   # vector v's value: 10 v
+  for b, batch in enumerate(batches):
+    mine = chunks[owners == b]
+    perm = plan.reference_permutation(batch, mine, positions)
+    assert sorted(perm.tolist()) == list(range(len(batch) * positions))   # a permutation
+    # The reference's rows: the batch's images in order, each image's positions in order.
+    rows = features.reshape(10, positions)[batch].reshape(-1)
+    for k, chunk in enumerate(mine):
+      np.testing.assert_array_equal(rows[perm[k * num_vectors:(k + 1) * num_vectors]],
+                                    features[chunk])

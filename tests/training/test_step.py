@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from bgad_jax.models import flow as flow_lib
-from bgad_jax.models.pos_embed import flow_condition, positional_encoding_2d
+from bgad_jax.models.pos_embed import positional_encoding_2d
 from bgad_jax.training import losses
 from bgad_jax.training import step as step_lib
 from tests.training.helpers import tiny_level
@@ -54,17 +54,28 @@ def test_chunk_step_equals_one_manual_adam_step(first, factored, reduction):
 @pytest.mark.parametrize('precision,expected', [('highest', 'HIGHEST'), ('default', 'DEFAULT')])
 def test_flow_matmul_precision_reaches_every_matmul(precision, expected):
   # On GPUs and TPUs the default float32 matmul is TF32 / one bfloat16 pass;
-  # 'highest' must reach every forward and backward matmul of a training step.
+  # 'highest' must reach every forward and backward matmul of the training step.
   config, _, data, state = tiny_level(matmul_precision=precision)
-  step = jax.jit(step_lib.train_step, static_argnames=('loss', 'normal_only'))
-  ids = jnp.arange(16)
-  text = step.lower(state.level(0), data.features[ids], data.masks[ids],
-                    flow_condition(data.cond, ids), jnp.float32(1e-3),
-                    step_lib.LossSettings.from_config(config.loss), False).as_text()
+  text = step_lib.train_chunks.lower(
+      state.level(0), data, jnp.arange(16, dtype=jnp.int32)[None], jnp.array([1e-3]),
+      step_lib.LossSettings.from_config(config.loss), False).as_text()
   dots = [line for line in text.splitlines() if 'stablehlo.dot_general' in line]
   assert len(dots) > 2 * config.flow.coupling_layers
   for line in dots:
     assert f'precision = [{expected}, {expected}]' in line, line
+
+
+def test_step_reports_its_learning_rate_and_parameter_norm():
+  config, _, data, state = tiny_level()
+  chunks = np.stack([np.arange(0, 16), np.arange(16, 32)]).astype(np.int32)
+  new_level, metrics = step_lib.train_chunks(
+      _copy(state.level(0)), data, jnp.asarray(chunks), jnp.array([1e-3, 5e-4]),
+      step_lib.LossSettings.from_config(config.loss), False)
+  np.testing.assert_array_equal(np.asarray(metrics['lr']), np.float32([1e-3, 5e-4]))
+  norm = np.sqrt(sum(float(np.sum(np.square(np.asarray(leaf, np.float64))))
+                     for leaf in jax.tree.leaves(new_level.params)))
+  np.testing.assert_allclose(float(metrics['param_norm'][-1]), norm, rtol=1e-6)
+  assert float(metrics['param_norm'][0]) != float(metrics['param_norm'][1])
 
 
 def test_first_epoch_skips_chunks_with_anomalies():
