@@ -21,9 +21,23 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file(
-    'config', 'configs/demo.py', 'Config file, optionally with an argument: file.py:arg.',
-    lock_config=True)
+
+def _user_error(message: str) -> None:
+  from bgad_jax import cli   # imported late so that --help stays fast
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(cli.USER_ERROR_EXIT_CODE)
+
+
+try:
+  config_flags.DEFINE_config_file(
+      'config', 'configs/demo.py', 'Config file, optionally with an argument: file.py:arg.',
+      lock_config=True)
+except (AttributeError, KeyError):
+  # Without --config, the default file's overrides are applied here, at definition.
+  from bgad_jax import cli
+  if '--verbose' in sys.argv or cli.unknown_config_key(sys.argv) is None:
+    raise
+  _user_error(cli.unknown_config_key(sys.argv))
 flags.DEFINE_string('workdir', None, 'Output folder (default: runs/<config name>[_<arg>]).')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'export', 'serve'],
                   'train: train then evaluate; eval: the workdir checkpoint on the test set; '
@@ -51,16 +65,18 @@ def default_workdir(config_arg: str) -> str:
 
 
 def parse_flags(argv):
-  """absl's parsing, with a one-line error for a --config.<key> the config lacks."""
+  """absl's parsing; a flag or --config.<key> that is unknown or has a value of the
+  wrong type ends in one 'error:' line and exit code 2, like every other user error."""
   try:
-    return app.parse_flags_with_usage(argv)
+    return FLAGS(argv)
+  except flags.Error as error:
+    from bgad_jax import cli
+    _user_error(cli.wrong_value_type(argv, str(error)) or str(error))
   except (AttributeError, KeyError):
     from bgad_jax import cli
-    message = cli.unknown_config_key(argv)
-    if message is None or '--verbose' in argv:
+    if '--verbose' in argv or cli.unknown_config_key(argv) is None:
       raise
-    print(f'error: {message}', file=sys.stderr)
-    sys.exit(cli.USER_ERROR_EXIT_CODE)
+    _user_error(cli.unknown_config_key(argv))
 
 
 def main(argv):

@@ -44,6 +44,7 @@ os.environ.setdefault('TQDM_DISABLE', '1')   # the official loops' progress bars
 
 import argparse
 import contextlib
+import functools
 import importlib
 import io
 import json
@@ -261,6 +262,8 @@ def run_reference(mods, args, data, seed: int, mode: str, known_files: List[str]
     decoders = [mods.models.load_flow_model(ref, c) for c in encoder.feature_info.channels()]
   params = [p for decoder in decoders for p in decoder.parameters()]
   optimizer = torch.optim.Adam(params, lr=ref.lr)
+  if args.official_zero_grad == 'zeros':   # torch < 2.0's zero_grad() (see the flag's help)
+    optimizer.zero_grad = functools.partial(optimizer.zero_grad, set_to_none=False)
   normal, train, test = reference_loaders(args, train_arrays, len(train_examples), test_arrays)
   epochs, train_seconds, eval_seconds = [], [], []
   for epoch in range(args.meta_epochs):
@@ -382,9 +385,11 @@ def print_tables(results: Dict, sides: List[str], meta_epochs: int) -> None:
 
 # Settings that change what a run computes: saved runs are reused (--resume)
 # only when these match.
-_RUN_SETTINGS = ('data', 'category', 'demo_class', 'meta_epochs', 'sub_epochs', 'batch_size',
-                 'inp_size', 'num_vectors', 'num_anomalies', 'demo_size', 'num_train',
-                 'num_test_good', 'num_per_defect', 'reference_pro')
+_RUN_SETTINGS = ('data', 'category', 'demo_class', 'official_zero_grad', 'meta_epochs',
+                 'sub_epochs', 'batch_size', 'inp_size', 'num_vectors', 'num_anomalies',
+                 'demo_size', 'num_train', 'num_test_good', 'num_per_defect', 'reference_pro')
+
+_ADDED_SETTINGS = dict(official_zero_grad='none')
 
 
 def _saved_results(args) -> Dict:
@@ -394,7 +399,9 @@ def _saved_results(args) -> Dict:
   with open(args.json) as f:
     saved = json.load(f)
   settings = vars(args)
-  changed = [k for k in _RUN_SETTINGS if saved['settings'].get(k) != settings.get(k)]
+  # A setting added after a file was written had its default value there.
+  changed = [k for k in _RUN_SETTINGS
+             if saved['settings'].get(k, _ADDED_SETTINGS.get(k)) != settings.get(k)]
   if changed:
     raise SystemExit(f'--resume: {args.json} was made with other settings ({", ".join(changed)}); '
                      'use another --json')
@@ -427,6 +434,12 @@ def parse_args(argv=None):
   parser.add_argument('--lockstep_features', choices=('official', 'shared'), default='official',
                       help="--lockstep: the official side's features from its timm encoder, or "
                            "bgad_jax's (shared: only the loops differ)")
+  parser.add_argument('--official_zero_grad', choices=('none', 'zeros'), default='none',
+                      help="zeros: the official optimizer.zero_grad() keeps zero gradients, as "
+                           "before torch 2.0 (the authors' torch >= 1.7): its one Adam then "
+                           'steps every level that had a gradient once, with momentum only, at '
+                           "every other level's step. none: torch 2's default (gradients "
+                           'unset, idle levels untouched), which bgad_jax matches')
   parser.add_argument('--data', default='', help='MVTec-layout root (default: a demo class)')
   parser.add_argument('--category', default='')
   parser.add_argument('--demo_class', default='tissue', choices=demo_data.CATEGORIES,

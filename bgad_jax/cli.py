@@ -5,9 +5,11 @@ exit code 2; anything else keeps its traceback.
 """
 
 import difflib
+import functools
 import importlib.util
 import logging
 import os
+import re
 import shlex
 import sys
 import traceback
@@ -95,6 +97,9 @@ def run(config, workdir: str, mode: str, command: str = ''):
   if seed_list:
     return seeds.run_seeds(config, workdir, seed_list,
                            lambda seed_config, folder: run(seed_config, folder, mode, command))
+  if seed_list:
+    return seeds.run_seeds(config, workdir, seed_list,
+                           lambda seed_config, folder: run(seed_config, folder, mode, command))
   if mode == 'export':
     path = export.write_export(workdir, config, validation.as_list(config.export.platforms),
                                config.export.format)
@@ -148,6 +153,39 @@ def main(config, workdir: str, mode: str, argv: Sequence[str], verbose: bool = F
   return 0
 
 
+def _load_config(argv: Sequence[str]):
+  """The config that ``argv``'s --config names, before overrides (None if it cannot load)."""
+  path, _, arg = _config_arg(argv).partition(':')
+  try:
+    spec = importlib.util.spec_from_file_location('_bgad_config_for_keys', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+  except Exception:   # pylint: disable=broad-except
+    return None
+
+
+_TYPE_NAMES = {bool: 'true or false', int: 'an integer', float: 'a number',
+               str: 'a string', tuple: 'a comma-separated list'}
+
+
+def wrong_value_type(argv: Sequence[str], error: str) -> Optional[str]:
+  """A message naming the field, the value and the type wanted, when absl's ``error``
+  is about the value of a ``--config.<key>`` override (else None)."""
+  match = re.match(r'flag --config\.([\w.]+)=(.*?): ', error)
+  config = _load_config(argv) if match else None
+  if config is None:
+    return None
+  key, value = match.groups()
+  try:
+    default = functools.reduce(lambda section, name: section[name], key.split('.'), config)
+  except (KeyError, AttributeError):
+    return None
+  wanted = _TYPE_NAMES.get(type(default), type(default).__name__)
+  return (f'--config.{key}={value}: {key} takes {wanted} (its default is {default!r}), '
+          f'not {value!r}')
+
+
 def _config_arg(argv: Sequence[str]) -> str:
   value = 'configs/demo.py'
   for i, arg in enumerate(argv):
@@ -173,13 +211,8 @@ def unknown_config_key(argv: Sequence[str]) -> Optional[str]:
   Returns None when every override names an existing field (or the config
   file itself cannot be loaded: the flag parser reports that).
   """
-  path, _, arg = _config_arg(argv).partition(':')
-  try:
-    spec = importlib.util.spec_from_file_location('_bgad_config_for_keys', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg) if arg else module.get_config()
-  except Exception:   # pylint: disable=broad-except
+  config = _load_config(argv)
+  if config is None:
     return None
   fields = _field_keys(config)
   for option in argv:

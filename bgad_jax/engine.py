@@ -42,10 +42,12 @@ from bgad_jax.training.training_set import TrainingSet
 
 @dataclasses.dataclass
 class TestSet:
-  """The evaluation images: preprocessed arrays, their backbone features, the known types."""
+  """The evaluation images: preprocessed arrays, their backbone features, the known
+  types, and what a reader of the metrics must know about them (`test_set_notes`)."""
   arrays: Dict[str, np.ndarray]
   features: List[np.ndarray]
   known_types: List[str]
+  notes: List[str] = dataclasses.field(default_factory=list)
 
 
 def use_compile_cache(config) -> None:
@@ -106,13 +108,44 @@ def _without_mask(arrays: Dict[str, np.ndarray]) -> List[str]:
       arrays['filenames'], arrays['labels'], arrays['has_mask']) if label and not has]
 
 
-def build_test_set(config, backbone: FrozenBackbone, test_examples) -> TestSet:
-  """The test images' arrays and backbone features (one warning per image without a mask)."""
+def test_set_notes(config, arrays: Dict[str, np.ndarray], num_known: int) -> List[str]:
+  """One line each for what leaves metrics n/a or partial: no anomalous test image, or
+  anomalous images without a ground-truth mask."""
+  notes, anomalous = [], int(np.sum(arrays['labels']))
+  if not anomalous and num_known:
+    files = ' / data.known_anomaly_files' if validation.known_anomaly_files(config) else ''
+    notes.append(
+        f'No anomalous test image is left: all {num_known} are known anomalies used for '
+        f'training (data.num_anomalies={config.data.num_anomalies}{files}), so image AUROC, '
+        'pixel AUROC and AUPRO are n/a. Use fewer known anomalies (e.g. '
+        '--config.data.num_anomalies=' + str(max(num_known // 2, 0)) + ') to keep some '
+        'for the test.')
+  elif not anomalous:
+    notes.append('The test set has no anomalous image, so image AUROC, pixel AUROC and AUPRO '
+                 'are n/a: put defective images in test/<defect type>/ folders.')
+  missing = _without_mask(arrays)
+  if missing and len(missing) == anomalous:
+    notes.append(f'None of the {anomalous} anomalous test images has a ground-truth mask: '
+                 'pixel AUROC and AUPRO are n/a (the image AUROC counts them all).')
+  elif missing:
+    shown = ', '.join(missing[:3]) + (', ...' if len(missing) > 3 else '')
+    notes.append(f'{len(missing)} of {anomalous} anomalous test images have no ground-truth '
+                 f'mask ({shown}): they count in the image AUROC only, not in the pixel '
+                 'metrics.')
+  return notes
+
+
+def build_test_set(config, backbone: FrozenBackbone, test_examples,
+                   num_known: int = 0) -> TestSet:
+  """The test images' arrays and backbone features; `test_set_notes` are logged once.
+
+  ``num_known``: how many anomalous test images became known anomalies.
+  """
   arrays, features = backbone.extract(test_examples, config.data.inp_size)
-  for name in _without_mask(arrays):
-    logging.warning('%s has no ground-truth mask: it counts in the image AUROC only, not in '
-                    'the pixel metrics', name)
-  return TestSet(arrays, features, validation.known_defect_types(config))
+  notes = test_set_notes(config, arrays, num_known)
+  for note in notes:
+    logging.warning('%s', note)
+  return TestSet(arrays, features, validation.known_defect_types(config), notes)
 
 
 def build_training_set(config, backbone: FrozenBackbone, train_examples,
@@ -223,7 +256,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   backbone = FrozenBackbone.load(config, mesh)
   t0 = time.time()
   training_set, train_features = build_training_set(config, backbone, train_examples, known)
-  test = build_test_set(config, backbone, test_examples)
+  test = build_test_set(config, backbone, test_examples, len(known))
   if calibration:
     calibration_features = backbone.extract(calibration, config.data.inp_size)[1]
   else:   # the flows' own normal images, as the reference would
@@ -246,12 +279,13 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                                        calibration_files,
                                        'held-out' if calibration else 'training', mesh)
   result['at_threshold'] = _at_threshold(config, test_lp, test, constants)
-  return _write_outputs(config, workdir, state, meta, result, maps, test.arrays, known,
+  return _write_outputs(config, workdir, state, meta, result, maps, test, known,
                         feature_seconds, time.time() - started)
 
 
-def _write_outputs(config, workdir, state, meta, result, maps, test_arrays, known,
+def _write_outputs(config, workdir, state, meta, result, maps, test: TestSet, known,
                    feature_seconds, total_seconds) -> Dict[str, Any]:
+  test_arrays = test.arrays
   results = dict(
       name=f'{config.data.source}/{config.data.category}', epoch=int(state.epoch),
       **report.headline(result), per_type=result['per_type'],
@@ -259,7 +293,8 @@ def _write_outputs(config, workdir, state, meta, result, maps, test_arrays, know
       seconds=dict(features=feature_seconds, train=meta['seconds']['train'],
                    eval=meta['seconds']['eval'], total=total_seconds),
       known_anomalies=[e['filename'] for e in known],
-      anomalies_without_mask=_without_mask(test_arrays), history=meta['history'],
+      anomalies_without_mask=_without_mask(test_arrays), notes=test.notes,
+      history=meta['history'],
       device=f'{jax.devices()[0].device_kind} x{jax.device_count()}',
       config=config.to_dict())
   for group in ('seen', 'unseen', 'at_threshold'):
@@ -286,7 +321,7 @@ def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
   _, _, known, test_examples = load_data(config)
   backbone = FrozenBackbone.load(config, mesh)
   t0 = time.time()
-  test = build_test_set(config, backbone, test_examples)
+  test = build_test_set(config, backbone, test_examples, len(known))
   feature_seconds = time.time() - t0
   state, meta = _restore_for_inference(config, workdir, [f.shape[-1] for f in test.features],
                                        mesh)
@@ -296,7 +331,7 @@ def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
     result['at_threshold'] = _at_threshold(config, test_lp, test,
                                            read_predict_constants(workdir))
   meta['seconds']['eval'] = time.time() - t0
-  return _write_outputs(config, workdir, state, meta, result, maps, test.arrays, known,
+  return _write_outputs(config, workdir, state, meta, result, maps, test, known,
                         feature_seconds, feature_seconds + meta['seconds']['eval'])
 
 

@@ -176,8 +176,14 @@ def _check_parallel(config, errors):
 
 
 def _check_serve(config, errors):
-  if not 0 <= config.serve.port <= 65535:
-    errors.append(f'serve.port={config.serve.port}: a TCP port in 0..65535 (0: any free one)')
+  serve = config.serve
+  if not 0 <= serve.port <= 65535:
+    errors.append(f'serve.port={serve.port}: a TCP port in 0..65535 (0: any free one)')
+  for name in ('max_upload_mb', 'read_timeout_s', 'request_timeout_s'):
+    if not serve[name] > 0:
+      errors.append(f'serve.{name}={serve[name]!r}: must be > 0')
+  for name in ('max_pixels', 'max_files', 'max_connections', 'backlog'):
+    _at_least(errors, f'serve.{name}', serve[name], 1)
 
 
 def _check_export(config, errors):

@@ -128,6 +128,16 @@ def get_config(arg=None):
   config.serve = ml_collections.ConfigDict()    # --mode=serve (the inspection page)
   config.serve.host = '127.0.0.1'               # '0.0.0.0' to let other machines in
   config.serve.port = 8080                      # 0: any free port (printed)
+  # Limits (bgad_jax/serve.py): larger bodies or images get 413 before they are
+  # read or decoded; a client has read_timeout_s per read and request_timeout_s
+  # for its whole request; past max_connections, connections wait in the backlog.
+  config.serve.max_upload_mb = 64.0
+  config.serve.max_pixels = 40_000_000
+  config.serve.max_files = 64                   # per /predict/batch request
+  config.serve.read_timeout_s = 10.0
+  config.serve.request_timeout_s = 30.0
+  config.serve.max_connections = 128
+  config.serve.backlog = 256
 
   config.export = ml_collections.ConfigDict()   # --mode=export
   config.export.format = 'stablehlo'            # jax.export, loadable without bgad_jax

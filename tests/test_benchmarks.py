@@ -335,3 +335,15 @@ def test_lockstep_comparison_finds_the_first_difference_in_the_official_order():
   first = report['first']   # level 0's second step comes before level 1's second
   assert (first['level'], first['step'], first['quantity'], first['batch']) == (0, 1, 'loss', 1)
   assert lockstep.compare_steps(official, official, labels)['first'] is None
+
+
+def test_serve_load_benchmark_smoke(tmp_path):
+  out = tmp_path / 'serve_load.json'
+  stdout = _run('serve_load.py', '--clients', '4', '--seconds', '2', '--slow', '1',
+                '--json', str(out))
+  report = json.loads(out.read_text())
+  quiet, attacked = report['rows']
+  assert quiet['requests'] > 0 and attacked['requests'] > 0
+  assert quiet['errors'] == attacked['errors'] == 0 and attacked['slow'] == 1
+  assert quiet['p50'] <= quiet['p99'] <= quiet['max']
+  assert report['exit_code'] == 0 and 'p99 / without' in stdout

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -129,9 +130,13 @@ def test_anomaly_without_mask_is_named_and_counted(trained, tmp_path):
   copy = _trained_copy(trained, tmp_path / 'work')
   _, stderr = _main(copy, root, '--mode=eval', '--config.data.source=folder',
                     f'--config.data.tfds_dir={tmp_path / "tfds"}', with_stderr=True)
-  assert stderr.count('test/hole/000.png has no ground-truth mask') == 1
+  (line,) = [l for l in stderr.splitlines() if 'no ground-truth mask' in l]   # one line
+  assert re.search(r'1 of \d+ anomalous test images have no ground-truth mask '
+                   r'\(test/hole/000.png\): they count in the image AUROC only', line)
   results = json.loads((copy / 'results.json').read_text())
   assert results['anomalies_without_mask'] == ['test/hole/000.png']
+  assert results['notes'] == [line.split('WARNING: ', 1)[1]]
+  assert f"Note: {results['notes'][0]}" in (copy / 'results.md').read_text()
   assert results['pix_auroc'] is not None
 
 
@@ -162,3 +167,21 @@ def test_all_strategies_train_end_to_end(trained, tmp_path):
   results = json.loads((tmp_path / 'synth' / 'results.json').read_text())
   for key in ('img_auroc', 'pix_auroc', 'aupro'):
     assert 0.0 <= results[key] <= 1.0
+
+
+def test_notes_explain_metrics_left_n_a():
+  from bgad_jax import engine
+  from configs import test as test_config
+  config = test_config.get_config()
+  config.data.num_anomalies = 8
+  arrays = dict(labels=np.array([0, 0]), has_mask=np.array([False, False]),
+                filenames=np.array(['good/0.png', 'good/1.png']))
+  (note,) = engine.test_set_notes(config, arrays, num_known=8)
+  assert note.startswith('No anomalous test image is left: all 8 are known anomalies')
+  assert 'data.num_anomalies=8' in note and '--config.data.num_anomalies=4' in note
+  (note,) = engine.test_set_notes(config, arrays, num_known=0)
+  assert 'test set has no anomalous image' in note
+  arrays = dict(labels=np.array([0, 1, 1]), has_mask=np.array([False, False, False]),
+                filenames=np.array(['good/0.png', 'a/0.png', 'a/1.png']))
+  (note,) = engine.test_set_notes(config, arrays, num_known=2)
+  assert note.startswith('None of the 2 anomalous test images has a ground-truth mask')

@@ -39,3 +39,26 @@ def test_default_workdir_names():
   assert main_module.default_workdir('configs/mvtec.py:carpet') == os.path.join('runs', 'mvtec_carpet')
   assert main_module.default_workdir('configs/mvtec.py:carpet,best') == os.path.join(
       'runs', 'mvtec_carpet_best')
+
+
+def test_wrong_value_type_is_one_line_naming_field_value_and_type(tmp_path):
+  result = _main(f'--workdir={tmp_path}', '--config.train.lr=abc')
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      "error: --config.train.lr=abc: train.lr takes a number (its default is 0.01), not 'abc'"]
+  result = _main(f'--workdir={tmp_path}', '--config.flow.conditional=maybe')
+  assert result.returncode == 2 and result.stderr.startswith(
+      "error: --config.flow.conditional=maybe: flow.conditional takes true or false")
+  result = _main(f'--workdir={tmp_path}', '--mode=nonsense')
+  assert result.returncode == 2 and result.stderr.startswith('error: flag --mode=nonsense: ')
+  assert not os.listdir(tmp_path)
+
+
+def test_unknown_key_without_a_config_flag_is_one_line_too(tmp_path):
+  result = subprocess.run([sys.executable, 'main.py', f'--workdir={tmp_path}',
+                           '--config.train.lrr=1'], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      'error: unknown config key train.lrr (in --config.train.lrr=1); '
+      'closest: train.lr, train.lr_warm, train.lr_warmup']

@@ -1,7 +1,6 @@
 """serve: the inspection page, over HTTP and in a real headless browser (Debian chromium)."""
 
 import base64
-import glob
 import io
 import json
 import os
@@ -62,26 +61,68 @@ def test_undecodable_upload_names_the_file(detector):
     serve.inspect_image(detector, 'broken.png', b'not an image')
 
 
+LIMITS = serve.Limits(max_upload_bytes=2 ** 20, max_pixels=10 ** 6, max_files=4,
+                      read_timeout_s=2.0, request_timeout_s=3.0, max_connections=16, backlog=128)
+
+
 @pytest.fixture(scope='module')
 def server(detector):
-  """The page served from a thread on a free port: its base URL."""
-  handler = serve.make_handler(detector, serve.render_page(detector, 'test model'))
-  httpd = serve.http.server.HTTPServer(('127.0.0.1', 0), handler)
+  """The server in a thread on a free port, with small limits: its base URL."""
+  httpd = serve.make_server(detector, 'test model', LIMITS)
   thread = threading.Thread(target=httpd.serve_forever, daemon=True)
   thread.start()
   yield f'http://127.0.0.1:{httpd.server_address[1]}/'
-  httpd.shutdown()
-  httpd.server_close()
+  httpd.stop(grace_s=5)
 
 
-def _post(url, data, name):
-  request = urllib.request.Request(url + 'predict', data=data, method='POST',
-                                   headers={'X-Filename': name})
+def _request(url, data=None, headers=None, method=None, timeout=60):
+  request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
   try:
-    with urllib.request.urlopen(request, timeout=60) as response:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
       return response.status, json.loads(response.read())
   except urllib.error.HTTPError as error:
     return error.code, json.loads(error.read())
+
+
+def _post(url, data, name, path='predict'):
+  return _request(url + path, data, {'X-Filename': name}, 'POST')
+
+
+def _multipart(files):
+  boundary = 'bgad-test-boundary'
+  body = b''.join(
+      f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+      f'Content-Type: application/octet-stream\r\n\r\n'.encode() + data + b'\r\n'
+      for name, data in files) + f'--{boundary}--\r\n'.encode()
+  return body, {'Content-Type': f'multipart/form-data; boundary={boundary}'}
+
+
+def _raw(server_url, payload: bytes, read=True, timeout=10):
+  """Sends raw bytes on a new connection; (status line, socket) of the answer."""
+  import socket
+  port = int(server_url.rstrip('/').rsplit(':', 1)[1])
+  sock = socket.create_connection(('127.0.0.1', port), timeout=timeout)
+  sock.sendall(payload)
+  if not read:
+    return None, sock
+  answer = b''
+  while b'\r\n' not in answer:
+    chunk = sock.recv(4096)
+    if not chunk:
+      break
+    answer += chunk
+  sock.close()
+  return answer.split(b'\r\n', 1)[0].decode(), None
+
+
+def _png_claiming(width, height):
+  """A PNG whose header claims width x height pixels (a decompression bomb's header)."""
+  import struct
+  import zlib
+  chunk = lambda kind, data: (struct.pack('>I', len(data)) + kind + data
+                              + struct.pack('>I', zlib.crc32(kind + data)))
+  return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0))
+          + chunk(b'IDAT', zlib.compress(b'')) + chunk(b'IEND', b''))
 
 
 def test_http_endpoints(trained, detector, server):
@@ -95,6 +136,84 @@ def test_http_endpoints(trained, detector, server):
   assert status == 400 and result['error'].startswith('bad file.png: cannot decode image')
   status, _ = _post(server[:-1] + '/nothing/', b'', 'x')
   assert status == 404
+
+
+def test_health_names_the_model_and_its_threshold(detector, server):
+  status, health = _request(server + 'health')
+  assert status == 200 and health['status'] == 'ok' and health['model'] == 'test model'
+  assert health['threshold'] == pytest.approx(detector.threshold)
+  assert health['inp_size'] == detector.config.data.inp_size and health['queued'] == 0
+  assert health['version'] == '0.1.0'
+
+
+def test_json_api_single_multipart_batch_and_without_overlay(trained, detector, server):
+  good = open(_image_path(trained), 'rb').read()
+  defect = open(_image_path(trained, 'test/hole/000.png'), 'rb').read()
+  expected = detector.predict([_image_path(trained), _image_path(trained, 'test/hole/000.png')])
+  body, headers = _multipart([('one.png', good)])
+  status, result = _request(server + 'predict?overlay=0', body, headers, 'POST')
+  assert status == 200 and result['name'] == 'one.png' and 'overlay' not in result
+  assert result['nll_score'] == pytest.approx(expected[0].nll_score, rel=1e-6)
+  body, headers = _multipart([('a.png', good), ('not an image.txt', b'hello'), ('b.png', defect)])
+  status, answer = _request(server + 'predict/batch', body, headers, 'POST')
+  assert status == 200
+  a, bad, b = answer['results']
+  assert (a['name'], b['name']) == ('a.png', 'b.png') and 'overlay' in a
+  assert [a['nll_score'], b['nll_score']] == pytest.approx([p.nll_score for p in expected],
+                                                            rel=1e-6)
+  assert bad['name'] == 'not an image.txt' and 'cannot decode image' in bad['error']
+  body, headers = _multipart([('x.png', good)] * 5)   # LIMITS.max_files = 4
+  assert _request(server + 'predict/batch', body, headers, 'POST')[0] == 413
+  body, headers = _multipart([('x.png', good)] * 2)
+  status, result = _request(server + 'predict', body, headers, 'POST')
+  assert status == 400 and 'use /predict/batch' in result['error']
+
+
+def test_a_burst_of_50_concurrent_uploads_is_answered(trained, server):
+  from concurrent.futures import ThreadPoolExecutor
+  data = open(_image_path(trained), 'rb').read()
+  with ThreadPoolExecutor(50) as pool:
+    statuses = list(pool.map(lambda i: _post(server + '', data, f'{i}.png',
+                                             'predict?overlay=0')[0], range(50)))
+  assert statuses == [200] * 50
+
+
+def test_a_slow_client_does_not_delay_others(trained, server):
+  data = open(_image_path(trained), 'rb').read()
+  _post(server, data, 'warm.png', 'predict?overlay=0')
+  t0 = time.monotonic()
+  _post(server, data, 'alone.png', 'predict?overlay=0')
+  alone = time.monotonic() - t0
+  # Promises 100000 bytes, sends 3 and stalls (it will be cut off after its timeouts).
+  _, stalled = _raw(server, b'POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000'
+                    b'\r\n\r\nabc', read=False)
+  _, trickle = _raw(server, b'POST /predict HTTP/1.1\r\nHo', read=False)   # stalls in headers
+  try:
+    t0 = time.monotonic()
+    status, _ = _post(server, data, 'beside.png', 'predict?overlay=0')
+    beside = time.monotonic() - t0
+  finally:
+    stalled.close()
+    trickle.close()
+  assert status == 200 and beside < alone + 1.0
+
+
+def test_malformed_and_oversized_requests_get_4xx_and_the_server_goes_on(trained, server):
+  head = b'POST /predict HTTP/1.1\r\nHost: x\r\n'
+  assert _raw(server, head + b'Content-Length: -5\r\n\r\n')[0].split()[1] == '400'
+  assert _raw(server, head + b'Content-Length: lots\r\n\r\n')[0].split()[1] == '400'
+  assert _raw(server, head + b'\r\n')[0].split()[1] == '411'
+  assert _raw(server, head + b'Transfer-Encoding: chunked\r\n\r\n')[0].split()[1] == '411'
+  # Too large: answered from the headers alone, before any of the body is read.
+  assert _raw(server, head + b'Content-Length: 99999999999\r\n\r\n')[0].split()[1] == '413'
+  assert _raw(server, b'GARBAGE\r\n\r\n')[0].split()[1] == '400'
+  assert _raw(server, b'GET /' + b'x' * 70000 + b' HTTP/1.1\r\n\r\n')[0].split()[1] == '414'
+  status, result = _post(server, _png_claiming(100_000, 100_000), 'bomb.png')
+  assert status == 413 and 'bomb.png' in result['error']
+  status, result = _post(server, _png_claiming(2000, 1000), 'big.png')   # over max_pixels 1e6
+  assert status == 413 and '2000x1000 = 2000000 pixels; at most 1000000' in result['error']
+  status, _ = _post(server, open(_image_path(trained), 'rb').read(), 'after.png')
+  assert status == 200
 
 
 def _browser(profile_dir):
@@ -184,9 +303,10 @@ def test_page_in_a_headless_browser(trained, detector, tmp_path):
     driver.save_screenshot(str(tmp_path / 'page.png'))
   finally:
     driver.quit()
-    process.terminate()
-    process.wait(timeout=30)
+    process.terminate()   # SIGTERM: a clean stop
+    out, _ = process.communicate(timeout=30)
   shutil.rmtree(tmp_path / 'profile', ignore_errors=True)
+  assert process.returncode == 0 and 'Stopped serving.' in out
 
 
 def test_taken_port_is_a_one_line_error(trained):

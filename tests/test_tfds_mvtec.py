@@ -47,6 +47,18 @@ def test_build_and_read_every_example(tmp_path, category):
       np.testing.assert_array_equal(example['mask'], _file_mask(category, example['filename']))
 
 
+def test_a_build_prints_one_plain_line_per_split(tmp_path, capfd):
+  tfds_mvtec.build('bottle', str(tmp_path), DUMMY)   # stdout is not a terminal here
+  out, err = capfd.readouterr()
+  lines = out.strip().splitlines()
+  assert lines[0].startswith('Building mvtec_ad/bottle in ')
+  expected = MVTEC_AD.scan(MVTEC_AD, os.path.join(DUMMY, 'bottle'), 'bottle', True)
+  assert lines[1:] == [f"  test: {len(expected['test'])} images",
+                       f"  train: {len(expected['train'])} images"]
+  for text in (out, err):
+    assert 'ownload' not in text and '\x1b[' not in text and '%|' not in text   # no bars
+
+
 def test_building_never_imports_tensorflow(tmp_path):
   code = ('import sys, tfds_mvtec; from bgad_jax.data import pipeline;'
           f'tfds_mvtec.build("bottle", {str(tmp_path)!r}, {DUMMY!r});'

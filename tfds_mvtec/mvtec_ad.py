@@ -9,6 +9,7 @@ Build with ``python -m tfds_mvtec.build`` (array_record files) and read with
 import contextlib
 import os
 import shutil
+import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -73,6 +74,15 @@ class MvtecAd(tfds.core.GeneratorBasedBuilder):
   folder holding <category>/train/good, <category>/test/<type> and, optionally,
   <category>/ground_truth/<type>/<name>_mask.png.
   """
+
+  # TFDS announces a build as a download, with sizes it does not know and
+  # terminal colour codes; a build here reads a local folder: say that, plainly.
+  def _log_download_bytes(self) -> None:
+    print(f'Building {self.name}/{self.builder_config.name} in {self.data_dir}', flush=True)
+
+  def _log_download_done(self) -> None:
+    for name, split in sorted(self.info.splits.items()):
+      print(f'  {name}: {split.num_examples} images', flush=True)
 
   def _info(self) -> tfds.core.DatasetInfo:
     features = {
@@ -203,6 +213,7 @@ def build(category: str, data_dir: str, manual_dir: str, masks_required=None,
       for top in ('',) + layout_.top_folders:
         shutil.rmtree(os.path.join(extracted, top, category), ignore_errors=True)
       instance = builder(category, data_dir, masks_required, dataset)
+    tfds.display_progress_bar(sys.stdout.isatty())   # no bars in logs and pipes
     instance.download_and_prepare(
         download_dir=download_dir,
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))

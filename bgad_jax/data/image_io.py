@@ -22,10 +22,25 @@ class ImageDecodeError(DataError):
   """An image file is missing, truncated or not an image."""
 
 
-def _open(source: PathOrBytes, what: str) -> Image.Image:
+class ImageTooLargeError(ImageDecodeError):
+  """An image has more pixels than allowed (e.g. a decompression bomb): not decoded."""
+
+
+def _open(source: PathOrBytes, what: str, max_pixels: Optional[int] = None) -> Image.Image:
   name = source if isinstance(source, str) else f'<{len(source)} bytes>'
   try:
     image = Image.open(source if isinstance(source, str) else io.BytesIO(source))
+  except Image.DecompressionBombError as err:   # PIL's own limit, read from the header
+    raise ImageTooLargeError(f'{what} {name} is too large to decode: {err}') from err
+  except (OSError, SyntaxError, ValueError) as err:
+    reason = ('not a known image format' if isinstance(err, Image.UnidentifiedImageError)
+              else err)   # PIL's own message shows an object address for bytes
+    raise ImageDecodeError(f'cannot decode {what} {name}: {reason}') from err
+  width, height = image.size
+  if max_pixels is not None and width * height > max_pixels:   # checked before decoding
+    raise ImageTooLargeError(f'{what} {name} is {width}x{height} = {width * height} pixels; '
+                             f'at most {max_pixels}')
+  try:
     image.load()   # decode now, so that truncated files fail here
     return image
   except (OSError, SyntaxError, ValueError) as err:
@@ -53,9 +68,14 @@ def _single_channel(image: Image.Image) -> Optional[np.ndarray]:
   return _to_uint8(np.asarray(image)) if image.mode in _DEEP_MODES else None
 
 
-def decode_image(source: PathOrBytes) -> np.ndarray:
-  """Any PNG/JPEG/BMP/TIFF (grey, RGB, RGBA, palette, 16-bit) -> RGB uint8 [H, W, 3]."""
-  image = _open(source, 'image')
+def decode_image(source: PathOrBytes, max_pixels: Optional[int] = None) -> np.ndarray:
+  """Any PNG/JPEG/BMP/TIFF (grey, RGB, RGBA, palette, 16-bit) -> RGB uint8 [H, W, 3].
+
+  Raises:
+    ImageTooLargeError: more than ``max_pixels`` pixels (from the header, before decoding).
+    ImageDecodeError: not a readable image.
+  """
+  image = _open(source, 'image', max_pixels)
   grey = _single_channel(image)
   if grey is not None:
     return np.repeat(grey[:, :, None], 3, axis=2)

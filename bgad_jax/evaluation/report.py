@@ -56,6 +56,8 @@ def results_markdown(results: Dict[str, Any]) -> str:
       row = results[group]
       lines.append(f"| *{group} types* | {row['n']} | {format_percent(row['img_auroc'])} | "
                    f"{format_percent(row['pix_auroc'])} |")
+  if results.get('notes'):
+    lines += [''] + [f'Note: {note}' for note in results['notes']]
   best = results.get('best_epoch')
   if best:
     lines += ['', f"Best epoch {best['epoch']} (selected on the test set, as the reference "

@@ -2,7 +2,6 @@
 
 import collections
 
-import numpy as np
 import pytest
 
 from bgad_jax.data import known_anomalies

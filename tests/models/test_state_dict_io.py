@@ -1,6 +1,5 @@
 """bgad_jax.models.state_dict_io: torch-free reading of .pth (legacy and zip), safetensors, npz."""
 
-import pickle
 
 import numpy as np
 import pytest
