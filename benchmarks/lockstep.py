@@ -275,8 +275,11 @@ def run_official(mods, args, seed, mode, arrays, num_normal, shared_features, pl
 # bgad_jax
 
 
-def run_ours(config, training_set, test, initial):
-  """bgad_jax's loop from the official initial flows; (steps, per-epoch metrics)."""
+def run_ours(config, training_set, test, initial, seconds=None):
+  """bgad_jax's loop from the official initial flows; (steps, per-epoch metrics).
+
+  ``seconds``: a dict that gets the ``train`` and ``evaluate`` seconds of each epoch.
+  """
   channels = [v['params']['blocks_0']['global_scale'].shape[0] for v in initial]
   state = FlowTrainState.create(config, channels, jax.random.key(config.seed)).with_flows(initial)
   loss = LossSettings.from_config(config.loss)
@@ -290,11 +293,55 @@ def run_ours(config, training_set, test, initial):
           step.update(loss_n=0.0, loss_a=0.0, b_n=0.0, b_a=0.0)
         steps.append(dict(epoch=epoch, sub_epoch=sub_epoch, level=level, **step))
 
+    t0 = time.time()
     state, _ = loop.train_meta_epoch(state, training_set, config.train, loss, config.seed,
                                      on_level=record)
+    t1 = time.time()
     result, _, _ = engine.evaluate(config, state, test, training_set.mesh)
+    if seconds is not None:
+      seconds.setdefault('train', []).append(t1 - t0)
+      seconds.setdefault('evaluate', []).append(time.time() - t1)
     epochs.append({m: result.get(m) for m in parity.METRICS})
   return steps, epochs
+
+
+def official_initial_flows(mods, args, seed: int, mode: str) -> List:
+  """The flows the official code starts a run of ``seed`` with, converted for bgad_jax.
+
+  As its ``train()`` does: seeds, the encoder (its construction draws from
+  torch's generator), then one flow per level.
+  """
+  ref = parity.reference_args(args, 'initial flows', seed, mode)
+  mods.utils.init_seeds(seed)
+  encoder = parity.reference_encoder()
+  with contextlib.redirect_stdout(io.StringIO()):
+    decoders = [mods.models.load_flow_model(ref, c) for c in encoder.feature_info.channels()]
+  return [flow_variables_from_freia(d.state_dict()) for d in decoders]
+
+
+def _our_side(args, data, seed: int, mode: str):
+  """(config, training set, its features, test set, number of normal training images)."""
+  known = parity.known_files_of(args, data, seed) if parity.MODES[mode][0] else []
+  config = parity.our_config(args, data, seed, mode, 'reference', known)
+  train_examples, _, known_examples, test_examples = engine.load_data(config)
+  backbone = FrozenBackbone.load(config, make_mesh())
+  training_set, features = engine.build_training_set(config, backbone, train_examples,
+                                                     known_examples)
+  test = engine.build_test_set(config, backbone, test_examples, len(known_examples))
+  return config, training_set, features, test, (train_examples, known_examples, test_examples)
+
+
+def free_run_from_official_init(mods, args, data, seed: int, mode: str) -> Dict:
+  """bgad_jax's own loop and plan, started from the official initial flows of ``seed``
+  (parity.py's side ``ours[official init]``): isolates the initialisation."""
+  t0 = time.time()
+  config, training_set, _, test, _ = _our_side(args, data, seed, mode)
+  seconds = dict(features=time.time() - t0)
+  with contextlib.redirect_stdout(io.StringIO()):
+    _, epochs = run_ours(config, training_set, test, official_initial_flows(mods, args, seed, mode),
+                         seconds)
+  seconds['total'] = time.time() - t0
+  return dict(epochs=epochs, seconds=seconds)
 
 
 # ----------------------------------------------------------------------------
@@ -373,14 +420,8 @@ def main(args, mods, data, seeds: List[int], modes: List[str]) -> Dict:
   results = {}
   for mode in modes:
     for seed in seeds:
-      known = parity.known_files_of(args, data, seed) if parity.MODES[mode][0] else []
-      config = parity.our_config(args, data, seed, mode, 'reference', known)
-      train_examples, _, known_examples, test_examples = engine.load_data(config)
-      mesh = make_mesh()
-      backbone = FrozenBackbone.load(config, mesh)
-      training_set, features = engine.build_training_set(config, backbone, train_examples,
-                                                         known_examples)
-      test = engine.build_test_set(config, backbone, test_examples)
+      config, training_set, features, test, examples = _our_side(args, data, seed, mode)
+      train_examples, known_examples, test_examples = examples
       positions = [f.shape[1] * f.shape[2] for f in features]
       num_normal = len(train_examples)
       plans = {}

@@ -76,6 +76,8 @@ MODES = {   # name -> (known anomalies?, focal weighting)
     'unsupervised_nofocal': (False, False),
 }
 METRICS = ('img_auroc', 'pix_auroc', 'aupro')
+# bgad_jax's loop and plan from the official initialisation of the same seed.
+INIT_SIDE = 'ours[official init]'
 REPEATS = 5   # the official MVTecFSDataset uses every known anomaly 5 times
 
 
@@ -426,7 +428,9 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--reference_dir', default='', help='checkout of github xcyao00/BGAD')
   parser.add_argument('--sides', default='official,ours',
-                      help='official, ours or both (runs of a side can come from --resume)')
+                      help='official, ours, ours_official_init (bgad_jax from the official '
+                           'initial flows of each seed, with its own shuffles), or several '
+                           '(runs of a side can come from --resume)')
   parser.add_argument('--ours_only', action='store_true', help='--sides ours')
   parser.add_argument('--lockstep', action='store_true',
                       help='both sides from the same initial flows and the same plan, compared '
@@ -469,9 +473,9 @@ def parse_args(argv=None):
   if args.ours_only:
     args.sides = 'ours'
   sides = {s for s in args.sides.split(',') if s}
-  if not sides or sides - {'official', 'ours'}:
-    parser.error(f'--sides: official and/or ours, got {args.sides!r}')
-  if 'official' in sides and not args.reference_dir:
+  if not sides or sides - {'official', 'ours', 'ours_official_init'}:
+    parser.error(f'--sides: official, ours and/or ours_official_init, got {args.sides!r}')
+  if sides & {'official', 'ours_official_init'} and not args.reference_dir:
     parser.error('--reference_dir is required for the official side (or --sides ours)')
   if 'official' in sides and args.num_vectors != 4096:
     parser.error('the official engine always uses 4096 vectors per step')
@@ -499,17 +503,18 @@ def main(argv=None):
   if unknown:
     raise SystemExit(f'--modes: unknown {unknown}; known: {", ".join(MODES)}')
   data = prepare_data(args)
-  mods = None if 'official' not in args.sides else import_reference(args.reference_dir)
+  mods = import_reference(args.reference_dir) if args.reference_dir else None
   if args.lockstep:
     from benchmarks import lockstep
     return lockstep.main(args, mods, data, seeds, modes)
   warmups = [w for w in args.warmups.split(',') if w]
-  sides = (['official'] if 'official' in args.sides else []) + (
-      [f'ours[{w}]' for w in warmups] if 'ours' in args.sides else [])
+  requested = set(args.sides.split(','))
+  every = ['official'] + [f'ours[{w}]' for w in warmups] + [INIT_SIDE]
+  run_now = {'official': 'official' in requested, INIT_SIDE: 'ours_official_init' in requested}
   saved = _saved_results(args)
   # Sides not run now but saved (e.g. the official runs of an earlier call) are shown too.
-  sides = [s for s in ['official'] + [f'ours[{w}]' for w in warmups]
-           if s in sides or any(saved.get(m, {}).get(s) for m in modes)]
+  sides = [s for s in every if run_now.get(s, 'ours' in requested)
+           or any(saved.get(m, {}).get(s) for m in modes)]
   results = {mode: {side: [] for side in sides} for mode in modes}
   for mode in modes:
     for seed in seeds:
@@ -518,7 +523,10 @@ def main(argv=None):
         run = _reuse(saved, mode, side, seed)
         if run is None and side == 'official' and mods is not None:
           run = run_reference(mods, args, data, seed, mode, known)
-        elif run is None and side != 'official' and 'ours' in args.sides:
+        elif run is None and side == INIT_SIDE and run_now[INIT_SIDE]:
+          from benchmarks import lockstep
+          run = lockstep.free_run_from_official_init(mods, args, data, seed, mode)
+        elif run is None and side not in run_now and 'ours' in requested:
           warmup = side[len('ours['):-1]
           config = our_config(args, data, seed, mode, warmup, known)
           workdir = os.path.join(os.path.abspath(args.workdir), 'runs', f'{mode}_{warmup}_{seed}')

@@ -28,15 +28,18 @@ def mean_sd(values: Sequence[float]) -> Dict[str, float]:
 def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Dict[str, float]:
   """mean(a) - mean(b), its ``level`` interval and Welch's two-sided p-value.
 
-  With fewer than two values on a side, or no spread on either, the interval
-  is the difference itself and p is 1 (equal) or 0 (different).
+  With fewer than two values on a side the interval and p are NaN (undefined);
+  with no spread on either side the interval is the difference itself and p
+  is 1 (equal) or 0 (different).
   """
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   diff = float(a.mean() - b.mean())
   var_a = a.var(ddof=1) / len(a) if len(a) > 1 else 0.0
   var_b = b.var(ddof=1) / len(b) if len(b) > 1 else 0.0
   se = math.sqrt(var_a + var_b)
-  if len(a) < 2 or len(b) < 2 or se == 0.0:
+  if len(a) < 2 or len(b) < 2:
+    return dict(diff=diff, low=math.nan, high=math.nan, p=math.nan, df=math.nan)
+  if se == 0.0:
     return dict(diff=diff, low=diff, high=diff, p=1.0 if diff == 0.0 else 0.0, df=0.0)
   # Welch-Satterthwaite degrees of freedom.
   df = (var_a + var_b) ** 2 / (var_a ** 2 / (len(a) - 1) + var_b ** 2 / (len(b) - 1))

@@ -347,3 +347,10 @@ def test_serve_load_benchmark_smoke(tmp_path):
   assert quiet['errors'] == attacked['errors'] == 0 and attacked['slow'] == 1
   assert quiet['p50'] <= quiet['p99'] <= quiet['max']
   assert report['exit_code'] == 0 and 'p99 / without' in stdout
+
+
+def test_seed_statistics_of_single_runs_are_undefined_not_significant():
+  import math
+  from benchmarks import stats
+  row = stats.compare([0.61], [0.60])
+  assert math.isnan(row['p']) and math.isnan(row['low']) and row['differ'] is False
