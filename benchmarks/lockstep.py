@@ -32,6 +32,7 @@ features of the same images, so that only the loops differ.
 
 import contextlib
 import io
+import json
 import math
 import time
 from typing import Dict, List
@@ -455,5 +456,7 @@ def main(args, mods, data, seeds: List[int], modes: List[str]) -> Dict:
           seed=seed, report=report, epochs=epochs, seconds=dict(official=official_seconds,
                                                                 ours=our_seconds),
           steps=dict(official=official_steps, ours=our_steps)))
-      parity._write_json(args, results)
+      if args.json:   # after every run
+        with open(args.json, 'w') as f:
+          json.dump(dict(settings=vars(args), results=results), f, indent=1)
   return results

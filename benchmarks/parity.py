@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 import types
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -417,11 +417,21 @@ def _reuse(saved: Dict, mode: str, side: str, seed: int):
   return None
 
 
-def _write_json(args, results: Dict) -> None:
-  if args.json:   # after every run: a long multi-seed run loses nothing when stopped
-    with open(args.json + '.tmp', 'w') as f:
-      json.dump(dict(settings=vars(args), results=results), f, indent=1)
-    os.replace(args.json + '.tmp', args.json)
+def _write_json(args, results: Dict, saved: Optional[Dict] = None) -> None:
+  """Writes ``results`` and the ``saved`` runs (of a --resume) that this call did not
+  redo, after every run: a long multi-seed run loses nothing when stopped."""
+  if not args.json:
+    return
+  merged = {mode: {side: list(runs) for side, runs in sides.items()}
+            for mode, sides in (saved or {}).items()}
+  for mode, sides in results.items():
+    for side, runs in sides.items():
+      done = {run['seed'] for run in runs}
+      kept = [run for run in merged.get(mode, {}).get(side, []) if run['seed'] not in done]
+      merged.setdefault(mode, {})[side] = sorted(kept + runs, key=lambda run: run['seed'])
+  with open(args.json + '.tmp', 'w') as f:
+    json.dump(dict(settings=vars(args), results=merged), f, indent=1)
+  os.replace(args.json + '.tmp', args.json)
 
 
 def parse_args(argv=None):
@@ -535,7 +545,7 @@ def main(argv=None):
           run = run_ours(config, workdir)
         if run is not None:
           results[mode][side].append(dict(run, seed=seed))
-          _write_json(args, results)
+          _write_json(args, results, saved)
       print(f'{mode} seed {seed} done', file=sys.stderr, flush=True)
   print_tables(results, sides, args.meta_epochs)
   return results

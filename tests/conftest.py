@@ -6,6 +6,17 @@ import pytest
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 
+# Whole modules whose every test trains end to end or starts processes.
+_SLOW_MODULES = ('test_distributed.py', 'test_notebook.py')
+
+
+def pytest_collection_modifyitems(items):
+  """Marks `slow` what trains end to end: users of the trained fixture, and _SLOW_MODULES."""
+  for item in items:
+    if 'trained' in item.fixturenames or item.path.name in _SLOW_MODULES:
+      item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope='session')
 def trained(tmp_path_factory):
   """(workdir, data root, stdout) of one `python main.py` run on the tiny test config."""

@@ -21,6 +21,7 @@ def _run(script, *args):
   return result.stdout
 
 
+@pytest.mark.slow
 def test_backbone_benchmark_smoke(tmp_path):
   out = tmp_path / 'backbone.json'
   stdout = _run('backbone.py', '--backbones', 'efficientnet_lite0', '--size', '64',
@@ -31,6 +32,7 @@ def test_backbone_benchmark_smoke(tmp_path):
   assert 'flax/torch' in stdout
 
 
+@pytest.mark.slow
 def test_flow_step_benchmark_smoke(tmp_path):
   out = tmp_path / 'flow.json'
   stdout = _run('flow_step.py', '--dims', '6', '--side', '4', '--vectors', '64', '--steps', '2',
@@ -84,6 +86,7 @@ def test_matmul_floor_and_peaks_from_per_shape_times():
   assert abs(limits['floor_gflops'] - (3 * 12000 + 2 * 120000) / 4.3e-5 / 1e9) < 1e-6
 
 
+@pytest.mark.slow
 def test_aupro_benchmark_smoke(tmp_path):
   out = tmp_path / 'aupro.json'
   stdout = _run('aupro.py', '--images', '6', '--size', '32', '--repeats', '1',
@@ -94,6 +97,7 @@ def test_aupro_benchmark_smoke(tmp_path):
   assert 'speedup' in stdout
 
 
+@pytest.mark.slow
 def test_end_to_end_benchmark_smoke(tmp_path):
   out = tmp_path / 'e2e.json'
   stdout = _run('end_to_end.py', '--setups', 'demo,demo:dense', '--meta_epochs', '1', '--tiny',
@@ -106,6 +110,7 @@ def test_end_to_end_benchmark_smoke(tmp_path):
     assert row['total_s'] > row['meta_epoch_s']
 
 
+@pytest.mark.slow
 def test_multiprocess_benchmark_smoke(tmp_path):
   out = tmp_path / 'multiprocess.json'
   stdout = _run('multiprocess.py', '--tiny', '--meta_epochs', '1', '--json', str(out))
@@ -118,6 +123,7 @@ def test_multiprocess_benchmark_smoke(tmp_path):
   assert (one['img_auroc'], one['pix_auroc']) == (two['img_auroc'], two['pix_auroc'])
 
 
+@pytest.mark.slow
 def test_precision_benchmark_smoke(tmp_path):
   out = tmp_path / 'precision.json'
   stdout = _run('precision.py', '--dims', '6', '--side', '4', '--vectors', '64',
@@ -162,6 +168,7 @@ def test_rounding_interpreter_is_exact_with_all_bits():
                          rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_parity_benchmark_smoke_ours_only(tmp_path):
   out = tmp_path / 'parity.json'
   stdout = _run('parity.py', '--ours_only', '--seeds', '0', '--modes', 'supervised,unsupervised',
@@ -194,6 +201,7 @@ def test_parity_benchmark_smoke_ours_only(tmp_path):
   assert '### unsupervised' in again
 
 
+@pytest.mark.slow
 def test_accelerator_check_runs_every_section_on_the_cpu(tmp_path):
   out = tmp_path / 'out'
   stdout = _run('accelerator_check.py', '--out', str(out), '--tiny', '--platform', 'cpu',
@@ -213,6 +221,7 @@ def test_accelerator_check_runs_every_section_on_the_cpu(tmp_path):
   assert len(names) <= 8 and all(re.fullmatch(r'[A-Za-z0-9._-]+', n) for n in names)
 
 
+@pytest.mark.slow
 def test_accelerator_check_section_limit_stops_only_that_section(tmp_path):
   from benchmarks import accelerator_check
   sleeper = [sys.executable, '-c', 'import subprocess, sys; subprocess.run([sys.executable, '
@@ -242,6 +251,7 @@ def test_accelerator_targets_read_the_measurements():
   assert met['B6, 256 px, MVTec-sized class: one meta-epoch < 10 s'] == ('8.5 s', True)
 
 
+@pytest.mark.slow
 def test_accelerator_check_dry_run_names_what_to_send(tmp_path):
   wheels = tmp_path / 'whl'
   wheels.mkdir()
@@ -251,6 +261,7 @@ def test_accelerator_check_dry_run_names_what_to_send(tmp_path):
   assert f'python3 benchmarks/accelerator_check.py --out "$OUT" --wheels {wheels}' in stdout
 
 
+@pytest.mark.slow
 def test_inference_benchmark_times_three_sides(tmp_path):
   out = tmp_path / 'inference.json'
   stdout = _run('inference.py', '--tiny', '--size', '64', '--batches', '1,2', '--repeats', '1',
@@ -268,6 +279,7 @@ def test_inference_benchmark_times_three_sides(tmp_path):
   assert diff < 1e-3
 
 
+@pytest.mark.slow
 def test_quality_benchmark_smoke(tmp_path):
   """bgad_jax's side, tiny; PatchCore needs the bench extra (anomalib), not installed here."""
   stdout = _run('quality.py', '--tiny', '--classes', 'surface', '--runs', 'faithful,top_k,best',
@@ -288,6 +300,7 @@ def test_quality_benchmark_smoke(tmp_path):
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(__import__('importlib').util.find_spec('anomalib') is None,
                     reason='anomalib comes with the bench extra only')
 def test_quality_benchmark_runs_patchcore(tmp_path):
@@ -337,6 +350,7 @@ def test_lockstep_comparison_finds_the_first_difference_in_the_official_order():
   assert lockstep.compare_steps(official, official, labels)['first'] is None
 
 
+@pytest.mark.slow
 def test_serve_load_benchmark_smoke(tmp_path):
   out = tmp_path / 'serve_load.json'
   stdout = _run('serve_load.py', '--clients', '4', '--seconds', '2', '--slow', '1',

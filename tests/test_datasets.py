@@ -116,6 +116,7 @@ def _visa_archive(tmp_path, top='', parts=('candle', 'split_csv')):
   return manual
 
 
+@pytest.mark.slow
 def test_visa_builds_from_its_archive_with_the_split_file(tmp_path):
   manual = _visa_archive(tmp_path)
   result = subprocess.run(

@@ -140,6 +140,7 @@ def test_anomaly_without_mask_is_named_and_counted(trained, tmp_path):
   assert results['pix_auroc'] is not None
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_metrics(trained, tmp_path):
   _, data_root, _ = trained
   uninterrupted = json.loads((trained[0] / 'results.json').read_text())

@@ -43,6 +43,7 @@ def test_exported_maps_and_scores_equal_the_jax_path(trained, exported):
                                   np.argsort(scores[:batch], kind='stable'))
 
 
+@pytest.mark.slow
 def test_exported_file_runs_without_bgad_jax(exported, tmp_path):
   code = ('import sys, numpy as np; from jax import export;'
           f'program = export.deserialize(open({str(exported[0])!r}, "rb").read());'
@@ -65,6 +66,7 @@ def test_readme_export_snippet_runs_as_shown(trained, exported):
   assert namespace['maps'].shape == (4, 48, 48) and namespace['nll_scores'].shape == (4,)
 
 
+@pytest.mark.slow
 def test_onnx_export_equals_the_jax_path_in_onnxruntime(trained, exported):
   import onnxruntime
   workdir, data_root, _ = trained

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import main as main_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -14,6 +16,7 @@ def _main(*args):
                         cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_unknown_config_key_is_one_line_with_the_closest_keys(tmp_path):
   result = _main(f'--workdir={tmp_path}', '--config.train.lr_warmupp=linear')
   assert result.returncode == 2
@@ -23,6 +26,7 @@ def test_unknown_config_key_is_one_line_with_the_closest_keys(tmp_path):
   assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_user_error_exits_2_without_traceback_unless_verbose(tmp_path):
   missing = tmp_path / 'no such folder'
   args = (f'--workdir={tmp_path / "run"}', '--config.data.source=folder',
@@ -41,6 +45,7 @@ def test_default_workdir_names():
       'runs', 'mvtec_carpet_best')
 
 
+@pytest.mark.slow
 def test_wrong_value_type_is_one_line_naming_field_value_and_type(tmp_path):
   result = _main(f'--workdir={tmp_path}', '--config.train.lr=abc')
   assert result.returncode == 2
@@ -54,6 +59,7 @@ def test_wrong_value_type_is_one_line_naming_field_value_and_type(tmp_path):
   assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_unknown_key_without_a_config_flag_is_one_line_too(tmp_path):
   result = subprocess.run([sys.executable, 'main.py', f'--workdir={tmp_path}',
                            '--config.train.lrr=1'], cwd=REPO, capture_output=True, text=True,

@@ -248,6 +248,7 @@ def _start_page_server(trained):
   raise AssertionError('the page server did not start: ' + process.stderr.read()[-3000:])
 
 
+@pytest.mark.slow
 def test_page_in_a_headless_browser(trained, detector, tmp_path):
   """Upload an image, see its overlay and verdict, move the threshold slider."""
   have_browser = os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)
@@ -309,6 +310,7 @@ def test_page_in_a_headless_browser(trained, detector, tmp_path):
   assert process.returncode == 0 and 'Stopped serving.' in out
 
 
+@pytest.mark.slow
 def test_taken_port_is_a_one_line_error(trained):
   import socket
   with socket.socket() as taken:

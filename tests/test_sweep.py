@@ -70,6 +70,7 @@ def _overrides(root, tfds_dir):
   return dict(source='folder', category='all', root=str(root), tfds_dir=str(tfds_dir))
 
 
+@pytest.mark.slow
 def test_categories_over_two_processes_equal_the_sequential_sweep(classes, tmp_path):
   # Sequential, in this process.
   config = test_config.get_config()

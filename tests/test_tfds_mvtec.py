@@ -59,6 +59,7 @@ def test_a_build_prints_one_plain_line_per_split(tmp_path, capfd):
     assert 'ownload' not in text and '\x1b[' not in text and '%|' not in text   # no bars
 
 
+@pytest.mark.slow
 def test_building_never_imports_tensorflow(tmp_path):
   code = ('import sys, tfds_mvtec; from bgad_jax.data import pipeline;'
           f'tfds_mvtec.build("bottle", {str(tmp_path)!r}, {DUMMY!r});'
@@ -74,6 +75,7 @@ def test_building_never_imports_tensorflow(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_build_command_from_archive(tmp_path):
   manual = tmp_path / 'manual'
   manual.mkdir()
@@ -159,6 +161,7 @@ def test_another_root_with_the_same_category_is_rebuilt(tmp_path, capsys):
   assert len(pipeline.load_examples(data, 'bottle', 'test')) == 4
 
 
+@pytest.mark.slow
 def test_concurrent_builds_of_one_dataset_both_succeed(tmp_path):
   command = [sys.executable, '-m', 'tfds_mvtec.build', '--manual_dir', DUMMY,
              '--data_dir', str(tmp_path / 'data'), '--categories', 'bottle']

@@ -9,6 +9,11 @@ from PIL import Image
 
 
 HEADLINE_METRICS = ('img_auroc', 'pix_auroc', 'aupro')
+# Measured with benchmarks/parity.py (README, "Seed variance").
+SEED_VARIANCE = ('One run: on real photographs a BGAD run moves by several points with its seed '
+                 '(image AUROC sd 4-10 points over 5-8 seeds at 4 x 2 meta-epochs, for the '
+                 'official code as for bgad_jax). Compare means: --config.seeds=0,1,2 trains one '
+                 'run per seed and reports mean +- sd (README, "Seed variance").')
 
 
 def format_percent(value: Optional[float]) -> str:
@@ -72,6 +77,7 @@ def results_markdown(results: Dict[str, Any]) -> str:
               f"false-positive rate {format_percent(verdicts['fpr'])}."]
   if results.get('known_anomalies'):
     lines += ['', 'Known (training) anomalies: ' + ', '.join(results['known_anomalies'])]
+  lines += ['', SEED_VARIANCE]
   return '\n'.join(lines) + '\n'
 
 

@@ -105,6 +105,7 @@ def _run_parallel(devices, platform='cpu'):
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device():
   one, eight = _run_parallel(1), _run_parallel(8)
   assert one['devices'] == 1 and eight['devices'] == 8
@@ -113,6 +114,7 @@ def test_eight_devices_match_one_device():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() == 'cpu',
                     reason='needs an accelerator (benchmarks/accelerator_check.py runs it)')
 def test_accelerator_trains_like_the_cpu():

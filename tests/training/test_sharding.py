@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from bgad_jax.training import sharding
 from tests.support.runs import REPO
@@ -34,6 +35,7 @@ print('RESULT ' + json.dumps(dict(
 '''
 
 
+@pytest.mark.slow
 def test_shares_batches_and_gathering_over_two_processes(tmp_path):
   script = tmp_path / 'script.py'
   script.write_text(_SCRIPT)
