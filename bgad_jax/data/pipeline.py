@@ -8,7 +8,7 @@ Everything here is numpy on the host; the engine moves batches to devices with
 
 import os
 import shlex
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -145,24 +145,3 @@ def normalise(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
   return ((pixels.astype(np.float32) / 255.0 - np.asarray(mean, np.float32))
           / np.asarray(std, np.float32)).astype(np.float32)
 
-
-def batches(arrays: Dict[str, np.ndarray], batch_size: int, shuffle: bool = False,
-            seed: int = 0, drop_remainder: bool = False) -> Iterator[Dict[str, np.ndarray]]:
-  """Yields batches of every array in ``arrays`` (same leading size N).
-
-  Shapes stay static: unless ``drop_remainder``, the last batch is padded by
-  repeating its first rows, and every batch carries ``valid`` (bool [B])
-  marking real rows. Shuffling is a permutation from ``seed``.
-  """
-  n = len(next(iter(arrays.values())))
-  order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-  stop = n - n % batch_size if drop_remainder else n
-  for start in range(0, stop, batch_size):
-    index = order[start:start + batch_size]
-    valid = np.ones(batch_size, bool)
-    if len(index) < batch_size:
-      valid[len(index):] = False
-      index = np.concatenate([index, np.resize(index, batch_size - len(index))])
-    batch = {key: value[index] for key, value in arrays.items()}
-    batch['valid'] = valid
-    yield batch

@@ -39,17 +39,3 @@ def test_preprocess_normalises_and_keeps_masks_binary():
   assert set(np.unique(arrays['masks'])) == {0, 1} and arrays['masks'][1].sum() == 0
   assert list(arrays['labels']) == [1, 0] and list(arrays['filenames']) == ['a', 'b']
 
-
-def test_batches_pad_shuffle_and_reproduce():
-  arrays = dict(x=np.arange(10))
-  plain = list(pipeline.batches(arrays, 4))
-  assert [b['x'].shape for b in plain] == [(4,)] * 3
-  assert plain[-1]['valid'].tolist() == [True, True, False, False]
-  assert sorted(np.concatenate([b['x'][b['valid']] for b in plain])) == list(range(10))
-  first = [b['x'] for b in pipeline.batches(arrays, 4, shuffle=True, seed=3)]
-  again = [b['x'] for b in pipeline.batches(arrays, 4, shuffle=True, seed=3)]
-  other = [b['x'] for b in pipeline.batches(arrays, 4, shuffle=True, seed=4)]
-  assert all(np.array_equal(a, b) for a, b in zip(first, again))
-  assert not all(np.array_equal(a, b) for a, b in zip(first, other))
-  dropped = list(pipeline.batches(arrays, 4, drop_remainder=True))
-  assert len(dropped) == 2 and all(b['valid'].all() for b in dropped)

@@ -13,13 +13,3 @@ from tfds_mvtec.layout import Dataset
 
 DATASETS: Dict[str, Dataset] = {d.name: d for d in (MVTEC_AD, MPDD, BTAD, VISA, LOCO, MVTEC_AD2)}
 
-
-def get(name: str) -> Dataset:
-  """The dataset called ``name`` (a ``data.source`` / ``--dataset`` value).
-
-  Raises:
-    KeyError: naming the known datasets.
-  """
-  if name not in DATASETS:
-    raise KeyError(f'unknown dataset {name!r}: one of {", ".join(DATASETS)}')
-  return DATASETS[name]
