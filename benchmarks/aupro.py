@@ -7,7 +7,7 @@ with one to three defect regions; smooth noisy anomaly maps. Times our exact
 AUPRO (the default) and our reference-compatible option
 (``metrics.aupro(..., num_thresholds=1000)``, config
 ``report.aupro_thresholds=1000``) against the loop. The loop is
-`tests.support.reference_metrics.loop_aupro`: the reference's thresholds and
+`references.reference_metrics.loop_aupro`: the reference's thresholds and
 integration, with the connected regions labelled once instead of at every
 threshold (the reference relabels them 1000 times, so it is slower still).
 """
@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bgad_jax.evaluation import metrics  # noqa: E402
 from benchmarks import table  # noqa: E402
-from tests.support.reference_metrics import loop_aupro  # noqa: E402
+from references.reference_metrics import loop_aupro  # noqa: E402
 
 
 def synthetic_test_set(images: int, size: int, seed: int = 0):

@@ -36,7 +36,7 @@ def _timed(fn, iters):
 
 def bench(name, size, batch, iters, dtype='float32'):
   import torch
-  from tests.support.timm_shim import import_timm
+  from references.timm_shim import import_timm
   timm = import_timm()
   device = table.torch_device()
   timm_name = 'tf_' + name if name.startswith('efficientnet_lite') else name

@@ -38,7 +38,7 @@ from benchmarks import table  # noqa: E402
 
 def random_b6_weights(path: str) -> str:
   """Writes a randomly initialised timm tf_efficientnet_b6 state dict as .npz."""
-  from tests.support.timm_shim import import_timm
+  from references.timm_shim import import_timm
   model = import_timm().create_model('tf_efficientnet_b6', pretrained=False)
   np.savez(path, **{k: v.numpy() for k, v in model.state_dict().items()})
   return path

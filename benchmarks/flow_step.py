@@ -217,7 +217,7 @@ def ours_runner(dim, positions, vectors, steps, factored=True, precision='highes
 def freia_runner(dim, positions, vectors, steps):
   """``run()`` of ``steps`` FrEIA + reference-loss steps in torch on the same inputs."""
   import torch
-  from tests.support import freia_reference
+  from references import freia_reference
   device = table.torch_device()
   feats, masks, chunks, cond = _inputs(dim, positions, vectors, steps)
   model = freia_reference.build_freia_flow(dim, cond_dim=COND).to(device)

@@ -87,8 +87,8 @@ def official_runner(detector: Detector):
   import torch
   import torch.nn.functional as F
   from benchmarks.parity import reference_encoder
-  from tests.support.freia_reference import build_freia_flow, freia_lp
-  from tests.support.timm_shim import import_timm
+  from references.freia_reference import build_freia_flow, freia_lp
+  from references.timm_shim import import_timm
   torch.set_num_threads(os.cpu_count())
   config = detector.config
   if config.backbone.name == 'efficientnet_lite0':

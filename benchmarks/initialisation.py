@@ -64,7 +64,7 @@ def _statistics(lp: np.ndarray, weights) -> dict:
 def freia_draws(levels, draws: int, cond_dim: int = 128):
   import torch
   from bgad_jax.models.pos_embed import condition_tables, flow_condition
-  from tests.support import freia_reference
+  from references import freia_reference
   rows = [[] for _ in levels]
   for draw in range(draws):
     for level, (x, positions, h, w) in enumerate(levels):
@@ -132,7 +132,7 @@ def main(argv=None):
   parser.add_argument('--vectors', type=int, default=2048)
   parser.add_argument('--json', default='')
   args = parser.parse_args(argv)
-  from tests.support.timm_shim import import_timm  # noqa: F401  (torch first, as the tests)
+  from references.timm_shim import import_timm  # noqa: F401  (torch first, as the tests)
   levels = level_vectors(args.demo_class, args.vectors)
   rows = compare(freia_draws(levels, args.draws), our_draws(levels, args.draws))
   print(f'\n{args.draws} initial flows per side and level, lp on {args.vectors} Lite0 feature '

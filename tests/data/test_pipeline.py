@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from bgad_jax.data import pipeline
-from tests.support.timm_shim import import_timm
+from references.timm_shim import import_timm
 from tests.data.helpers import example
 
 

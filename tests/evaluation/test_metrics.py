@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 
 from bgad_jax.evaluation import metrics
-from tests.support.reference_metrics import loop_aupro
+from references.reference_metrics import loop_aupro
 
 
 def _synthetic_set(seed, n=12, size=48):

@@ -11,7 +11,7 @@ from skimage import data, transform
 from bgad_jax.models import backbone as backbone_lib
 from bgad_jax.models import state_dict_io
 from bgad_jax.models import weight_conversion
-from tests.support.timm_shim import import_timm
+from references.timm_shim import import_timm
 
 CAT_CLASSES = set(range(281, 286))          # tabby .. Egyptian cat
 COFFEE_CLASSES = {967, 968, 504}            # espresso, cup, coffee mug

@@ -8,7 +8,7 @@ import torch
 
 from bgad_jax.models import flow as flow_lib
 from bgad_jax.models.weight_conversion import flow_variables_from_freia
-from tests.support import freia_reference
+from references import freia_reference
 
 COND_DIM = 128
 TOL = 1e-5

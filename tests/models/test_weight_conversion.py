@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bgad_jax.models.weight_conversion import StateDictMismatch, flow_variables_from_freia
-from tests.support import freia_reference
+from references import freia_reference
 
 
 def test_freia_state_dict_round_trip_of_shapes_and_values():

@@ -21,7 +21,7 @@ from bgad_jax.training.state import FlowTrainState
 from bgad_jax.training.step import LossSettings
 from bgad_jax.training.training_set import level_data
 from configs import test as test_config
-from tests.support import freia_reference
+from references import freia_reference
 from tests.training.test_loop import _CachedOnly
 
 SIDES = (8, 4)          # two levels: 8 x 8 and 4 x 4 vectors per image

@@ -10,7 +10,7 @@ import torch
 from bgad_jax.models import flow as flow_lib
 from bgad_jax.training import losses
 from bgad_jax.models.weight_conversion import flow_variables_from_freia
-from tests.support import freia_reference
+from references import freia_reference
 
 CHANNELS, COND_DIM, N = 24, 128, 512
 

@@ -6,7 +6,7 @@ import pytest
 
 from configs import common
 from bgad_jax.training import schedule
-from tests.support import freia_reference
+from references import freia_reference
 
 
 def _linear(train, num_normal=100, num_images=150):
