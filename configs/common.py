@@ -4,6 +4,8 @@ One addition for deployment: data.val_fraction holds out normal images for
 predict's threshold; configs/mvtec.py turns it off to stay the reference.
 """
 
+import os
+
 import ml_collections
 
 from configs import presets
@@ -20,7 +22,8 @@ def get_config(arg=None):
   config.seeds = ()
   # Compiled XLA programs are kept here and reused by later runs with the same
   # shapes (other seeds, classes of the same size, eval, predict); '' = off.
-  config.compile_cache_dir = '~/.cache/bgad_jax/xla'
+  # BGAD_COMPILE_CACHE_DIR changes the default (the tests use one per session).
+  config.compile_cache_dir = os.environ.get('BGAD_COMPILE_CACHE_DIR', '~/.cache/bgad_jax/xla')
 
   config.backbone = ml_collections.ConfigDict()
   config.backbone.name = 'tf_efficientnet_b6'   # paper's encoder

@@ -1,9 +1,22 @@
 import os
+import shutil
+import tempfile
 
 import pytest
 
 # Tests run on the CPU in float32, whatever the machine has.
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+# One compile cache per test session (inherited by the processes tests start):
+# what a test compiles and how long it takes never depends on the user's
+# ~/.cache/bgad_jax/xla, and the session leaves nothing there.
+_COMPILE_CACHE = tempfile.mkdtemp(prefix='bgad_test_xla_')
+os.environ['BGAD_COMPILE_CACHE_DIR'] = _COMPILE_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  shutil.rmtree(_COMPILE_CACHE, ignore_errors=True)
 
 
 # Whole modules whose every test trains end to end or starts processes.

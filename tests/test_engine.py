@@ -51,9 +51,10 @@ def test_train_writes_every_output(trained):
   assert results['anomalies_without_mask'] == []
 
 
-def test_eval_mode_reproduces_the_metrics(trained):
-  workdir, data_root, _ = trained
-  before = json.loads((workdir / 'results.json').read_text())
+def test_eval_mode_reproduces_the_metrics(trained, tmp_path):
+  _, data_root, _ = trained
+  before = json.loads((trained[0] / 'results.json').read_text())
+  workdir = runs.copy_of_run(trained[0], tmp_path / 'run')
   _main(workdir, data_root, '--mode=eval')
   after = json.loads((workdir / 'results.json').read_text())
   for key in ('img_auroc', 'pix_auroc', 'aupro'):
@@ -74,7 +75,10 @@ def test_eval_with_another_threshold_rule_uses_the_stored_calibration(trained, t
 
 
 def test_predict_ranks_a_blatant_defect_above_normals(trained, tmp_path):
-  workdir, data_root, _ = trained
+  _, data_root, _ = trained
+  workdir = runs.copy_of_run(trained[0], tmp_path / 'run')
+  tmp_path = tmp_path / 'images'
+  tmp_path.mkdir()
   good_dir = data_root / 'images' / 'tissue' / 'test' / 'good'
   names = sorted(os.listdir(good_dir))[:3]
   for name in names:
@@ -97,7 +101,10 @@ def test_predict_ranks_a_blatant_defect_above_normals(trained, tmp_path):
 
 
 def test_predict_with_no_readable_image_fails_naming_it(trained, tmp_path):
-  workdir, data_root, _ = trained
+  _, data_root, _ = trained
+  workdir = runs.copy_of_run(trained[0], tmp_path / 'run')
+  tmp_path = tmp_path / 'images'
+  tmp_path.mkdir()
   (tmp_path / 'only.png').write_bytes(b'')
   _, stderr = _main(workdir, data_root, '--mode=predict', f'--config.predict.images={tmp_path}',
                     returncode=2, with_stderr=True)

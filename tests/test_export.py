@@ -14,9 +14,11 @@ from tests.support import runs
 
 
 @pytest.fixture(scope='module')
-def exported(trained):
-  """(path of the file main.py --mode=export wrote, the Detector of the same workdir)."""
-  workdir, data_root, _ = trained
+def exported(trained, tmp_path_factory):
+  """(path of the file main.py --mode=export wrote, the Detector of the same workdir),
+  exported from a copy of the trained run."""
+  _, data_root, _ = trained
+  workdir = runs.copy_of_run(trained[0], tmp_path_factory.mktemp('export') / 'run')
   stdout = runs.run_main(workdir, data_root, '--mode=export')
   path = workdir / 'export' / 'bgad.stablehlo'
   assert f'Exported: {path}' in stdout and 'uint8 [batch, 48, 48, 3]' in stdout
@@ -69,7 +71,8 @@ def test_readme_export_snippet_runs_as_shown(trained, exported):
 @pytest.mark.slow
 def test_onnx_export_equals_the_jax_path_in_onnxruntime(trained, exported):
   import onnxruntime
-  workdir, data_root, _ = trained
+  _, data_root, _ = trained
+  workdir = exported[0].parent.parent   # the export fixture's copy of the run
   stdout = runs.run_main(workdir, data_root, '--mode=export', '--config.export.format=onnx')
   path = workdir / 'export' / 'bgad.onnx'
   assert f'Exported: {path}' in stdout and 'onnxruntime' in stdout

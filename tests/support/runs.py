@@ -1,6 +1,7 @@
 """Running main.py on the tiny test config, for the end-to-end tests."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -18,3 +19,10 @@ def run_main(workdir, data_root, *extra, returncode=0, with_stderr=False):
                           capture_output=True, text=True, timeout=900)
   assert result.returncode == returncode, result.stderr[-4000:]
   return (result.stdout, result.stderr) if with_stderr else result.stdout
+
+
+def copy_of_run(workdir, target):
+  """A copy of a trained workdir, for tests that write into one (eval, predict, export):
+  the session's shared run stays as training left it, whatever the test order."""
+  shutil.copytree(workdir, target)
+  return target
