@@ -97,9 +97,6 @@ def run(config, workdir: str, mode: str, command: str = ''):
   if seed_list:
     return seeds.run_seeds(config, workdir, seed_list,
                            lambda seed_config, folder: run(seed_config, folder, mode, command))
-  if seed_list:
-    return seeds.run_seeds(config, workdir, seed_list,
-                           lambda seed_config, folder: run(seed_config, folder, mode, command))
   if mode == 'export':
     path = export.write_export(workdir, config, validation.as_list(config.export.platforms),
                                config.export.format)

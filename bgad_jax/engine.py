@@ -165,17 +165,50 @@ def _new_state(config, channels, mesh) -> FlowTrainState:
   return replicate(FlowTrainState.create(config, channels, jax.random.key(config.seed)), mesh)
 
 
-def _restore_or_create(config, workdir: str, channels,
-                       mesh) -> Tuple[FlowTrainState, Dict, Any]:
-  state = _new_state(config, channels, mesh)
+@dataclasses.dataclass
+class RunLog:
+  """What a run has done so far, saved with every checkpoint (as `to_meta`'s dict):
+  one row per meta-epoch and the seconds spent training and evaluating."""
+  history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+  train_seconds: float = 0.0
+  eval_seconds: float = 0.0
+
+  @classmethod
+  def from_meta(cls, meta: Dict[str, Any]) -> 'RunLog':
+    return cls(list(meta['history']), meta['seconds']['train'], meta['seconds']['eval'])
+
+  def to_meta(self) -> Dict[str, Any]:
+    return dict(history=self.history,
+                seconds=dict(train=self.train_seconds, eval=self.eval_seconds))
+
+
+@dataclasses.dataclass
+class Run:
+  """One run in its workdir: its settings, mesh, current flows, log and checkpoints."""
+  config: Any
+  workdir: str
+  mesh: Any
+  state: FlowTrainState
+  log: RunLog
+  checkpoints: Any = None   # the Orbax manager (training only)
+
+  def evaluate(self, test: TestSet) -> Tuple[Dict[str, Any], np.ndarray, List[np.ndarray]]:
+    """`evaluate` of the current flows, its seconds added to the log."""
+    t0 = time.time()
+    outcome = evaluate(self.config, self.state, test, self.mesh)
+    self.log.eval_seconds += time.time() - t0
+    return outcome
+
+
+def _restore_or_create(config, workdir: str, channels, mesh) -> Run:
   mngr = checkpoint.manager(workdir)
-  meta = dict(history=[], seconds=dict(train=0.0, eval=0.0))
-  restored = checkpoint.restore_latest(mngr, state)
+  run = Run(config, workdir, mesh, _new_state(config, channels, mesh), RunLog(), mngr)
+  restored = checkpoint.restore_latest(mngr, run.state)
   if restored is not None:
-    state, meta = restored
+    run.state, run.log = restored[0], RunLog.from_meta(restored[1])
     if is_main_process():
-      print(f'Resuming from the checkpoint of meta-epoch {int(state.epoch)} in {workdir}')
-  return state, meta, mngr
+      print(f'Resuming from the checkpoint of meta-epoch {int(run.state.epoch)} in {workdir}')
+  return run
 
 
 def _progress_line(row: Dict[str, Any], total_epochs: int, eta: float) -> str:
@@ -185,29 +218,30 @@ def _progress_line(row: Dict[str, Any], total_epochs: int, eta: float) -> str:
           f'{scores}ETA {eta:.0f}s')
 
 
-def _train_epochs(config, workdir, state, meta, mngr, training_set, evaluate_now):
-  """Meta-epochs from ``state.epoch`` to the end, a checkpoint after each.
+def _train_epochs(run: Run, training_set: TrainingSet, test: TestSet):
+  """Meta-epochs from ``run.state.epoch`` to the end, a checkpoint after each.
 
-  Returns the final state and the last evaluation (None if none ran).
+  Updates ``run.state`` and ``run.log``; returns the last evaluation (None if none ran).
   """
-  total = config.train.meta_epochs
+  config, total = run.config, run.config.train.meta_epochs
   loss = LossSettings.from_config(config.loss)
-  writer = (report.ScalarWriter(os.path.join(workdir, 'tensorboard')) if is_main_process()
-            else None)
-  session_start, session_epoch, evaluation = time.time(), int(state.epoch), None
+  writer = (report.ScalarWriter(os.path.join(run.workdir, 'tensorboard'))
+            if is_main_process() else None)
+  session_start, session_epoch, evaluation = time.time(), int(run.state.epoch), None
   try:
-    while int(state.epoch) < total:
-      epoch, t0 = int(state.epoch), time.time()
-      state, stats = train_meta_epoch(state, training_set, config.train, loss, config.seed)
+    while int(run.state.epoch) < total:
+      epoch, t0 = int(run.state.epoch), time.time()
+      run.state, stats = train_meta_epoch(run.state, training_set, config.train, loss,
+                                          config.seed)
       train_seconds = time.time() - t0
-      meta['seconds']['train'] += train_seconds
+      run.log.train_seconds += train_seconds
       row = dict(epoch=epoch + 1, **stats, train_seconds=train_seconds)   # 1-based epochs
       if (epoch + 1) % config.train.eval_every == 0 or epoch + 1 == total:
         t0 = time.time()
-        evaluation = evaluate_now(state)
+        evaluation = run.evaluate(test)
         row.update(report.headline(evaluation[0]), eval_seconds=time.time() - t0)
-      meta['history'].append(row)
-      checkpoint.save(mngr, state, meta)
+      run.log.history.append(row)
+      checkpoint.save(run.checkpoints, run.state, run.log.to_meta())
       if writer:   # process 0 logs and reports
         writer.write(epoch, {k: v for k, v in row.items() if k != 'epoch'})
         eta = (time.time() - session_start) / (epoch + 1 - session_epoch) * (total - epoch - 1)
@@ -215,22 +249,22 @@ def _train_epochs(config, workdir, state, meta, mngr, training_set, evaluate_now
   finally:
     if writer:
       writer.close()
-  return state, evaluation
+  return evaluation
 
 
-def _write_predict_constants(config, workdir, state, normal_features, files, source,
-                             mesh) -> Dict[str, Any]:
+def _write_predict_constants(run: Run, normal_features, files, source: str) -> Dict[str, Any]:
   """Map constants and thresholds for `predict` from normal images (`calibration`).
 
   ``source``: 'held-out' (never trained on: ``data.val_fraction`` of the
   training images, or the dataset's validation split) or 'training' images.
   """
+  config = run.config
   constants = calibration_lib.predict_constants(
-      lp_maps(state, normal_features, mesh), config.data.inp_size, config.predict.threshold,
-      config.predict.target_fpr, source, config.maps.to_dict())
+      lp_maps(run.state, normal_features, run.mesh), config.data.inp_size,
+      config.predict.threshold, config.predict.target_fpr, source, config.maps.to_dict())
   constants['calibration']['files'] = list(files)
   if is_main_process():
-    report.write_json(os.path.join(workdir, 'predict_constants.json'), constants)
+    report.write_json(os.path.join(run.workdir, 'predict_constants.json'), constants)
   return constants
 
 
@@ -262,54 +296,41 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   else:   # the flows' own normal images, as the reference would
     calibration_features = [f[:len(train_examples)] for f in train_features]
   feature_seconds = time.time() - t0
-  state, meta, mngr = _restore_or_create(config, workdir, [f.shape[-1] for f in train_features],
-                                         mesh)
-
-  def evaluate_now(state):
-    t0 = time.time()
-    outcome = evaluate(config, state, test, mesh)
-    meta['seconds']['eval'] += time.time() - t0
-    return outcome
-
-  state, evaluation = _train_epochs(config, workdir, state, meta, mngr, training_set,
-                                    evaluate_now)
-  result, maps, test_lp = evaluation or evaluate_now(state)   # resumed after the last epoch
+  run = _restore_or_create(config, workdir, [f.shape[-1] for f in train_features], mesh)
+  evaluation = _train_epochs(run, training_set, test)
+  result, maps, test_lp = evaluation or run.evaluate(test)   # resumed after the last epoch
   calibration_files = [e['filename'] for e in (calibration or train_examples)]
-  constants = _write_predict_constants(config, workdir, state, calibration_features,
-                                       calibration_files,
-                                       'held-out' if calibration else 'training', mesh)
+  constants = _write_predict_constants(run, calibration_features, calibration_files,
+                                       'held-out' if calibration else 'training')
   result['at_threshold'] = _at_threshold(config, test_lp, test, constants)
-  return _write_outputs(config, workdir, state, meta, result, maps, test, known,
-                        feature_seconds, time.time() - started)
+  return _write_outputs(run, (result, maps), test, known,
+                        dict(features=feature_seconds, total=time.time() - started))
 
 
-def _write_outputs(config, workdir, state, meta, result, maps, test: TestSet, known,
-                   feature_seconds, total_seconds) -> Dict[str, Any]:
-  test_arrays = test.arrays
+def _write_outputs(run: Run, evaluation, test: TestSet, known,
+                   seconds: Dict[str, float]) -> Dict[str, Any]:
+  """results.json / results.md / overlays of ``evaluation`` = (metrics, maps [N, S, S]);
+  ``seconds``: features and total (training and evaluation come from the run's log)."""
+  config, (result, maps) = run.config, evaluation
   results = dict(
-      name=f'{config.data.source}/{config.data.category}', epoch=int(state.epoch),
+      name=f'{config.data.source}/{config.data.category}', epoch=int(run.state.epoch),
       **report.headline(result), per_type=result['per_type'],
-      best_epoch=report.best_epoch(meta['history']),
-      seconds=dict(features=feature_seconds, train=meta['seconds']['train'],
-                   eval=meta['seconds']['eval'], total=total_seconds),
+      best_epoch=report.best_epoch(run.log.history),
+      seconds=dict(features=seconds['features'], train=run.log.train_seconds,
+                   eval=run.log.eval_seconds, total=seconds['total']),
       known_anomalies=[e['filename'] for e in known],
-      anomalies_without_mask=_without_mask(test_arrays), notes=test.notes,
-      history=meta['history'],
+      anomalies_without_mask=_without_mask(test.arrays), notes=test.notes,
+      history=run.log.history,
       device=f'{jax.devices()[0].device_kind} x{jax.device_count()}',
       config=config.to_dict())
   for group in ('seen', 'unseen', 'at_threshold'):
     if group in result:
       results[group] = result[group]
   if is_main_process():
-    report.write_results(workdir, results, maps, test_arrays, config.report.num_overlays,
+    report.write_results(run.workdir, results, maps, test.arrays, config.report.num_overlays,
                          config.seed)
   sync('results written')
   return results
-
-
-def _restore_for_inference(config, workdir, channels, mesh) -> Tuple[FlowTrainState, Dict]:
-  return checkpoint.restore_latest(checkpoint.manager(workdir),
-                                   _new_state(config, channels, mesh))
 
 
 def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
@@ -323,16 +344,18 @@ def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
   t0 = time.time()
   test = build_test_set(config, backbone, test_examples, len(known))
   feature_seconds = time.time() - t0
-  state, meta = _restore_for_inference(config, workdir, [f.shape[-1] for f in test.features],
-                                       mesh)
-  t0 = time.time()
-  result, maps, test_lp = evaluate(config, state, test, mesh)
+  channels = [f.shape[-1] for f in test.features]
+  state, meta = checkpoint.restore_latest(checkpoint.manager(workdir),
+                                          _new_state(config, channels, mesh))
+  run = Run(config, workdir, mesh, state, RunLog.from_meta(meta))
+  run.log.eval_seconds = 0.0   # this evaluation's seconds only
+  result, maps, test_lp = run.evaluate(test)
   if os.path.isfile(os.path.join(workdir, 'predict_constants.json')):
     result['at_threshold'] = _at_threshold(config, test_lp, test,
                                            read_predict_constants(workdir))
-  meta['seconds']['eval'] = time.time() - t0
-  return _write_outputs(config, workdir, state, meta, result, maps, test, known,
-                        feature_seconds, feature_seconds + meta['seconds']['eval'])
+  return _write_outputs(run, (result, maps), test, known,
+                        dict(features=feature_seconds,
+                             total=feature_seconds + run.log.eval_seconds))
 
 
 def _read_predict_images(config) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
@@ -359,12 +382,13 @@ def _read_predict_images(config) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]
   return images, errors
 
 
-def _write_scores(path: str, names, scores, nll, threshold: float,
+def _write_scores(path: str, scored: Dict[str, Tuple[float, float]], threshold: float,
                   errors: Dict[str, str]) -> None:
-  """scores.csv: one row per image, unreadable ones with empty scores and their error."""
+  """scores.csv: one row per image (``scored``: name -> (score, nll score)), unreadable
+  ones with empty scores and their error."""
   rows = {name: [f'{score:.6f}', f'{image_nll:.6f}', f'{threshold:.6f}',
                  int(image_nll > threshold), '']
-          for name, score, image_nll in zip(names, scores, nll)}
+          for name, (score, image_nll) in scored.items()}
   rows.update({name: ['', '', f'{threshold:.6f}', '', error] for name, error in errors.items()})
   with open(path, 'w', newline='') as f:
     writer = csv.writer(f)
@@ -394,5 +418,5 @@ def predict(config, workdir: str) -> str:
   report.save_overlays(out_dir, pixels, maps, list(images),
                        low=0.0, high=max(float(constants['score_threshold']) * 2, 1e-6))
   csv_path = os.path.join(out_dir, 'scores.csv')
-  _write_scores(csv_path, list(images), scores, nll, detector.threshold, errors)
+  _write_scores(csv_path, dict(zip(images, zip(scores, nll))), detector.threshold, errors)
   return csv_path

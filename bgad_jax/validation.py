@@ -79,6 +79,9 @@ def _check_backbone(config, errors):
   _one_of(errors, 'backbone.normalization', backbone.normalization, ('imagenet', 'backbone'))
   _one_of(errors, 'backbone.dtype', backbone.dtype, ('float32', 'bfloat16'))
   _one_of(errors, 'backbone.depthwise_impl', backbone.depthwise_impl, ('auto', 'conv', 'shifted'))
+  if backbone.feature_levels != 3:   # the flows, positions and maps assume the three taps
+    errors.append(f'backbone.feature_levels={backbone.feature_levels!r}: bgad_jax uses the '
+                  'three levels of the reference (strides 4, 8, 16); only 3 is supported')
 
 
 def _check_flow_and_loss(config, errors):
@@ -127,6 +130,8 @@ def _check_data(config, errors):
     categories = DATASETS[builder_dataset(data.source)].categories
     _one_of(errors, 'data.category', data.category, categories + ('all',))
   _at_least(errors, 'data.inp_size', data.inp_size, 16)
+  if data.source == 'demo':
+    _check_demo(data, errors)
   _at_least(errors, 'data.num_anomalies', data.num_anomalies, 0)
   _at_least(errors, 'data.anomaly_repeats', data.anomaly_repeats, 0)
   _at_least(errors, 'data.synthetic_repeats', data.synthetic_repeats, 0)
@@ -150,6 +155,19 @@ def _check_data(config, errors):
     if name in strategies_lib.NEEDS_KNOWN and not uses_known_anomalies(config):
       errors.append(f'data.anomaly_strategy: {name} transforms known anomalies: it needs '
                     'data.num_anomalies > 0 or data.known_anomaly_files')
+
+
+def _check_demo(data, errors):
+  demo = data.get('demo')
+  if demo is None:
+    errors.append("data.demo: data.source='demo' needs its sizes (size, num_train, "
+                  'num_test_good, num_per_defect; configs/demo.py sets them)')
+    return
+  for name in ('size', 'num_train', 'num_test_good', 'num_per_defect'):
+    if name not in demo:
+      errors.append(f'data.demo.{name}: missing (configs/demo.py sets it)')
+    else:
+      _at_least(errors, f'data.demo.{name}', demo[name], dict(size=16, num_train=1).get(name, 0))
 
 
 def _check_predict(config, errors):

@@ -25,10 +25,4 @@ def get_config(arg=None):
   config.train.sub_epochs = 2
   config.train.batch_size = 16
   config.train.num_vectors = 1024
-  if 'best' in preset_names:
-    # This schedule takes about 50x fewer optimiser steps than the published
-    # one on an MVTec class; at the published lr the flows are still far from
-    # converged when it ends (benchmarks/quality.py, README "Detection quality").
-    config.train.lr = presets.SHORT_SCHEDULE_LR
-    config.data.anomaly_strategy = ('real', 'cutpaste')   # the published mix
-  return presets.apply(config, preset_names)
+  return presets.apply(config, preset_names, short_schedule=True)

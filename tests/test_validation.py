@@ -37,6 +37,23 @@ def test_one_error_names_every_bad_field():
   assert len(message.splitlines()) == 10   # the header and one line per field
 
 
+
+def test_fields_nothing_else_reads_are_checked_too():
+  """feature_levels is fixed at 3 (an override used to do nothing); the demo's sizes."""
+  config = demo.get_config()
+  config.backbone.feature_levels = 4
+  config.data.demo.size, config.data.demo.num_train = 8, 0
+  with pytest.raises(validation.ConfigError) as caught:
+    validation.validate(config)
+  message = str(caught.value)
+  assert 'backbone.feature_levels=4' in message and 'only 3' in message
+  assert 'data.demo.size=8: must be >= 16' in message
+  assert 'data.demo.num_train=0: must be >= 1' in message
+  del config.data['demo']
+  config.backbone.feature_levels = 3
+  with pytest.raises(validation.ConfigError, match="data.demo: data.source='demo' needs"):
+    validation.validate(config)
+
 def test_strategy_names_and_aliases():
   config = mvtec.get_config('carpet')
   assert validation.strategies(config) == ('real', 'cutpaste')   # published
