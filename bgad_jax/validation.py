@@ -163,11 +163,11 @@ def _check_demo(data, errors):
     errors.append("data.demo: data.source='demo' needs its sizes (size, num_train, "
                   'num_test_good, num_per_defect; configs/demo.py sets them)')
     return
-  for name in ('size', 'num_train', 'num_test_good', 'num_per_defect'):
+  for name, low in (('size', 16), ('num_train', 1), ('num_test_good', 0), ('num_per_defect', 0)):
     if name not in demo:
       errors.append(f'data.demo.{name}: missing (configs/demo.py sets it)')
     else:
-      _at_least(errors, f'data.demo.{name}', demo[name], dict(size=16, num_train=1).get(name, 0))
+      _at_least(errors, f'data.demo.{name}', demo[name], low)
 
 
 def _check_predict(config, errors):

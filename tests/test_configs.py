@@ -22,13 +22,13 @@ def test_published_defaults():
           data.not_in_test) == (256, 10, ('real', 'cutpaste'), True)
 
 
-
 def test_compile_cache_default_and_its_environment_override(monkeypatch, tmp_path):
   monkeypatch.delenv('BGAD_COMPILE_CACHE_DIR')   # conftest sets one per test session
   assert common.get_config().compile_cache_dir == '~/.cache/bgad_jax/xla'
   monkeypatch.setenv('BGAD_COMPILE_CACHE_DIR', str(tmp_path))
   assert common.get_config().compile_cache_dir == str(tmp_path)
   assert demo.get_config('tissue').compile_cache_dir == str(tmp_path)
+
 
 @pytest.mark.parametrize('module', [demo, test_config, mvtec, folder, btad, loco, mpdd,
                                     mvtec_ad2, visa])

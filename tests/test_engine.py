@@ -25,7 +25,6 @@ def _trained_copy(trained, target):
   return target
 
 
-
 def test_engine_functions_stay_small():
   """Orchestration only: no function of engine.py over 40 lines or 5 parameters (state
   travels in `Run` / `RunLog` / `TestSet`, not in argument lists)."""
@@ -44,6 +43,7 @@ def test_engine_functions_stay_small():
       if lines > 40 or len(names) > 5:
         too_big.append((node.name, lines, len(names)))
   assert not too_big, too_big
+
 
 def test_train_writes_every_output(trained):
   workdir, _, stdout = trained

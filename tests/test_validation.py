@@ -37,7 +37,6 @@ def test_one_error_names_every_bad_field():
   assert len(message.splitlines()) == 10   # the header and one line per field
 
 
-
 def test_fields_nothing_else_reads_are_checked_too():
   """feature_levels is fixed at 3 (an override used to do nothing); the demo's sizes."""
   config = demo.get_config()
@@ -53,6 +52,7 @@ def test_fields_nothing_else_reads_are_checked_too():
   config.backbone.feature_levels = 3
   with pytest.raises(validation.ConfigError, match="data.demo: data.source='demo' needs"):
     validation.validate(config)
+
 
 def test_strategy_names_and_aliases():
   config = mvtec.get_config('carpet')
