@@ -36,7 +36,7 @@ def level_vectors(demo_class: str, vectors: int, seed: int = 0):
   root = os.path.join(tempfile.gettempdir(), 'bgad_initialisation')
   category_dir = demo_data.generate(root, demo_class, 128, 16, 2, 1, seed=0)
   folder = os.path.join(category_dir, 'train', 'good')
-  from bgad_jax.data import image_io
+  from tfds_mvtec import image_io
   images = [image_io.decode_image(os.path.join(folder, n)) for n in sorted(os.listdir(folder))]
   examples = [dict(image=i, mask=np.zeros(i.shape[:2], np.uint8), has_mask=False, label=0,
                    defect_type='good', filename='') for i in images]

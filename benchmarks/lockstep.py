@@ -42,7 +42,7 @@ import numpy as np
 
 from benchmarks import parity
 from benchmarks import table
-from bgad_jax import engine
+from bgad_jax import engine, settings
 from bgad_jax.models import backbone as backbone_lib
 from bgad_jax.models.weight_conversion import flow_variables_from_freia
 from bgad_jax.data.pipeline import preprocess
@@ -298,7 +298,7 @@ def run_ours(config, training_set, test, initial, seconds=None):
     state, _ = loop.train_meta_epoch(state, training_set, config.train, loss, config.seed,
                                      on_level=record)
     t1 = time.time()
-    result, _, _ = engine.evaluate(config, state, test, training_set.mesh)
+    result, _, _ = engine.score_test_set(config, state, test, training_set.mesh)
     if seconds is not None:
       seconds.setdefault('train', []).append(t1 - t0)
       seconds.setdefault('evaluate', []).append(time.time() - t1)
@@ -323,7 +323,7 @@ def official_initial_flows(mods, args, seed: int, mode: str) -> List:
 def _our_side(args, data, seed: int, mode: str):
   """(config, training set, its features, test set, number of normal training images)."""
   known = parity.known_files_of(args, data, seed) if parity.MODES[mode][0] else []
-  config = parity.our_config(args, data, seed, mode, 'reference', known)
+  config = settings.resolve(parity.our_config(args, data, seed, mode, 'reference', known))
   train_examples, _, known_examples, test_examples = engine.load_data(config)
   backbone = FrozenBackbone.load(config, make_mesh())
   training_set, features = engine.build_training_set(config, backbone, train_examples,

@@ -61,10 +61,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import stats  # noqa: E402
 from benchmarks import table  # noqa: E402
-from bgad_jax import engine  # noqa: E402
+from bgad_jax import engine, settings  # noqa: E402
 from bgad_jax.data import demo_data  # noqa: E402
 from bgad_jax.data import known_anomalies  # noqa: E402
-from bgad_jax.data.dataset import load_splits  # noqa: E402
+from bgad_jax.data.dataset import prepare_dataset, read_splits  # noqa: E402
 from bgad_jax.data.pipeline import preprocess  # noqa: E402
 from bgad_jax.models import backbone as backbone_lib  # noqa: E402
 from configs import folder  # noqa: E402
@@ -122,7 +122,8 @@ def our_config(args, data, seed: int, mode: str, warmup: str, known_files: List[
 def known_files_of(args, data, seed: int) -> List[str]:
   """bgad_jax's seeded draw of known anomalies (handed to both sides)."""
   config = our_config(args, data, seed, 'unsupervised', 'linear', [])
-  _, test = load_splits(config.data, seed)
+  prepare_dataset(config.data, seed)
+  _, test = read_splits(config.data)
   known, _ = known_anomalies.select_known_anomalies(test, args.num_anomalies, 'total', (), seed)
   return [e['filename'] for e in known]
 
@@ -251,7 +252,7 @@ def run_reference(mods, args, data, seed: int, mode: str, known_files: List[str]
   torch.set_num_threads(os.cpu_count())
   category = data[2]
   config = our_config(args, data, seed, mode, 'linear', known_files)
-  train_examples, _, known, test_examples = engine.load_data(config)
+  train_examples, _, known, test_examples = engine.load_data(settings.resolve(config))
   mean, std = backbone_lib.normalization('efficientnet_lite0', 'imagenet')
   train_arrays = preprocess(train_examples + known, args.inp_size, mean, std)
   test_arrays = preprocess(test_examples, args.inp_size, mean, std)

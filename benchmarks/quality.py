@@ -64,7 +64,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import table  # noqa: E402
-from bgad_jax import engine  # noqa: E402
+from bgad_jax import engine, settings  # noqa: E402
 from bgad_jax.data.pipeline import preprocess  # noqa: E402
 from bgad_jax.evaluation import metrics  # noqa: E402
 from bgad_jax.evaluation.report import headline  # noqa: E402
@@ -121,7 +121,7 @@ def run_config(args, category: str, tmp: str, run: str, defect_types: List[str])
 
 def class_defect_types(args, category: str, tmp: str) -> List[str]:
   config = base_config(args, category, tmp)
-  _, _, _, test_examples = engine.load_data(config)   # prepares the data
+  _, _, _, test_examples = engine.load_data(settings.resolve(config))   # prepares the data
   return sorted({e['defect_type'] for e in test_examples if e['label'] == 1})
 
 
@@ -144,7 +144,7 @@ def run_patchcore(config, args, normalization: str = 'imagenet') -> Dict:
   from anomalib.models.image.patchcore.torch_model import PatchcoreModel
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(args.seed)   # the coreset's random first centre
-  train_examples, _, _, test_examples = engine.load_data(config)
+  train_examples, _, _, test_examples = engine.load_data(settings.resolve(config))
   size = config.data.inp_size
   mean, std = backbone_lib.normalization('efficientnet_lite0', normalization)
   started = time.time()
@@ -172,9 +172,10 @@ def run_patchcore(config, args, normalization: str = 'imagenet') -> Dict:
       maps.append(out.anomaly_map[:, 0].numpy())
       scores.append(out.pred_score.reshape(-1).numpy())
   test_seconds = time.time() - started
-  result = metrics.evaluate(np.concatenate(maps), test['masks'], test['labels'],
-                            test['defect_types'], test['has_mask'],
-                            list(config.data.known_defect_types), image_scores=np.concatenate(scores))
+  result = metrics.detection_metrics(np.concatenate(maps), test['masks'], test['labels'],
+                                     test['defect_types'], test['has_mask'],
+                                     list(config.data.known_defect_types),
+                                     image_scores=np.concatenate(scores))
   return dict(**headline(result), per_type=result['per_type'], seen=result.get('seen'),
               unseen=result.get('unseen'), fit_seconds=fit_seconds, test_seconds=test_seconds,
               wall_seconds=fit_seconds + test_seconds, memory_bank=int(model.memory_bank.shape[0]),

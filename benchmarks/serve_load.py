@@ -139,7 +139,7 @@ def main(argv=None):
     name, body = os.path.basename(args.image), open(args.image, 'rb').read()
   else:   # a 256 px crop of the tissue photograph the demo is made from
     from skimage import data as skdata
-    from bgad_jax.data import image_io
+    from tfds_mvtec import image_io
     name, body = 'tissue crop', image_io.encode_png(skdata.immunohistochemistry()[:256, :256])
   process, port = start_server(workdir, flags)
   try:

@@ -7,7 +7,8 @@ Layers, each importing only the ones above it in this list:
                checkpoints
   evaluation/  lp inference, anomaly maps, metrics, report
   detector     a trained workdir as an object: Detector.load(workdir).predict(images)
-  validation   config checks;  engine  train / eval / predict;  cli  the command line
+  settings     config checks and parsing, once per run (`settings.resolve`)
+  engine       train / eval / predict;  cli  the command line
   errors.py (UserError, raised by every layer) imports nothing from bgad_jax.
 The method, in our words: docs/METHOD.md.
 """

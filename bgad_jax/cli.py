@@ -24,7 +24,7 @@ from bgad_jax import export
 from bgad_jax import seeds
 from bgad_jax import serve
 from bgad_jax import sweep
-from bgad_jax import validation
+from bgad_jax import settings
 from bgad_jax.data import dataset as dataset_lib
 from bgad_jax.errors import ConfigError, UserError
 from bgad_jax.evaluation import report
@@ -63,10 +63,10 @@ def run(config, workdir: str, mode: str, command: str = ''):
   ``command``: the command that trains this model, named when eval, predict
   or export find none (see `train_command`).
   """
-  validation.validate(config)
+  config = settings.resolve(config)
   if mode in ('predict', 'export', 'serve') and jax.process_count() > 1:
     raise ConfigError(f'--mode={mode} runs in one process (train and eval can use several)')
-  seed_list = validation.seeds(config)
+  seed_list = list(config.seeds)
   if seed_list and mode not in ('train', 'eval'):
     raise ConfigError(f'--mode={mode} uses one model: drop --config.seeds and pass '
                       f'--workdir={seeds.seed_folder(workdir, seed_list[0])} (or another seed)')
@@ -98,7 +98,7 @@ def run(config, workdir: str, mode: str, command: str = ''):
     return seeds.run_seeds(config, workdir, seed_list,
                            lambda seed_config, folder: run(seed_config, folder, mode, command))
   if mode == 'export':
-    path = export.write_export(workdir, config, validation.as_list(config.export.platforms),
+    path = export.write_export(workdir, config, config.export.platforms,
                                config.export.format)
     size = config.data.inp_size
     loader = ('onnxruntime.InferenceSession loads it' if config.export.format == 'onnx'

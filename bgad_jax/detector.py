@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from bgad_jax.data import image_io
+from tfds_mvtec import image_io
 from bgad_jax.errors import DataError, NoTrainedModelError
 from bgad_jax.evaluation import calibration
 from bgad_jax.evaluation import maps as maps_lib
@@ -112,14 +112,20 @@ def to_input_size(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarra
 
 
 class Detector:
-  """The frozen backbone, the trained flows and the fixed predict constants of one workdir."""
+  """The frozen backbone, the trained flows and the map constants of one workdir.
+
+  ``map_constants``: predict_constants.json (`maps.map_constants` and the
+  calibration's scores and thresholds), not the flows' fixed rotations (their
+  Flax collection ``constants``).
+  """
 
   def __init__(self, config, backbone: FrozenBackbone, state: FlowTrainState,
-               constants: Dict[str, Any], images_per_call: int = 64):
+               map_constants: Dict[str, Any], images_per_call: int = 64):
     self.config, self.backbone, self.state = config, backbone, state
-    self.constants, self.images_per_call = constants, images_per_call
+    self.map_constants, self.images_per_call = map_constants, images_per_call
     predict = config.predict   # configs saved before the threshold rules had none
-    self.threshold = calibration.nll_threshold(constants, predict.get('threshold', 'val_max'),
+    self.threshold = calibration.nll_threshold(map_constants,
+                                               predict.get('threshold', 'val_max'),
                                                predict.get('target_fpr', 0.01))
     """nll score above which an image is anomalous (``predict.threshold``'s rule)."""
 
@@ -156,9 +162,7 @@ class Detector:
                   for image in images[start:start + self.images_per_call]]
       arrays = self.backbone.preprocess(examples, size)
       lp = lp_maps(self.state, self.backbone.features(arrays['images']), self.backbone.mesh)
-      maps = maps_lib.apply_fixed_constants(lp, size, self.constants).astype(np.float32)
-      outputs.append((arrays['pixels'], maps, maps_lib.fixed_constant_scores(maps, self.constants),
-                      maps_lib.nll_scores(lp, size, self.constants)))
+      outputs.append((arrays['pixels'],) + maps_lib.outputs(lp, size, self.map_constants))
     return tuple(np.concatenate(parts) for parts in zip(*outputs))
 
   def predict(self, images: Sequence[ImageLike]) -> List[Prediction]:

@@ -6,6 +6,10 @@
   eval:    the workdir's latest checkpoint on the test set (same numbers).
   predict: anomaly maps and scores for any images, with constants fixed at
            training time (no test set needed).
+
+Every ``config`` here is the run's resolved settings (`settings.resolve`):
+the public entry points resolve what they get (a no-op for cli.run's), and
+the helpers they call read list fields as the tuples resolve made them.
 """
 
 import csv
@@ -18,11 +22,11 @@ from typing import Any, Dict, List, Tuple
 import jax
 import numpy as np
 
-from bgad_jax import validation
-from bgad_jax.data import image_io
+from bgad_jax import settings
+from tfds_mvtec import image_io
 from bgad_jax.data import strategies as strategies_lib
-from bgad_jax.data.dataset import (expand_path, hold_out_normals, load_validation,
-                                   prepare_dataset, read_splits)
+from bgad_jax.data.dataset import (expand_path, hold_out_normals, prepare_dataset,
+                                   read_splits, read_validation_split)
 from bgad_jax.data.known_anomalies import split_known
 from bgad_jax.detector import Detector, read_predict_constants, require_trained_model
 from bgad_jax.errors import DataError, MissingFileError
@@ -58,18 +62,18 @@ def use_compile_cache(config) -> None:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
 
 
-def evaluate(config, state: FlowTrainState, test: TestSet,
+def score_test_set(config, state: FlowTrainState, test: TestSet,
              mesh) -> Tuple[Dict[str, Any], np.ndarray, List[np.ndarray]]:
-  """Metrics (`metrics.evaluate`), [N, S, S] anomaly maps of ``test`` the reference's way
+  """Metrics (`metrics.detection_metrics`), [N, S, S] anomaly maps of ``test`` the reference's way
   and the per-level log-likelihood maps they came from."""
   lp = lp_maps(state, test.features, mesh)
-  maps = maps_lib.test_set_anomaly_maps(lp, config.data.inp_size,
-                                        config.maps.smoothing_sigma)
+  options = maps_lib.MapOptions.of(config.maps)
+  maps = maps_lib.test_set_anomaly_maps(lp, config.data.inp_size, options)
   arrays = test.arrays
-  scores = maps_lib.image_scores(maps, config.maps.image_score, config.maps.top_k_fraction)
-  result = metrics.evaluate(maps, arrays['masks'], arrays['labels'], arrays['defect_types'],
-                            arrays['has_mask'], test.known_types,
-                            config.report.aupro_thresholds, scores)
+  scores = maps_lib.image_scores(maps, options.image_score, options.top_k_fraction)
+  result = metrics.detection_metrics(maps, arrays['masks'], arrays['labels'],
+                                     arrays['defect_types'], arrays['has_mask'], test.known_types,
+                                     config.report.aupro_thresholds, scores)
   return result, maps, lp
 
 
@@ -89,13 +93,13 @@ def load_data(config) -> Tuple[List[Dict], List[Dict], List[Dict], List[Dict]]:
   train_examples, test_examples = read_splits(config.data)
   # A dataset's own validation images (MVTec LOCO AD, MVTec AD 2) calibrate;
   # otherwise a held-out share of the training images does.
-  calibration = load_validation(config.data)
+  calibration = read_validation_split(config.data)
   if not calibration:
     train_examples, calibration = hold_out_normals(
         train_examples, config.data.val_fraction, config.data.val_min_images, config.seed)
   known, test_examples = split_known(config.data, test_examples,
-                                     validation.known_defect_types(config), config.seed,
-                                     validation.known_anomaly_files(config))
+                                     list(config.data.known_defect_types), config.seed,
+                                     list(config.data.known_anomaly_files))
   logging.info('%d normal training images (+%d held out for calibration), %d known anomalies, '
                '%d test images', len(train_examples), len(calibration), len(known),
                len(test_examples))
@@ -113,7 +117,7 @@ def test_set_notes(config, arrays: Dict[str, np.ndarray], num_known: int) -> Lis
   anomalous images without a ground-truth mask."""
   notes, anomalous = [], int(np.sum(arrays['labels']))
   if not anomalous and num_known:
-    files = ' / data.known_anomaly_files' if validation.known_anomaly_files(config) else ''
+    files = ' / data.known_anomaly_files' if config.data.known_anomaly_files else ''
     notes.append(
         f'No anomalous test image is left: all {num_known} are known anomalies used for '
         f'training (data.num_anomalies={config.data.num_anomalies}{files}), so image AUROC, '
@@ -145,7 +149,7 @@ def build_test_set(config, backbone: FrozenBackbone, test_examples,
   notes = test_set_notes(config, arrays, num_known)
   for note in notes:
     logging.warning('%s', note)
-  return TestSet(arrays, features, validation.known_defect_types(config), notes)
+  return TestSet(arrays, features, list(config.data.known_defect_types), notes)
 
 
 def build_training_set(config, backbone: FrozenBackbone, train_examples,
@@ -154,7 +158,7 @@ def build_training_set(config, backbone: FrozenBackbone, train_examples,
   arrays, features = backbone.extract(train_examples + known, config.data.inp_size)
   images = strategies_lib.TrainingImages(arrays['pixels'], arrays['masks'], arrays['filenames'],
                                          num_normal=len(train_examples))
-  chosen = strategies_lib.build(validation.strategies(config), config.data, images)
+  chosen = strategies_lib.build(config.data.anomaly_strategy, config.data, images)
   training_set = TrainingSet(backbone, images, features, chosen, config.flow.pos_embed_dim,
                              config.seed)
   return training_set, features
@@ -192,10 +196,10 @@ class Run:
   log: RunLog
   checkpoints: Any = None   # the Orbax manager (training only)
 
-  def evaluate(self, test: TestSet) -> Tuple[Dict[str, Any], np.ndarray, List[np.ndarray]]:
-    """`evaluate` of the current flows, its seconds added to the log."""
+  def score_test_set(self, test: TestSet) -> Tuple[Dict[str, Any], np.ndarray, List[np.ndarray]]:
+    """`score_test_set` of the current flows, its seconds added to the log."""
     t0 = time.time()
-    outcome = evaluate(self.config, self.state, test, self.mesh)
+    outcome = score_test_set(self.config, self.state, test, self.mesh)
     self.log.eval_seconds += time.time() - t0
     return outcome
 
@@ -238,7 +242,7 @@ def _train_epochs(run: Run, training_set: TrainingSet, test: TestSet):
       row = dict(epoch=epoch + 1, **stats, train_seconds=train_seconds)   # 1-based epochs
       if (epoch + 1) % config.train.eval_every == 0 or epoch + 1 == total:
         t0 = time.time()
-        evaluation = run.evaluate(test)
+        evaluation = run.score_test_set(test)
         row.update(report.headline(evaluation[0]), eval_seconds=time.time() - t0)
       run.log.history.append(row)
       checkpoint.save(run.checkpoints, run.state, run.log.to_meta())
@@ -261,7 +265,8 @@ def _write_predict_constants(run: Run, normal_features, files, source: str) -> D
   config = run.config
   constants = calibration_lib.predict_constants(
       lp_maps(run.state, normal_features, run.mesh), config.data.inp_size,
-      config.predict.threshold, config.predict.target_fpr, source, config.maps.to_dict())
+      config.predict.threshold, config.predict.target_fpr, source,
+      maps_lib.MapOptions.of(config.maps))
   constants['calibration']['files'] = list(files)
   if is_main_process():
     report.write_json(os.path.join(run.workdir, 'predict_constants.json'), constants)
@@ -280,7 +285,7 @@ def _at_threshold(config, test_lp, test: TestSet, constants) -> Dict[str, Any]:
 
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Trains (resuming from the workdir's checkpoint), evaluates, writes the outputs."""
-  validation.validate(config)
+  config = settings.resolve(config)   # a no-op for cli.run's resolved config
   use_compile_cache(config)
   os.makedirs(workdir, exist_ok=True)
   started, mesh = time.time(), make_mesh()
@@ -298,7 +303,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   feature_seconds = time.time() - t0
   run = _restore_or_create(config, workdir, [f.shape[-1] for f in train_features], mesh)
   evaluation = _train_epochs(run, training_set, test)
-  result, maps, test_lp = evaluation or run.evaluate(test)   # resumed after the last epoch
+  result, maps, test_lp = evaluation or run.score_test_set(test)   # resumed after the last epoch
   calibration_files = [e['filename'] for e in (calibration or train_examples)]
   constants = _write_predict_constants(run, calibration_features, calibration_files,
                                        'held-out' if calibration else 'training')
@@ -335,7 +340,7 @@ def _write_outputs(run: Run, evaluation, test: TestSet, known,
 
 def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
   """Re-evaluates the latest checkpoint on the test set; rewrites results.json/md."""
-  validation.validate(config)
+  config = settings.resolve(config)   # a no-op for cli.run's resolved config
   require_trained_model(workdir)   # before any data work
   use_compile_cache(config)
   mesh = make_mesh()
@@ -349,7 +354,7 @@ def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
                                           _new_state(config, channels, mesh))
   run = Run(config, workdir, mesh, state, RunLog.from_meta(meta))
   run.log.eval_seconds = 0.0   # this evaluation's seconds only
-  result, maps, test_lp = run.evaluate(test)
+  result, maps, test_lp = run.score_test_set(test)
   if os.path.isfile(os.path.join(workdir, 'predict_constants.json')):
     result['at_threshold'] = _at_threshold(config, test_lp, test,
                                            read_predict_constants(workdir))
@@ -408,7 +413,7 @@ def predict(config, workdir: str) -> str:
     NoTrainedModelError: ``workdir`` holds no finished training (checked first).
     DataError: no image could be read.
   """
-  validation.validate(config)
+  config = settings.resolve(config)   # a no-op for cli.run's resolved config
   constants = read_predict_constants(workdir)   # before any image is read
   images, errors = _read_predict_images(config)
   use_compile_cache(config)

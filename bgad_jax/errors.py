@@ -1,42 +1,13 @@
-"""Errors a user can fix: bad config, data, checkpoint or weights.
+"""Errors a user can fix (config, data, checkpoint, weights): see tfds_mvtec.errors.
 
-``main.py`` prints a `UserError` as one line naming the culprit (field, file or
-folder) and what to do, and exits with code 2; ``--verbose`` shows the
-traceback. Any other exception is a bug of ours and keeps its traceback.
-
-Each class also derives from the builtin error it refines (ValueError,
-FileNotFoundError, ...), so callers that caught those keep working. This
-module imports nothing from bgad_jax: every layer may raise these.
+Defined in the lowest layer, tfds_mvtec (which imports nothing from
+bgad_jax), so that the dataset builders raise the same classes; every
+bgad_jax layer imports them from here.
 """
 
+from tfds_mvtec.errors import (CheckpointError, ConfigError, DataError, MissingFileError,
+                               NoTrainedModelError, TrainingDivergedError, UserError,
+                               WeightsError)
 
-class UserError(Exception):
-  """Something the user can fix; the message names it and says how."""
-
-
-class ConfigError(UserError, ValueError):
-  """One or more config fields have values bgad_jax cannot run with."""
-
-
-class DataError(UserError, ValueError):
-  """The images, masks or labels do not allow what the config asks."""
-
-
-class MissingFileError(UserError, FileNotFoundError):
-  """A file or folder the run needs does not exist."""
-
-
-class WeightsError(UserError, ValueError):
-  """Backbone weights are missing or do not fit the backbone."""
-
-
-class CheckpointError(UserError, ValueError):
-  """A workdir's checkpoints cannot be used (unreadable, or another model's)."""
-
-
-class NoTrainedModelError(UserError, FileNotFoundError):
-  """eval / predict on a workdir that holds no trained model."""
-
-
-class TrainingDivergedError(UserError, FloatingPointError):
-  """The loss became NaN or infinite: the learning rate is too high for this data."""
+__all__ = ['CheckpointError', 'ConfigError', 'DataError', 'MissingFileError',
+           'NoTrainedModelError', 'TrainingDivergedError', 'UserError', 'WeightsError']

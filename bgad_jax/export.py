@@ -15,6 +15,7 @@ nll score exceeds ``predict_constants.json``'s ``nll_threshold``.
 """
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -22,7 +23,6 @@ from typing import Callable, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from bgad_jax.detector import Detector
 from bgad_jax.errors import ConfigError
@@ -43,21 +43,17 @@ def inference_function(detector: Detector, portable: bool = True
   and convert to ONNX; False keeps the backbone's ``depthwise_impl`` (the
   shifted form is a CPU speed trick chosen at trace time).
   """
-  size = detector.config.data.inp_size
-  backbone = detector.backbone
-  model = backbone.model.clone(depthwise_impl='conv') if portable else backbone.model
-  mean = np.asarray(backbone.mean, np.float32)
-  std = np.asarray(backbone.std, np.float32)
-  sides = [tap.shape[1:3] for tap in jax.eval_shape(
-      model.apply, backbone.variables, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))]
-  levels = [detector.state.level(i).replace(opt_state=None) for i in range(len(sides))]
-  tables = [level.condition.tables(h, w) for level, (h, w) in zip(levels, sides)]
+  size, backbone = detector.config.data.inp_size, detector.backbone
+  if portable:
+    backbone = dataclasses.replace(backbone, model=backbone.model.clone(depthwise_impl='conv'))
+  shapes = backbone.tap_shapes(size)
+  levels = [detector.state.level(i).replace(opt_state=None) for i in range(len(shapes))]
+  tables = [level.condition.tables(h, w) for level, (h, w, _) in zip(levels, shapes)]
 
   def infer(pixels):
-    images = (pixels.astype(jnp.float32) / 255.0 - mean) / std
-    taps = [tap.astype(jnp.float32) for tap in model.apply(backbone.variables, images)]
+    taps = backbone.pixel_taps(pixels)
     lp = [level_lp(level, tap, table) for level, tap, table in zip(levels, taps, tables)]
-    return maps_lib.fixed_constant_outputs(lp, size, detector.constants)
+    return maps_lib.outputs(lp, size, detector.map_constants, jnp)
 
   return infer
 

@@ -44,7 +44,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from bgad_jax.data import image_io
+from tfds_mvtec import image_io
 from bgad_jax.detector import Detector
 from bgad_jax.errors import ConfigError, DataError
 from bgad_jax.evaluation import report
@@ -167,7 +167,7 @@ class RequestError(Exception):
 
 def overlay_png(detector: Detector, image: np.ndarray, anomaly_map: np.ndarray) -> bytes:
   """The image and its heat map side by side (as ``--mode=predict`` draws it), PNG bytes."""
-  high = max(float(detector.constants['score_threshold']) * 2, 1e-6)
+  high = max(float(detector.map_constants['score_threshold']) * 2, 1e-6)
   return image_io.encode_png(report.overlay(image, anomaly_map, 0.0, high))
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from bgad_jax import Detector, detector as detector_lib
-from bgad_jax.data import image_io
+from tfds_mvtec import image_io
 from bgad_jax.errors import DataError, NoTrainedModelError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,7 +4,8 @@ import pytest
 
 import tfds_mvtec
 from bgad_jax import errors
-from bgad_jax.data import image_io, known_anomalies, pipeline
+from bgad_jax.data import known_anomalies, pipeline
+from tfds_mvtec import image_io
 from bgad_jax.models import state_dict_io, weight_conversion
 from bgad_jax.training import checkpoint
 

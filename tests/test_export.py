@@ -113,7 +113,7 @@ def test_exported_function_follows_the_map_options(trained, exported):
   _, reference = exported
   options = dict(smoothing_sigma=2.0, image_score='top_k_mean', top_k_fraction=0.05)
   detector = Detector(reference.config, reference.backbone, reference.state,
-                      dict(reference.constants, scoring=options))
+                      dict(reference.map_constants, scoring=options))
   pixels, maps, scores, nll = _pixels(trained, detector)
   assert not np.allclose(maps, _pixels(trained, reference)[1], atol=1e-3)   # options applied
   out_maps, out_scores, out_nll = (np.asarray(x) for x in jax.jit(

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from bgad_jax import cli, seeds, validation
+from bgad_jax import cli, seeds, settings
 from bgad_jax.errors import ConfigError
 from configs import test as test_config
 
@@ -20,7 +20,7 @@ def test_every_seed_runs_in_its_folder_and_the_summary_is_mean_and_sd(tmp_path, 
     calls.append((seed_config.seed, tuple(seed_config.seeds), folder))
     return dict(img_auroc=values[seed_config.seed], pix_auroc=0.5, aupro=None)
 
-  means = seeds.run_seeds(config, str(tmp_path), validation.seeds(config), run_one)
+  means = seeds.run_seeds(config, str(tmp_path), list(settings.resolve(config).seeds), run_one)
   assert calls == [(s, (), str(tmp_path / f'seed_{s}')) for s in (3, 5, 9)]
   assert means['img_auroc'] == pytest.approx(0.8) and means['aupro'] is None
   stats = json.loads((tmp_path / 'seeds.json').read_text())['statistics']['img_auroc']
@@ -38,15 +38,15 @@ def test_bad_seed_lists_are_config_errors(value):
   config = test_config.get_config()
   config.seeds = value if isinstance(value, tuple) else (value,)
   with pytest.raises(ConfigError, match='seeds='):
-    validation.validate(config)
+    settings.validate(config)
 
 
 def test_seed_lists_are_parsed_from_a_comma_string():
   config = test_config.get_config()
   config.seeds = ('0,1', 7)
-  assert validation.seeds(config) == [0, 1, 7]
+  assert list(settings.resolve(config).seeds) == [0, 1, 7]
   config.seeds = ()
-  assert validation.seeds(config) == []
+  assert list(settings.resolve(config).seeds) == []
 
 
 @pytest.mark.parametrize('mode', ['predict', 'export', 'serve'])

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from bgad_jax import Detector, serve
-from bgad_jax.data import image_io
+from tfds_mvtec import image_io
 from tests.support import runs
 
 CHROMIUM, CHROMEDRIVER = '/usr/bin/chromium', '/usr/bin/chromedriver'

@@ -9,7 +9,7 @@ import json
 import os
 from typing import Dict, Optional
 
-from bgad_jax.data.image_io import IMAGE_EXTENSIONS
+from tfds_mvtec.image_io import IMAGE_EXTENSIONS
 from tfds_mvtec import layout
 
 FILENAME = 'source_fingerprint.json'

@@ -20,8 +20,8 @@ import tarfile
 import zipfile
 from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
-from bgad_jax.data.image_io import IMAGE_EXTENSIONS
-from bgad_jax.errors import MissingFileError
+from tfds_mvtec.image_io import IMAGE_EXTENSIONS
+from tfds_mvtec.errors import MissingFileError
 
 CATEGORIES = ('bottle', 'cable', 'capsule', 'carpet', 'grid', 'hazelnut', 'leather',
               'metal_nut', 'pill', 'screw', 'tile', 'toothbrush', 'transistor', 'wood',

@@ -19,7 +19,7 @@ try:
 except ImportError:   # Windows: builds are not serialised there
   fcntl = None
 
-from bgad_jax.data import image_io
+from tfds_mvtec import image_io
 from tfds_mvtec import fingerprint, layout
 from tfds_mvtec.datasets import BTAD, LOCO, MPDD, MVTEC_AD, MVTEC_AD2, VISA
 

@@ -43,7 +43,7 @@ def prepare_dataset(data_config, seed: int) -> None:
 
   With ``data.root`` set, the built dataset is checked against that folder
   and rebuilt when its images changed (`tfds_mvtec.build`); without it,
-  nothing is done (`load_splits` reads what is built in ``data.tfds_dir``).
+  nothing is done (`read_splits` reads what is built in ``data.tfds_dir``).
 
   Raises:
     DatasetFolderError: ``data.root`` does not exist or lacks the category.
@@ -66,17 +66,6 @@ def prepare_dataset(data_config, seed: int) -> None:
     tfds_mvtec.build(category, data_dir, manual_dir, dataset=name)
 
 
-def load_splits(data_config, seed: int) -> Tuple[List[Dict], List[Dict]]:
-  """Train and test examples (see `pipeline.load_examples`) after `prepare_dataset`.
-
-  Raises:
-    DatasetFolderError: ``data.root`` does not exist or lacks the category.
-    DatasetNotBuiltError: no ``data.root`` and nothing built.
-  """
-  prepare_dataset(data_config, seed)
-  return read_splits(data_config)
-
-
 def read_splits(data_config) -> Tuple[List[Dict], List[Dict]]:
   """Train and test examples of the dataset already prepared (`prepare_dataset`).
 
@@ -89,9 +78,9 @@ def read_splits(data_config) -> Tuple[List[Dict], List[Dict]]:
           pipeline.load_examples(data_dir, category, 'test', dataset=name))
 
 
-def load_validation(data_config) -> List[Dict]:
+def read_validation_split(data_config) -> List[Dict]:
   """The normal images of the dataset's own validation split (MVTec LOCO AD, MVTec AD 2),
-  or [] when it has none. Call after `load_splits` (which builds the dataset)."""
+  or [] when it has none, after `prepare_dataset`."""
   _, data_dir, category = dataset_location(data_config)
   name = builder_dataset(data_config.source)
   if not pipeline.has_split(data_dir, category, 'validation', name):

@@ -141,7 +141,7 @@ def metadata(examples: Sequence[Dict]) -> Dict[str, np.ndarray]:
 
 
 def normalise(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-  """uint8 [..., 3] -> float32 (x / 255 - mean) / std."""
+  """uint8 [..., 3] -> float32 (x / 255 - mean) / std; numpy, or jax.numpy when traced."""
   return ((pixels.astype(np.float32) / 255.0 - np.asarray(mean, np.float32))
           / np.asarray(std, np.float32)).astype(np.float32)
 

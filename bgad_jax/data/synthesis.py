@@ -14,7 +14,7 @@ from PIL import Image
 from skimage import filters, measure, morphology
 
 from bgad_jax.data import demo_data
-from bgad_jax.data import image_io
+from tfds_mvtec import image_io
 from bgad_jax.data.pipeline import resize_and_center_crop
 from bgad_jax.errors import MissingFileError
 

@@ -5,7 +5,7 @@ The calibration images are the held-out normal training images
 are held out. docs/METHOD.md, "Thresholds", explains the choice.
 """
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 import numpy as np
 
@@ -35,7 +35,8 @@ def threshold(calibration_scores: Sequence[float], rule: str = 'val_max',
 
 def predict_constants(calibration_lp: Sequence[np.ndarray], size: int, rule: str,
                       target_fpr: float, source: str,
-                      map_options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                      map_options: maps_lib.MapOptions = maps_lib.MapOptions()
+                      ) -> Dict[str, Any]:
   """Map constants, calibration scores and thresholds from normal images' log-likelihoods.
 
   Args:
@@ -43,17 +44,15 @@ def predict_constants(calibration_lp: Sequence[np.ndarray], size: int, rule: str
     size: the maps' side S (``data.inp_size``).
     rule, target_fpr: see `threshold`.
     source: 'held-out' or 'training' (which images these are), recorded.
-    map_options: `maps.fixed_constants` keywords (config.maps); None = the reference's.
+    map_options: the maps' options (config.maps); the default is the reference's.
 
   Returns:
-    `maps.fixed_constants` plus ``calibration`` (source, images, rule,
+    `maps.map_constants` plus ``calibration`` (source, images, rule,
     target_fpr), ``calibration_scores`` / ``calibration_nll_scores`` [N] and
     ``score_threshold`` / ``nll_threshold`` by ``rule``.
   """
-  constants = maps_lib.fixed_constants(calibration_lp, size, **(map_options or {}))
-  scores = maps_lib.fixed_constant_scores(
-      maps_lib.apply_fixed_constants(calibration_lp, size, constants), constants)
-  nll = maps_lib.nll_scores(calibration_lp, size, constants)
+  constants = maps_lib.map_constants(calibration_lp, size, map_options)
+  _, scores, nll = maps_lib.outputs(calibration_lp, size, constants)
   constants.update(
       calibration=dict(source=source, images=len(nll), rule=rule, target_fpr=target_fpr),
       calibration_scores=[float(s) for s in scores],

@@ -1,24 +1,59 @@
-"""Log-likelihood maps -> anomaly maps (docs/METHOD.md, "Anomaly maps").
+"""Log-likelihood maps -> anomaly maps and image scores: the one scoring definition
+(docs/METHOD.md, "Anomaly maps").
 
-Test-set normalisation (the reference's, used for the reported metrics): per
-level, subtract the global maximum of lp over the test set, exponentiate,
-upsample bilinearly with aligned corners, sum the levels; anomaly = max - sum.
-For deployment, `fixed_constants` / `apply_fixed_constants` do the same with
-constants computed once on held-out normal training images.
+Every caller scores through `anomaly_maps`, `map_scores` and `nll_scores` (or
+`outputs`, the three together): the evaluation, the Detector (predict, serve),
+the calibration of predict's threshold and both exports. Each takes ``xp``:
+numpy on the host (maps float32, nll scores float64, which the threshold
+needs) or jax.numpy inside a traced function (everything float32).
 
-Options beyond the reference (config.maps, off in the faithful configs; docs/METHOD.md,
-"Quality options"): Gaussian smoothing of the maps and a top-k mean image score.
-The deployable constants record them, so predict, the Detector and exports
-score as the evaluation did.
+Map constants fix the normalisation: per level the maximum of lp, and the
+maximum of the summed normality. Test-set normalisation (the reference's, used
+for the reported metrics) takes them from the test set itself
+(`test_set_anomaly_maps`); deployment takes them once from held-out normal
+training images (`map_constants`). Per level: exp(lp - level max), upsampled
+bilinearly with aligned corners, summed over levels; anomaly = map max - sum.
+
+Options beyond the reference (`MapOptions`, config.maps; off in the faithful
+configs; docs/METHOD.md, "Quality options"): Gaussian smoothing of the maps
+and a top-k mean image score. Map constants record them, so everything scores
+as the evaluation did. A new option is a `MapOptions` field (and its config
+field) used in the one function it changes.
 """
 
-from typing import Dict, Sequence, Tuple
+import dataclasses
+from typing import Any, Dict, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 IMAGE_SCORES = ('max', 'top_k_mean')
+
+
+@dataclasses.dataclass(frozen=True)
+class MapOptions:
+  """How maps and image scores are made beyond the reference (the defaults are the reference).
+
+  Attributes:
+    smoothing_sigma: Gaussian sigma in pixels of the maps' smoothing; 0 = none.
+    image_score: 'max' (the reference) or 'top_k_mean' (mean of the top
+      ``top_k_fraction`` of a map's pixels).
+    top_k_fraction: pixels averaged by 'top_k_mean'.
+  """
+  smoothing_sigma: float = 0.0
+  image_score: str = 'max'
+  top_k_fraction: float = 0.01
+
+  @classmethod
+  def of(cls, fields) -> 'MapOptions':
+    """From ``config.maps`` or a dict of the fields (missing ones: the defaults)."""
+    return cls(**{f.name: fields[f.name] for f in dataclasses.fields(cls) if f.name in fields})
+
+
+def options_of(constants: Dict[str, Any]) -> MapOptions:
+  """The options map constants were made with (files of reference runs record none)."""
+  return MapOptions.of(constants.get('scoring', {}))
 
 
 def _align_corners_taps(out_size: int, in_size: int):
@@ -53,10 +88,42 @@ def upsample_align_corners(maps: jnp.ndarray, size: int) -> jnp.ndarray:
 
 def normality_maps(lp_maps: Sequence[jnp.ndarray], size: int,
                    level_max: Sequence[float]) -> jnp.ndarray:
-  """Sum over levels of exp(lp - level_max) upsampled: [N, size, size]."""
+  """Sum over levels of exp(lp - level_max) upsampled: [N, size, size] float32 (jax)."""
   total = 0.0
   for lp, top in zip(lp_maps, level_max):
-    total = total + upsample_align_corners(jnp.exp(lp - top), size)
+    total = total + upsample_align_corners(jnp.exp(jnp.asarray(lp) - top), size)
+  return total
+
+
+def _log_upsample_axis(log_maps, size: int, axis: int, xp=np):
+  """log(align-corners interpolation of exp(log_maps)) along ``axis``, without underflow."""
+  in_size = log_maps.shape[axis]
+  if in_size == 1:
+    return xp.repeat(log_maps, size, axis=axis)
+  low, frac = _align_corners_taps(size, in_size)
+  shape = [1] * log_maps.ndim
+  shape[axis] = size
+  with np.errstate(divide='ignore'):   # log(0) = -inf is the right weight
+    log_w_low, log_w_high = (np.log(w).astype(log_maps.dtype).reshape(shape)
+                             for w in (1.0 - frac, frac))
+  return xp.logaddexp(xp.take(log_maps, low, axis=axis) + log_w_low,
+                      xp.take(log_maps, low + 1, axis=axis) + log_w_high)
+
+
+def log_normality_maps(lp_maps: Sequence[np.ndarray], size: int,
+                       level_max: Sequence[float], xp=np):
+  """log of `normality_maps`, computed in log space: never underflows.
+
+  Where exp(lp - max) is representable this equals log(normality_maps(...));
+  where it underflows to 0 (a badly fitted or far out-of-distribution image),
+  it still orders pixels and images. [N, size, size]: float64 on the host
+  (``xp`` numpy), the maps' float32 when traced (``xp`` jax.numpy).
+  """
+  total = None
+  for lp, top in zip(lp_maps, level_max):
+    level = (np.asarray(lp, np.float64) if xp is np else lp) - top
+    level = _log_upsample_axis(_log_upsample_axis(level, size, 1, xp), size, 2, xp)
+    total = level if total is None else xp.logaddexp(total, level)
   return total
 
 
@@ -127,119 +194,76 @@ def image_scores(maps, rule: str = 'max', top_k_fraction: float = 0.01, xp=np):
   return top.mean(axis=1)
 
 
+def anomaly_maps(lp_maps: Sequence[np.ndarray], size: int, constants: Dict[str, Any],
+                 xp=np):
+  """Anomaly maps under map constants: map_max - (smoothed) normality.
+
+  Args:
+    lp_maps: one [N, h_l, w_l] log-likelihood map per level.
+    constants: level_max, map_max and the options (`map_constants`).
+    xp: numpy (a host float32 array) or jax.numpy (traceable).
+
+  Returns:
+    [N, size, size] float32, higher = more anomalous.
+  """
+  normal = normality_maps(lp_maps, size, constants['level_max'])
+  maps = constants['map_max'] - smooth_maps(normal, options_of(constants).smoothing_sigma)
+  return np.asarray(maps) if xp is np else maps
+
+
+def map_scores(maps, constants: Dict[str, Any], xp=np):
+  """Image scores [N] of `anomaly_maps` [N, S, S], by the constants' rule."""
+  options = options_of(constants)
+  return image_scores(maps, options.image_score, options.top_k_fraction, xp)
+
+
+def nll_scores(lp_maps: Sequence[np.ndarray], size: int, constants: Dict[str, Any], xp=np):
+  """Image scores from -log normality: [N], float64 on the host, float32 traced.
+
+  Ranks images exactly as `map_scores` whenever the maps are not saturated
+  (map_max - normality, with normality underflowing to 0 far from normal),
+  and keeps ranking them when they are; the verdict threshold is on these.
+  """
+  options = options_of(constants)
+  log_normal = smooth_maps(log_normality_maps(lp_maps, size, constants['level_max'], xp),
+                           options.smoothing_sigma, xp, log_space=True)
+  return image_scores(-log_normal, options.image_score, options.top_k_fraction, xp)
+
+
+def outputs(lp_maps: Sequence[np.ndarray], size: int, constants: Dict[str, Any], xp=np):
+  """(`anomaly_maps` [N, S, S], `map_scores` [N], `nll_scores` [N]) in one call."""
+  maps = anomaly_maps(lp_maps, size, constants, xp)
+  return maps, map_scores(maps, constants, xp), nll_scores(lp_maps, size, constants, xp)
+
+
+def _maps_below_top(lp_maps: Sequence[np.ndarray], size: int, options: MapOptions
+                    ) -> Tuple[Dict[str, Any], np.ndarray]:
+  """Constants of these images but map_max = 0, and the maps (-normality) they give."""
+  constants = dict(level_max=[float(np.max(m)) for m in lp_maps], map_max=0.0)
+  if options != MapOptions():   # reference runs' files stay as they were
+    constants['scoring'] = dataclasses.asdict(options)
+  return constants, anomaly_maps(lp_maps, size, constants)
+
+
+def map_constants(lp_maps: Sequence[np.ndarray], size: int,
+                  options: MapOptions = MapOptions()) -> Dict[str, Any]:
+  """Deployable constants from normal images: level_max (per level), map_max (the
+  highest (smoothed) normality) and the options when not the reference's (``scoring``)."""
+  constants, below_top = _maps_below_top(lp_maps, size, options)
+  return dict(constants, map_max=-float(below_top.min()))
+
+
 def test_set_anomaly_maps(lp_maps: Sequence[np.ndarray], size: int,
-                          smoothing_sigma: float = 0.0) -> np.ndarray:
-  """The reference's anomaly maps: lp_maps[l] is [N, h_l, w_l] for the whole test set.
+                          options: MapOptions = MapOptions()) -> np.ndarray:
+  """The reference's anomaly maps: constants from these images themselves.
 
-  ``smoothing_sigma`` > 0 (an option) then smooths each map.
-
-  Returns:
-    [N, size, size] float32, higher = more anomalous; image scores: `image_scores`.
-  """
-  normal = normality_maps([jnp.asarray(m) for m in lp_maps], size,
-                          [float(np.max(m)) for m in lp_maps])
-  return np.asarray(smooth_maps(jnp.max(normal) - normal, smoothing_sigma))
-
-
-def scoring(constants: Dict[str, object]) -> Dict[str, object]:
-  """The map options deployable constants were made with (none in older files)."""
-  return dict(dict(smoothing_sigma=0.0, image_score='max', top_k_fraction=0.01),
-              **constants.get('scoring', {}))
-
-
-def _log_upsample_axis(log_maps, size: int, axis: int, xp=np):
-  """log(align-corners interpolation of exp(log_maps)) along ``axis``, without underflow.
-
-  ``xp``: numpy (host, the maps' dtype) or jax.numpy (traceable, e.g. for export).
-  """
-  in_size = log_maps.shape[axis]
-  if in_size == 1:
-    return xp.repeat(log_maps, size, axis=axis)
-  low, frac = _align_corners_taps(size, in_size)
-  shape = [1] * log_maps.ndim
-  shape[axis] = size
-  with np.errstate(divide='ignore'):   # log(0) = -inf is the right weight
-    log_w_low, log_w_high = (np.log(w).astype(log_maps.dtype).reshape(shape)
-                             for w in (1.0 - frac, frac))
-  return xp.logaddexp(xp.take(log_maps, low, axis=axis) + log_w_low,
-                      xp.take(log_maps, low + 1, axis=axis) + log_w_high)
-
-
-def fixed_constant_outputs(lp_maps: Sequence[jnp.ndarray], size: int,
-                           constants: Dict[str, object]) -> Tuple[jnp.ndarray, ...]:
-  """`apply_fixed_constants`, the image scores and `nll_scores` in one traceable function.
+  Args:
+    lp_maps: lp_maps[l] is [N, h_l, w_l] for the whole test set.
 
   Returns:
-    (anomaly maps [N, size, size], scores [N], nll scores [N]), float32.
+    [N, size, size] float32, higher = more anomalous (minimum 0); image
+    scores: `image_scores` with the options' rule.
   """
-  options = scoring(constants)
-  sigma = options['smoothing_sigma']
-  maps = constants['map_max'] - smooth_maps(
-      normality_maps(lp_maps, size, constants['level_max']), sigma)
-  log_normal = smooth_maps(log_normality_maps(lp_maps, size, constants['level_max'], jnp),
-                           sigma, jnp, log_space=True)
-  rule, fraction = options['image_score'], options['top_k_fraction']
-  return (maps, image_scores(maps, rule, fraction, jnp),
-          image_scores(-log_normal, rule, fraction, jnp))
-
-
-def log_normality_maps(lp_maps: Sequence[np.ndarray], size: int,
-                       level_max: Sequence[float], xp=np) -> np.ndarray:
-  """log of `normality_maps`, computed in log space: never underflows.
-
-  Where exp(lp - max) is representable this equals log(normality_maps(...));
-  where it underflows to 0 (a badly fitted or far out-of-distribution image),
-  it still orders pixels and images. [N, size, size]: float64 on the host
-  (``xp`` numpy), the maps' float32 when traced (``xp`` jax.numpy).
-  """
-  total = None
-  for lp, top in zip(lp_maps, level_max):
-    level = (np.asarray(lp, np.float64) if xp is np else lp) - top
-    level = _log_upsample_axis(_log_upsample_axis(level, size, 1, xp), size, 2, xp)
-    total = level if total is None else xp.logaddexp(total, level)
-  return total
-
-
-def fixed_constants(lp_maps: Sequence[np.ndarray], size: int, smoothing_sigma: float = 0.0,
-                    image_score: str = 'max', top_k_fraction: float = 0.01
-                    ) -> Dict[str, object]:
-  """Deployable constants from held-out normal images: per-level max, the (smoothed)
-  map max and the map options (`scoring`)."""
-  level_max = [float(np.max(m)) for m in lp_maps]
-  normal = smooth_maps(normality_maps([jnp.asarray(m) for m in lp_maps], size, level_max),
-                       smoothing_sigma)
-  constants = dict(level_max=level_max, map_max=float(jnp.max(normal)))
-  if smoothing_sigma > 0 or image_score != 'max':   # reference files stay as they were
-    constants['scoring'] = dict(smoothing_sigma=float(smoothing_sigma),
-                                image_score=image_score,
-                                top_k_fraction=float(top_k_fraction))
-  return constants
-
-
-def nll_scores(lp_maps: Sequence[np.ndarray], size: int,
-               constants: Dict[str, object]) -> np.ndarray:
-  """Image scores max_p(-log normality): [N] float64.
-
-  Ranks images exactly as the reference's image score (map_max - min_p
-  normality) whenever that score is not saturated, and keeps ranking them when
-  it is. With the constants' `scoring` options: of the smoothed normality, and
-  the top-k mean of -log normality instead of its maximum.
-  """
-  options = scoring(constants)
-  log_normal = smooth_maps(log_normality_maps(lp_maps, size, constants['level_max']),
-                           options['smoothing_sigma'], np, log_space=True)
-  return image_scores(-log_normal, options['image_score'], options['top_k_fraction'])
-
-
-def apply_fixed_constants(lp_maps: Sequence[np.ndarray], size: int,
-                          constants: Dict[str, object]) -> np.ndarray:
-  """Anomaly maps of any images with constants fixed at training time: [N, size, size]."""
-  normal = normality_maps([jnp.asarray(m) for m in lp_maps], size, constants['level_max'])
-  normal = smooth_maps(normal, scoring(constants)['smoothing_sigma'])
-  return np.asarray(constants['map_max'] - normal)
-
-
-def fixed_constant_scores(maps: np.ndarray, constants: Dict[str, object]) -> np.ndarray:
-  """Image scores [N] of `apply_fixed_constants` maps, by the constants' rule."""
-  options = scoring(constants)
-  return image_scores(maps, options['image_score'], options['top_k_fraction'])
+  _, below_top = _maps_below_top(lp_maps, size, options)
+  # (-n) - (-top) is top - n to the last bit, as `anomaly_maps` with map_constants.
+  return below_top - below_top.min()

@@ -161,10 +161,10 @@ def _thresholded_aupro(maps, scores, pro, fpr, max_fpr, num_thresholds):
   return float(np.trapezoid(kept_pro, (selected - selected.min()) / span))
 
 
-def evaluate(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray,
-             defect_types: Sequence[str], has_mask: np.ndarray,
-             known_types: Sequence[str] = (), aupro_thresholds: int = 0,
-             image_scores: Optional[np.ndarray] = None) -> Dict[str, object]:
+def detection_metrics(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray,
+                      defect_types: Sequence[str], has_mask: np.ndarray,
+                      known_types: Sequence[str] = (), aupro_thresholds: int = 0,
+                      image_scores: Optional[np.ndarray] = None) -> Dict[str, object]:
   """All metrics of one evaluation.
 
   Image scores: ``image_scores`` [N] when given (`maps.image_scores`), else

@@ -1,7 +1,6 @@
 """The frozen backbone: pretrained weights, input normalisation and feature extraction."""
 
 import dataclasses
-import functools
 from typing import Any, Dict, List, Sequence, Tuple
 
 import jax
@@ -15,9 +14,11 @@ from bgad_jax.models import weight_conversion
 from bgad_jax.training.sharding import gather_rows, map_local_rows, process_share
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _taps(model, variables, images):
+def _apply_taps(model, variables, images):
   return [tap.astype(jnp.float32) for tap in model.apply(variables, images)]
+
+
+_taps = jax.jit(_apply_taps, static_argnums=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,11 +50,24 @@ class FrozenBackbone:
     mean, std = backbone_lib.normalization(settings.name, settings.normalization)
     return cls(model, variables, mean, std, mesh, config.train.batch_size)
 
+  def tap_shapes(self, inp_size: int) -> List[Tuple[int, int, int]]:
+    """(h, w, C) of each tap for ``inp_size`` inputs (shapes only: nothing runs)."""
+    image = jax.ShapeDtypeStruct((1, inp_size, inp_size, 3), jnp.float32)
+    return [tuple(tap.shape[1:]) for tap in jax.eval_shape(self.taps, image)]
+
   def channels(self, inp_size: int) -> List[int]:
     """Channels of each tap for ``inp_size`` inputs (shapes only: nothing runs)."""
-    image = jax.ShapeDtypeStruct((1, inp_size, inp_size, 3), jnp.float32)
-    return [tap.shape[-1] for tap in jax.eval_shape(
-        lambda x: _taps(self.model, self.variables, x), image)]
+    return [shape[-1] for shape in self.tap_shapes(inp_size)]
+
+  def taps(self, images: np.ndarray) -> List[jnp.ndarray]:
+    """The taps of normalised images, jitted: [N, S, S, 3] -> float32 [N, h_l, w_l, C_l]."""
+    return _taps(self.model, self.variables, images)
+
+  def pixel_taps(self, pixels: jnp.ndarray) -> List[jnp.ndarray]:
+    """`taps` of uint8 [N, S, S, 3] pixels, normalised as `preprocess` does, for use
+    inside a traced function (an export's graph holds no nested jit)."""
+    return _apply_taps(self.model, self.variables,
+                       pipeline.normalise(pixels, self.mean, self.std))
 
   def preprocess(self, examples: Sequence[Dict], inp_size: int) -> Dict[str, np.ndarray]:
     """`pipeline.preprocess` with this backbone's normalisation."""
@@ -86,8 +100,7 @@ class FrozenBackbone:
     Returns:
       One float32 array [n, h_l, w_l, C_l] per level (host memory).
     """
-    return map_local_rows(lambda batch: _taps(self.model, self.variables, batch),
-                          local_images, self.batch_size, self.mesh)
+    return map_local_rows(self.taps, local_images, self.batch_size, self.mesh)
 
   def features(self, images: np.ndarray) -> List[np.ndarray]:
     """Backbone taps of all images, each process computing its share.

@@ -1,4 +1,5 @@
-"""dataset.load_splits: built on first use, rebuilt when the source changes, never stale."""
+"""bgad_jax.data.dataset: built on first use (prepare_dataset), rebuilt when the source
+changes, never stale; held-out normals."""
 
 import os
 import shutil
@@ -17,15 +18,20 @@ def _data_config(root, tfds_dir, source='folder', category='bottle'):
                                         tfds_dir=str(tfds_dir)))
 
 
+def _prepared_splits(data_config, seed=0):
+  dataset.prepare_dataset(data_config, seed)
+  return dataset.read_splits(data_config)
+
+
 def test_missing_root_never_falls_back_to_an_earlier_build(tmp_path):
   shutil.copytree(os.path.join(DUMMY, 'bottle'), tmp_path / 'a' / 'bottle')
-  train, test = dataset.load_splits(_data_config(tmp_path / 'a', tmp_path / 'tfds'), seed=0)
+  train, test = _prepared_splits(_data_config(tmp_path / 'a', tmp_path / 'tfds'))
   assert (len(train), len(test)) == (3, 5)
   with pytest.raises(tfds_mvtec.DatasetFolderError) as caught:
-    dataset.load_splits(_data_config(tmp_path / 'moved', tmp_path / 'tfds'), seed=0)
+    _prepared_splits(_data_config(tmp_path / 'moved', tmp_path / 'tfds'))
   assert f'data.root={tmp_path / "moved"} does not exist' in str(caught.value)
   # Without a root the user points at the built dataset itself: it is read.
-  train, _ = dataset.load_splits(_data_config('', tmp_path / 'tfds'), seed=0)
+  train, _ = _prepared_splits(_data_config('', tmp_path / 'tfds'))
   assert len(train) == 3
 
 
@@ -33,10 +39,10 @@ def test_images_added_to_the_source_are_read(tmp_path):
   root = tmp_path / 'a'
   shutil.copytree(os.path.join(DUMMY, 'bottle'), root / 'bottle')
   config = _data_config(root, tmp_path / 'tfds')
-  dataset.load_splits(config, seed=0)
+  _prepared_splits(config)
   good = root / 'bottle' / 'train' / 'good'
   shutil.copy(good / '000.png', good / '100.png')
-  train, _ = dataset.load_splits(config, seed=0)
+  train, _ = _prepared_splits(config)
   assert [e['filename'] for e in train][-1] == 'train/good/100.png' and len(train) == 4
 
 
@@ -44,13 +50,13 @@ def test_demo_with_other_settings_is_regenerated_and_rebuilt(tmp_path):
   config = _data_config(tmp_path / 'demo', '', source='demo', category='tissue')
   config.demo = ml_collections.ConfigDict(dict(size=32, num_train=3, num_test_good=2,
                                                num_per_defect=1))
-  train, test = dataset.load_splits(config, seed=0)
+  train, test = _prepared_splits(config)
   assert (len(train), len(test)) == (3, 6)
   config.demo.num_train = 5
-  train, _ = dataset.load_splits(config, seed=0)
+  train, _ = _prepared_splits(config)
   assert len(train) == 5
   config.demo.num_train = 2   # fewer: no image of the larger set is left behind
-  train, _ = dataset.load_splits(config, seed=0)
+  train, _ = _prepared_splits(config)
   assert [e['filename'] for e in train] == ['train/good/000.png', 'train/good/001.png']
 
 

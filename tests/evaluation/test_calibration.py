@@ -43,7 +43,7 @@ def test_predict_constants_score_their_own_images_at_the_threshold():
   nll = maps_lib.nll_scores(lp, 16, constants)
   np.testing.assert_allclose(constants['calibration_nll_scores'], nll)
   assert constants['nll_threshold'] == pytest.approx(nll.max())
-  scores = maps_lib.apply_fixed_constants(lp, 16, constants).reshape(5, -1).max(axis=1)
+  scores = maps_lib.anomaly_maps(lp, 16, constants).reshape(5, -1).max(axis=1)
   assert constants['score_threshold'] == pytest.approx(scores.max())
   assert constants['calibration'] == dict(source='held-out', images=5, rule='val_max',
                                           target_fpr=0.01)
@@ -57,13 +57,14 @@ def test_predict_constants_follow_the_map_options():
   rng = np.random.RandomState(1)
   lp = [rng.normal(-1.0, 0.3, (4, 8, 8)).astype(np.float32)]
   options = dict(smoothing_sigma=2.0, image_score='top_k_mean', top_k_fraction=0.05)
-  constants = calibration.predict_constants(lp, 16, 'val_max', 0.01, 'held-out', options)
+  constants = calibration.predict_constants(lp, 16, 'val_max', 0.01, 'held-out',
+                                            maps_lib.MapOptions(**options))
   assert constants['scoring'] == options
   # Known answer: the reference maps, smoothed (scipy), minus the smoothed maximum ...
   reference = maps_lib.test_set_anomaly_maps(lp, 16).astype(np.float64)
   smoothed = ndimage.gaussian_filter(reference, (0, 2, 2), mode='mirror', truncate=4.0)
   maps = smoothed - smoothed.min()
-  np.testing.assert_allclose(maps_lib.apply_fixed_constants(lp, 16, constants), maps,
+  np.testing.assert_allclose(maps_lib.anomaly_maps(lp, 16, constants), maps,
                              atol=1e-5)
   # ... scored by the mean of their 13 highest pixels (5% of 256).
   top = np.sort(maps.reshape(4, -1), axis=1)[:, -13:].mean(axis=1)

@@ -40,11 +40,11 @@ def test_test_set_maps_match_reference():
   assert ours.min() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_fixed_constants_reproduce_test_set_maps_on_the_same_images():
+def test_map_constants_reproduce_test_set_maps_on_the_same_images():
   rng = np.random.default_rng(2)
   lp_maps = [rng.normal(-2, 0.5, size=(3, h, h)).astype(np.float32) for h in (8, 4)]
-  constants = anomaly_maps.fixed_constants(lp_maps, 32)
-  np.testing.assert_allclose(anomaly_maps.apply_fixed_constants(lp_maps, 32, constants),
+  constants = anomaly_maps.map_constants(lp_maps, 32)
+  np.testing.assert_allclose(anomaly_maps.anomaly_maps(lp_maps, 32, constants),
                              anomaly_maps.test_set_anomaly_maps(lp_maps, 32), rtol=1e-5, atol=1e-5)
 
 
@@ -60,11 +60,11 @@ def test_log_normality_is_exact_and_never_underflows():
   far[0][0] -= 500.0
   far[1][0] -= 500.0
   far[2][0] -= 500.0
-  constants = anomaly_maps.fixed_constants(lp_maps, 32)
-  saturated = anomaly_maps.apply_fixed_constants(far, 32, constants).reshape(3, -1).max(1)
+  constants = anomaly_maps.map_constants(lp_maps, 32)
+  saturated = anomaly_maps.anomaly_maps(far, 32, constants).reshape(3, -1).max(1)
   nll = anomaly_maps.nll_scores(far, 32, constants)
   assert np.all(np.isfinite(nll)) and nll[0] > 400 and nll[0] > nll[1:].max()
-  reference = anomaly_maps.apply_fixed_constants(lp_maps, 32, constants).reshape(3, -1).max(1)
+  reference = anomaly_maps.anomaly_maps(lp_maps, 32, constants).reshape(3, -1).max(1)
   plain = anomaly_maps.nll_scores(lp_maps, 32, constants)
   assert list(np.argsort(plain)) == list(np.argsort(reference))   # same ranking unsaturated
   assert saturated[0] == pytest.approx(constants['map_max'], rel=1e-6)
@@ -107,13 +107,15 @@ def test_top_k_mean_image_score():
 def test_reference_constants_record_no_options_and_options_are_recorded():
   rng = np.random.default_rng(5)
   lp_maps = [rng.normal(-2, 0.5, size=(3, h, h)).astype(np.float32) for h in (8, 4)]
-  assert 'scoring' not in anomaly_maps.fixed_constants(lp_maps, 32)   # files stay as before
-  constants = anomaly_maps.fixed_constants(lp_maps, 32, 4.0, 'top_k_mean', 0.05)
-  assert anomaly_maps.scoring(constants) == dict(smoothing_sigma=4.0, image_score='top_k_mean',
-                                                 top_k_fraction=0.05)
+  assert 'scoring' not in anomaly_maps.map_constants(lp_maps, 32)   # files stay as before
+  options = anomaly_maps.MapOptions(4.0, 'top_k_mean', 0.05)
+  constants = anomaly_maps.map_constants(lp_maps, 32, options)
+  assert constants['scoring'] == dict(smoothing_sigma=4.0, image_score='top_k_mean',
+                                      top_k_fraction=0.05)
+  assert anomaly_maps.options_of(constants) == options
   # With smoothing, the deployable maps are the smoothed test-set maps shifted by a constant.
-  fixed = anomaly_maps.apply_fixed_constants(lp_maps, 32, constants)
-  test_set = anomaly_maps.test_set_anomaly_maps(lp_maps, 32, 4.0)
+  fixed = anomaly_maps.anomaly_maps(lp_maps, 32, constants)
+  test_set = anomaly_maps.test_set_anomaly_maps(lp_maps, 32, anomaly_maps.MapOptions(4.0))
   np.testing.assert_allclose(fixed - fixed.min(), test_set - test_set.min(), atol=1e-5)
   assert fixed.min() == pytest.approx(0.0, abs=1e-6)
 
@@ -121,12 +123,13 @@ def test_reference_constants_record_no_options_and_options_are_recorded():
 def test_traced_outputs_equal_the_host_functions_with_options():
   rng = np.random.default_rng(6)
   lp_maps = [rng.normal(-2, 0.5, size=(3, h, h)).astype(np.float32) for h in (8, 4)]
-  constants = anomaly_maps.fixed_constants(lp_maps, 32, 2.0, 'top_k_mean', 0.02)
-  maps, scores, nll = jax.jit(lambda lp: anomaly_maps.fixed_constant_outputs(
-      lp, 32, constants))([jnp.asarray(m) for m in lp_maps])
-  host_maps = anomaly_maps.apply_fixed_constants(lp_maps, 32, constants)
+  options = anomaly_maps.MapOptions(2.0, 'top_k_mean', 0.02)
+  constants = anomaly_maps.map_constants(lp_maps, 32, options)
+  maps, scores, nll = jax.jit(lambda lp: anomaly_maps.outputs(
+      lp, 32, constants, jnp))([jnp.asarray(m) for m in lp_maps])
+  host_maps = anomaly_maps.anomaly_maps(lp_maps, 32, constants)
   np.testing.assert_allclose(maps, host_maps, atol=1e-5)
-  np.testing.assert_allclose(scores, anomaly_maps.fixed_constant_scores(host_maps, constants),
+  np.testing.assert_allclose(scores, anomaly_maps.map_scores(host_maps, constants),
                              atol=1e-5)
   np.testing.assert_allclose(nll, anomaly_maps.nll_scores(lp_maps, 32, constants), rtol=1e-5)
   # Smoothing in log space is smoothing of the normality: nll = -log(map_max - map) on average.

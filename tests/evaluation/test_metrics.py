@@ -80,12 +80,12 @@ def test_evaluate_tables():
   masks[4:, 4:8, 4:8] = True
   maps = rng.random((n, 16, 16)) + 3 * masks
   has_mask = np.ones(n, bool)
-  result = metrics.evaluate(maps, masks, labels, types, has_mask, known_types=['crack'])
+  result = metrics.detection_metrics(maps, masks, labels, types, has_mask, known_types=['crack'])
   assert result['img_auroc'] == 1.0 and result['pix_auroc'] > 0.95
   assert set(result['per_type']) == {'crack', 'hole'} and result['per_type']['hole']['n'] == 2
   assert result['seen']['n'] == 2 and result['unseen']['n'] == 2
   # Image-level-only data: pixel metrics are unavailable, not zero.
-  no_masks = metrics.evaluate(maps, masks, labels, types, labels == 0)
+  no_masks = metrics.detection_metrics(maps, masks, labels, types, labels == 0)
   assert no_masks['pix_auroc'] is None and no_masks['aupro'] is None
   assert no_masks['per_type']['crack']['pix_auroc'] is None
   assert no_masks['img_auroc'] == 1.0
@@ -98,9 +98,9 @@ def test_evaluate_takes_other_image_scores():
   masks = np.zeros((4, 4, 4), bool)
   masks[2:, 0, 0] = True
   types = np.array(['good', 'good', 'crack', 'crack'], object)
-  by_max = metrics.evaluate(maps, masks, labels, types, np.ones(4, bool))
+  by_max = metrics.detection_metrics(maps, masks, labels, types, np.ones(4, bool))
   assert by_max['img_auroc'] == 0.75
   np.testing.assert_array_equal(by_max['image_scores'], [1, 0, 1, 1])
-  chosen = metrics.evaluate(maps, masks, labels, types, np.ones(4, bool),
+  chosen = metrics.detection_metrics(maps, masks, labels, types, np.ones(4, bool),
                             image_scores=np.array([0.1, 0.2, 0.8, 0.9]))
   assert chosen['img_auroc'] == 1.0 and chosen['pix_auroc'] == by_max['pix_auroc']

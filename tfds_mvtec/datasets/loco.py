@@ -9,7 +9,7 @@ so per-type tables keep them apart; validation/good is its own split.
 import os
 from typing import Tuple
 
-from bgad_jax.data.image_io import IMAGE_EXTENSIONS
+from tfds_mvtec.image_io import IMAGE_EXTENSIONS
 from tfds_mvtec import layout
 
 

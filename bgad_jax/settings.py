@@ -1,11 +1,16 @@
-"""Config checks at entry: one error that names every bad field, and list-field parsing.
+"""A run's settings: checked and parsed once, at entry (`resolve`).
 
-List-valued fields (``data.anomaly_strategy``, ``data.known_defect_types``) are
-tuples in the configs; on the command line they accept a comma string
+`validate` raises one error naming every bad field. `resolve` then returns a
+copy whose list-valued fields are canonical tuples, which the engine and
+everything below it read as they are: ``data.anomaly_strategy`` (canonical
+strategy names), ``data.known_defect_types``, ``data.known_anomaly_files``,
+``export.platforms`` (strings) and ``seeds`` (ints). In the configs they are
+tuples; on the command line they accept a comma string
 (``--config.data.anomaly_strategy=0,1``) or a tuple
 (``--config.data.anomaly_strategy="('real', 'cutpaste')"``).
 """
 
+import weakref
 from typing import Iterable, List, Tuple
 
 import jax
@@ -29,17 +34,17 @@ def as_list(value) -> List[str]:
   return names
 
 
-def strategies(config) -> Tuple[str, ...]:
+def _strategies(config) -> Tuple[str, ...]:
   """The canonical anomaly strategies of ``config.data.anomaly_strategy``."""
   return strategies_lib.resolve(as_list(config.data.anomaly_strategy))
 
 
-def known_anomaly_files(config) -> List[str]:
+def _known_anomaly_files(config) -> List[str]:
   """``config.data.known_anomaly_files`` as a list ([] = draw ``num_anomalies``)."""
   return as_list(config.data.known_anomaly_files)
 
 
-def seeds(config) -> List[int]:
+def _seeds(config) -> List[int]:
   """``config.seeds`` as ints ([] = one run with ``config.seed``).
 
   Raises:
@@ -52,11 +57,11 @@ def seeds(config) -> List[int]:
   return [int(n) for n in names]
 
 
-def uses_known_anomalies(config) -> bool:
-  return config.data.num_anomalies > 0 or bool(known_anomaly_files(config))
+def _uses_known_anomalies(config) -> bool:
+  return config.data.num_anomalies > 0 or bool(_known_anomaly_files(config))
 
 
-def known_defect_types(config) -> List[str]:
+def _known_defect_types(config) -> List[str]:
   """``config.data.known_defect_types`` as a list ([] = every type may be known)."""
   return as_list(config.data.known_defect_types)
 
@@ -144,7 +149,7 @@ def _check_data(config, errors):
   if data.foreground == 'folder' and not data.foreground_dir:
     errors.append("data.foreground_dir='': data.foreground=folder needs the mask folder")
   try:
-    chosen = strategies(config)
+    chosen = _strategies(config)
   except ValueError as err:
     errors.append(f'data.anomaly_strategy={data.anomaly_strategy!r}: {err}')
     return
@@ -152,7 +157,7 @@ def _check_data(config, errors):
     errors.append(f'data.anomaly_strategy={data.anomaly_strategy!r}: name at least one of '
                   f'{", ".join(strategies_lib.STRATEGIES)}')
   for name in chosen:
-    if name in strategies_lib.NEEDS_KNOWN and not uses_known_anomalies(config):
+    if name in strategies_lib.NEEDS_KNOWN and not _uses_known_anomalies(config):
       errors.append(f'data.anomaly_strategy: {name} transforms known anomalies: it needs '
                     'data.num_anomalies > 0 or data.known_anomaly_files')
 
@@ -188,7 +193,7 @@ def _check_maps(config, errors):
 def _check_parallel(config, errors):
   _one_of(errors, 'parallel', config.parallel, ('data', 'categories'))
   try:
-    seeds(config)
+    _seeds(config)
   except ConfigError as err:
     errors.append(str(err))
 
@@ -233,3 +238,27 @@ def validate(config, num_devices: int = None) -> None:
   _at_least(errors, 'report.num_overlays', config.report.num_overlays, 0)
   if errors:
     raise ConfigError('invalid config:\n  ' + '\n  '.join(errors))
+
+
+_RESOLVED = weakref.WeakValueDictionary()   # id -> a config `resolve` returned
+
+
+def resolve(config, num_devices: int = None):
+  """The run's settings: ``config`` validated, with its list fields parsed (see the module
+  docstring), as a new ConfigDict. A config `resolve` returned comes back as it is,
+  so each entry point may call it and a run is still checked once.
+
+  Raises:
+    ConfigError: listing every bad field (`validate`).
+  """
+  if _RESOLVED.get(id(config)) is config:
+    return config
+  validate(config, num_devices)
+  resolved = config.copy_and_resolve_references()
+  resolved.seeds = tuple(_seeds(config))
+  resolved.data.anomaly_strategy = _strategies(config)
+  resolved.data.known_defect_types = tuple(_known_defect_types(config))
+  resolved.data.known_anomaly_files = tuple(_known_anomaly_files(config))
+  resolved.export.platforms = tuple(as_list(config.export.platforms))
+  _RESOLVED[id(resolved)] = resolved
+  return resolved

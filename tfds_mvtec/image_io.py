@@ -12,7 +12,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from bgad_jax.errors import DataError
+from tfds_mvtec.errors import DataError
 
 PathOrBytes = Union[str, bytes]
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')   # what datasets may hold

@@ -1,8 +1,9 @@
-"""bgad_jax.validation: one error naming every bad field; list fields in both spellings."""
+"""bgad_jax.settings: one error naming every bad field; list fields in both spellings,
+parsed once by resolve."""
 
 import pytest
 
-from bgad_jax import validation
+from bgad_jax import settings
 from configs import btad, common, demo, folder, loco, mpdd, mvtec, mvtec_ad2, visa
 from configs import test as test_config
 
@@ -13,7 +14,7 @@ from configs import test as test_config
                                         m.get_config(m.get_config().data.category)
                                         for m in (btad, loco, mpdd, mvtec_ad2, visa)])
 def test_shipped_configs_are_valid(config):
-  validation.validate(config, num_devices=1)
+  settings.validate(config, num_devices=1)
 
 
 def test_one_error_names_every_bad_field():
@@ -27,8 +28,8 @@ def test_one_error_names_every_bad_field():
   config.export.format = 'tflite'
   config.maps.image_score = 'median'
   config.maps.top_k_fraction = 0.0
-  with pytest.raises(validation.ConfigError) as caught:
-    validation.validate(config, num_devices=4)
+  with pytest.raises(settings.ConfigError) as caught:
+    settings.validate(config, num_devices=4)
   message = str(caught.value)
   for field in ('data.anomaly_strategy', 'glitter', 'train.num_vectors', 'flow.pos_embed_dim',
                 'backbone.name', 'loss.pos_beta', 'export.platforms', 'export.format',
@@ -42,45 +43,65 @@ def test_fields_nothing_else_reads_are_checked_too():
   config = demo.get_config()
   config.backbone.feature_levels = 4
   config.data.demo.size, config.data.demo.num_train = 8, 0
-  with pytest.raises(validation.ConfigError) as caught:
-    validation.validate(config)
+  with pytest.raises(settings.ConfigError) as caught:
+    settings.validate(config)
   message = str(caught.value)
   assert 'backbone.feature_levels=4' in message and 'only 3' in message
   assert 'data.demo.size=8: must be >= 16' in message
   assert 'data.demo.num_train=0: must be >= 1' in message
   del config.data['demo']
   config.backbone.feature_levels = 3
-  with pytest.raises(validation.ConfigError, match="data.demo: data.source='demo' needs"):
-    validation.validate(config)
+  with pytest.raises(settings.ConfigError, match="data.demo: data.source='demo' needs"):
+    settings.validate(config)
 
 
 def test_strategy_names_and_aliases():
   config = mvtec.get_config('carpet')
-  assert validation.strategies(config) == ('real', 'cutpaste')   # published
+
+  def strategies():
+    return settings.resolve(config, num_devices=1).data.anomaly_strategy
+
+  assert strategies() == ('real', 'cutpaste')      # published
   config.data.anomaly_strategy = ('0,2',)          # a comma string from the command line
-  assert validation.strategies(config) == ('real', 'perlin')
+  assert strategies() == ('real', 'perlin')
   config.data.anomaly_strategy = ('perlin', '1')   # any order, mixed spellings
-  assert validation.strategies(config) == ('cutpaste', 'perlin')
+  assert strategies() == ('cutpaste', 'perlin')
   config.data.anomaly_strategy = ('cutpaste',)
   config.data.num_anomalies = 0
-  with pytest.raises(validation.ConfigError, match='cutpaste transforms known anomalies'):
-    validation.validate(config, num_devices=1)
+  with pytest.raises(settings.ConfigError, match='cutpaste transforms known anomalies'):
+    settings.validate(config, num_devices=1)
 
 
 def test_unknown_mvtec_category_is_named():
-  with pytest.raises(validation.ConfigError, match="data.category='spoon'"):
-    validation.validate(mvtec.get_config('spoon'), num_devices=1)
+  with pytest.raises(settings.ConfigError, match="data.category='spoon'"):
+    settings.validate(mvtec.get_config('spoon'), num_devices=1)
 
 
 @pytest.mark.parametrize('value,expected', [
     ('crack,hole', ['crack', 'hole']), (('crack', 'hole'), ['crack', 'hole']),
     (('crack,hole',), ['crack', 'hole']), ((), []), ('', []), ((0, 1), ['0', '1'])])
 def test_list_fields_accept_tuples_and_comma_strings(value, expected):
-  assert validation.as_list(value) == expected
+  assert settings.as_list(value) == expected
 
 
 def test_category_must_belong_to_the_dataset():
   config = visa.get_config('screw')   # an MVTec class
-  with pytest.raises(validation.ConfigError, match="data.category='screw'.*pcb1"):
-    validation.validate(config, num_devices=1)
-  validation.validate(visa.get_config('all'), num_devices=1)
+  with pytest.raises(settings.ConfigError, match="data.category='screw'.*pcb1"):
+    settings.validate(config, num_devices=1)
+  settings.validate(visa.get_config('all'), num_devices=1)
+
+
+def test_resolve_parses_list_fields_once_and_leaves_the_callers_config(monkeypatch):
+  config = test_config.get_config()
+  config.data.known_defect_types = ('crack,hole',)
+  config.export.platforms = ('cpu,cuda',)
+  resolved = settings.resolve(config, num_devices=1)
+  assert resolved.data.known_defect_types == ('crack', 'hole')
+  assert resolved.export.platforms == ('cpu', 'cuda')
+  assert resolved.data.known_anomaly_files == () and resolved.seeds == ()
+  assert config.data.known_defect_types == ('crack,hole',)   # the caller's config unchanged
+  checks = []
+  monkeypatch.setattr(settings, 'validate', lambda *args: checks.append(args))
+  assert settings.resolve(resolved) is resolved and not checks   # one check per run
+  settings.resolve(config)
+  assert len(checks) == 1   # a config resolve did not return is checked

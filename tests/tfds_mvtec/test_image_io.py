@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgad_jax.data import image_io
+from tfds_mvtec import image_io
 
 RGB = (np.arange(4 * 5 * 3).reshape(4, 5, 3) * 3 % 256).astype(np.uint8)
 
