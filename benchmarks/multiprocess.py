@@ -1,6 +1,7 @@
 """One run in 1 process against the same run in 2 processes (jax.distributed) on this machine.
 
   python benchmarks/multiprocess.py [--devices 2] [--meta_epochs 2] [--json out.json]
+                                   [--workdir DIR]   # keep the runs (DIR/p1, DIR/p2)
 
 Both setups have the same mesh of ``--devices`` CPU devices: one process with
 all of them, or two processes (`bgad_jax.launch`, gloo collectives) with half
@@ -17,6 +18,7 @@ has its own host and chips.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -37,18 +39,22 @@ COLUMNS = [('setup', 'setup', '24s'), ('feature_s', 'features s', '10.1f'),
 
 
 def run(processes: int, devices: int, workdir: str, args) -> dict:
-  """One main.py run; returns its results.json and wall seconds."""
+  """One main.py run; returns its results.json and wall seconds (its output is kept
+  in ``<workdir>.stdout.txt``)."""
   flags = ['main.py', f'--config=configs/{"test" if args.tiny else "demo"}.py',
            f'--workdir={workdir}', f'--config.data.root={os.path.join(args.tmp, "demo")}',
            f'--config.train.meta_epochs={args.meta_epochs}', '--config.report.num_overlays=0']
-  if args.tiny:
-    flags.append('--config.train.sub_epochs=1')
+  sub_epochs = args.sub_epochs or (1 if args.tiny else 0)
+  if sub_epochs:
+    flags.append(f'--config.train.sub_epochs={sub_epochs}')
   command = ([sys.executable, '-m', 'bgad_jax.launch', '--num_processes', str(processes), '--']
              + flags if processes > 1 else [sys.executable] + flags)
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices // processes}')
   start = time.time()
   result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+  with open(workdir + '.stdout.txt', 'w') as f:
+    f.write(result.stdout)
   if result.returncode:
     raise RuntimeError(f'{" ".join(command)} failed:\n{result.stdout[-3000:]}'
                        f'{result.stderr[-3000:]}')
@@ -70,11 +76,16 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--devices', type=int, default=2, help='CPU devices in the mesh')
   parser.add_argument('--meta_epochs', type=int, default=2)
+  parser.add_argument('--sub_epochs', type=int, default=0,
+                      help="0: the config's (1 with --tiny)")
   parser.add_argument('--tiny', action='store_true', help='the test config (CI smoke run)')
   parser.add_argument('--json', default=None)
+  parser.add_argument('--workdir', default='',
+                      help='keep the runs here (p1/, p2/, demo/ data); default: a temporary folder')
   args = parser.parse_args(argv)
   rows = []
-  with tempfile.TemporaryDirectory() as tmp:
+  with (contextlib.nullcontext(args.workdir) if args.workdir
+        else tempfile.TemporaryDirectory()) as tmp:
     args.tmp = tmp
     for processes in (1, 2):
       results = run(processes, args.devices, os.path.join(tmp, f'p{processes}'), args)

@@ -59,7 +59,9 @@ def use_compile_cache(config) -> None:
   if config.compile_cache_dir:
     jax.config.update('jax_compilation_cache_dir',
                       expand_path(config.compile_cache_dir))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+    # Every program, however small: a process otherwise recompiles the many
+    # small ones that run op by op (about a second of a short run, megabytes on disk).
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 
 
 def score_test_set(config, state: FlowTrainState, test: TestSet,

@@ -1,7 +1,8 @@
 """bgad_jax.distributed and multi-process runs: 2 processes x 4 CPU devices against 1 x 8.
 
 The processes join through jax.distributed with the gloo CPU collectives, as
-on a pod slice, only on one machine (`bgad_jax.launch`).
+on a pod slice, only on one machine (`bgad_jax.launch`). The two runs come
+from benchmarks/multiprocess.py, whose report is checked here too.
 """
 
 import json
@@ -35,12 +36,6 @@ def _env(devices: int):
               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
 
 
-def _one_process(workdir, data_root):
-  subprocess.run([sys.executable, 'main.py', *SETTINGS, f'--workdir={workdir}',
-                  f'--config.data.root={data_root}'], cwd=REPO, env=_env(8), check=True,
-                 capture_output=True, timeout=900)
-
-
 def _launch_command(workdir, data_root):
   return [sys.executable, '-m', 'bgad_jax.launch', '--num_processes', '2', '--', 'main.py',
           *SETTINGS, f'--workdir={workdir}', f'--config.data.root={data_root}']
@@ -58,14 +53,26 @@ def _final_params(workdir):
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
-  """(1 process x 8 devices workdir, 2 processes x 4 devices workdir, data root, launcher output)."""
+  """(1 process x 8 devices workdir, 2 processes x 4 devices workdir, data root, launcher
+  output, the benchmark's rows and output): benchmarks/multiprocess.py with SETTINGS."""
   base = tmp_path_factory.mktemp('distributed')
-  data_root = base / 'data'
-  _one_process(base / 'one', data_root)
-  result = subprocess.run(_launch_command(base / 'two', data_root), cwd=REPO, env=_env(4),
-                          capture_output=True, text=True, timeout=900)
-  assert result.returncode == 0, result.stdout[-4000:]
-  return base / 'one', base / 'two', data_root, result.stdout
+  out = base / 'multiprocess.json'
+  result = subprocess.run(
+      [sys.executable, 'benchmarks/multiprocess.py', '--tiny', '--devices', '8',
+       '--meta_epochs', '2', '--sub_epochs', '2', '--workdir', str(base), '--json', str(out)],
+      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
+      timeout=1800)
+  assert result.returncode == 0, result.stderr[-4000:]
+  return (base / 'p1', base / 'p2', base / 'demo', (base / 'p2.stdout.txt').read_text(),
+          json.loads(out.read_text()), result.stdout)
+
+
+def test_multiprocess_benchmark_reports_both_setups(runs):
+  *_, (one, two), stdout = runs
+  assert (one['setup'], two['setup']) == ('1 x 8 devices', '2 x 4 devices')
+  assert one['vs_one'] == 1.0 and two['vs_one'] > 0 and 'vectors/s' in stdout
+  for row in (one, two):
+    assert row['images_per_s'] > 0 and row['vectors_per_s'] > 0
 
 
 def _results(workdir):
@@ -73,7 +80,7 @@ def _results(workdir):
 
 
 def test_two_processes_train_like_one(runs):
-  one, two, _, output = runs
+  one, two, _, output, _, _ = runs
   a, b = _results(one), _results(two)
   assert b['device'].endswith('x8') and a['device'].endswith('x8')
   assert len(a['history']) == len(b['history']) == 2
@@ -108,7 +115,7 @@ def _children(pid):
 
 
 def test_a_killed_process_stops_the_run_and_a_relaunch_resumes_to_the_same_end(runs, tmp_path):
-  _, two, data_root, _ = runs
+  _, two, data_root, *_ = runs
   workdir = tmp_path / 'killed'
   launcher = subprocess.Popen(_launch_command(workdir, data_root), cwd=REPO, env=_env(4),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
