@@ -80,12 +80,12 @@ def sections(tiny: bool, scratch: str) -> List[Section]:
   tests = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
            f'--junitxml={os.path.join(scratch, "tests.xml")}',
            *(TINY_TESTS if tiny else GPU_TESTS)]
-  if tiny:
-    flow = [_bench('flow_step.py', '--dims', '8', '--side', '4', '--vectors', '64', '--steps',
+  if tiny:   # also the CI smoke runs of these three benchmarks (tests/test_benchmarks.py)
+    flow = [_bench('flow_step.py', '--dims', '6', '--side', '4', '--vectors', '64', '--steps',
                    '2', '--repeats', '1', '--json', json_out('flow_step_highest'))]
-    end_to_end = [_bench('end_to_end.py', '--setups', 'demo', '--tiny', '--meta_epochs', '1',
-                         '--json', json_out('end_to_end'))]
-    backbone = [_bench('backbone.py', '--backbones', 'efficientnet_lite0', '--size', '32',
+    end_to_end = [_bench('end_to_end.py', '--setups', 'demo,demo:dense', '--tiny',
+                         '--meta_epochs', '1', '--json', json_out('end_to_end'))]
+    backbone = [_bench('backbone.py', '--backbones', 'efficientnet_lite0', '--size', '64',
                        '--batch', '1', '--iters', '1', '--json', json_out('backbone_float32'))]
   else:
     flow = [_bench('flow_step.py', '--json', json_out('flow_step_highest')),

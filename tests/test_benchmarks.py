@@ -1,5 +1,8 @@
 """CI-sized smoke runs of the benchmarks, so that they cannot rot."""
 
+import contextlib
+import importlib
+import io
 import json
 import os
 import re
@@ -14,30 +17,54 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(script, *args):
+def _run_process(script, *args):
+  """Runs benchmarks/<script> as its own process; returns its stdout."""
   result = subprocess.run([sys.executable, os.path.join('benchmarks', script), *args],
                           cwd=REPO, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stdout
 
 
+def _run(script, *args):
+  """Runs benchmarks/<script>'s main(argv) in this process (a process of its own
+  would import JAX and torch again and reload every compiled program); returns
+  what it printed."""
+  module = importlib.import_module('benchmarks.' + os.path.splitext(script)[0])
+  printed, cwd = io.StringIO(), os.getcwd()
+  try:
+    os.chdir(REPO)
+    with contextlib.redirect_stdout(printed):
+      module.main(list(args))
+  finally:
+    os.chdir(cwd)
+  return printed.getvalue()
+
+
+@pytest.fixture(scope='module')
+def accelerator_check(tmp_path_factory):
+  """(report, output folder, stdout) of the accelerator check's tiny run on the CPU. Its
+  sections run the backbone, flow-step and end-to-end benchmarks at CI sizes: their
+  smoke tests below read them."""
+  out = tmp_path_factory.mktemp('accelerator') / 'out'
+  stdout = _run_process('accelerator_check.py', '--out', str(out), '--tiny', '--platform', 'cpu',
+                        '--wheels', str(out.parent / 'no wheels'))
+  return json.loads((out / 'accelerator_check.json').read_text()), out, stdout
+
+
 @pytest.mark.slow
-def test_backbone_benchmark_smoke(tmp_path):
-  out = tmp_path / 'backbone.json'
-  stdout = _run('backbone.py', '--backbones', 'efficientnet_lite0', '--size', '64',
-                '--batch', '1', '--iters', '1', '--json', str(out))
-  (row,) = json.loads(out.read_text())
+def test_backbone_benchmark_smoke(accelerator_check):
+  report, out, _ = accelerator_check
+  (row,) = report['results']['backbone_float32']
   assert row['taps'] == '16x16x24 8x8x40 4x4x112'
   assert row['flax_img_s'] > 0 and row['torch_img_s'] > 0
-  assert 'flax/torch' in stdout
+  assert 'flax/torch' in (out / 'backbone.log').read_text()
 
 
 @pytest.mark.slow
-def test_flow_step_benchmark_smoke(tmp_path):
-  out = tmp_path / 'flow.json'
-  stdout = _run('flow_step.py', '--dims', '6', '--side', '4', '--vectors', '64', '--steps', '2',
-                '--repeats', '1', '--json', str(out))
-  (row,) = json.loads(out.read_text())
+def test_flow_step_benchmark_smoke(accelerator_check):
+  report, out, _ = accelerator_check
+  (row,) = report['results']['flow_step_highest']
+  stdout = (out / 'flow_step.log').read_text()
   assert {'dim', 'ours_vps', 'freia_vps', 'ratio', 'gflops', 'peak_gflops'} <= set(row)
   assert row['dim'] == 6 and row['positions'] == 16 and row['ours_vps'] > 0
   assert row['freia_vps'] > 0 and row['peak_gflops'] == max(row['peak_jnp_gflops'],
@@ -98,11 +125,10 @@ def test_aupro_benchmark_smoke(tmp_path):
 
 
 @pytest.mark.slow
-def test_end_to_end_benchmark_smoke(tmp_path):
-  out = tmp_path / 'e2e.json'
-  stdout = _run('end_to_end.py', '--setups', 'demo,demo:dense', '--meta_epochs', '1', '--tiny',
-                '--json', str(out))
-  rows = json.loads(out.read_text())
+def test_end_to_end_benchmark_smoke(accelerator_check):
+  report, out, _ = accelerator_check
+  rows = report['results']['end_to_end']
+  stdout = (out / 'end_to_end.log').read_text()
   assert [row['setup'] for row in rows] == ['demo', 'demo:dense'] and 's/meta-epoch' in stdout
   for row in rows:
     assert row['size'] == 32 and row['meta_epochs'] == 1
@@ -189,11 +215,8 @@ def test_parity_benchmark_smoke_ours_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_accelerator_check_runs_every_section_on_the_cpu(tmp_path):
-  out = tmp_path / 'out'
-  stdout = _run('accelerator_check.py', '--out', str(out), '--tiny', '--platform', 'cpu',
-                '--wheels', str(tmp_path / 'no wheels'))
-  report = json.loads((out / 'accelerator_check.json').read_text())
+def test_accelerator_check_runs_every_section_on_the_cpu(accelerator_check):
+  report, out, stdout = accelerator_check
   assert list(report['sections']) == ['device', 'tests', 'flow_step', 'end_to_end', 'backbone']
   assert all(s['status'] == 'passed' for s in report['sections'].values()), report['sections']
   assert report['device']['backend'] == 'cpu' and 'device: ' in stdout
@@ -243,7 +266,7 @@ def test_accelerator_check_dry_run_names_what_to_send(tmp_path):
   wheels = tmp_path / 'whl'
   wheels.mkdir()
   (wheels / 'a-1.0-py3-none-any.whl').write_bytes(b'x' * 1024)
-  stdout = _run('accelerator_check.py', '--dry_run', '--wheels', str(wheels))
+  stdout = _run_process('accelerator_check.py', '--dry_run', '--wheels', str(wheels))
   assert f'carry: ["{wheels}"]' in stdout and '1 wheels' in stdout
   assert f'python3 benchmarks/accelerator_check.py --out "$OUT" --wheels {wheels}' in stdout
 
