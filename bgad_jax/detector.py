@@ -22,7 +22,6 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from tfds_mvtec import image_io
 from bgad_jax.errors import DataError, NoTrainedModelError
 from bgad_jax.evaluation import calibration
 from bgad_jax.evaluation import maps as maps_lib
@@ -31,6 +30,7 @@ from bgad_jax.training import checkpoint
 from bgad_jax.training.features import FrozenBackbone
 from bgad_jax.training.sharding import make_mesh
 from bgad_jax.training.state import FlowTrainState
+from tfds_mvtec import image_io
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 

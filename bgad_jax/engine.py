@@ -23,7 +23,6 @@ import jax
 import numpy as np
 
 from bgad_jax import settings
-from tfds_mvtec import image_io
 from bgad_jax.data import strategies as strategies_lib
 from bgad_jax.data.dataset import (expand_path, hold_out_normals, prepare_dataset,
                                    read_splits, read_validation_split)
@@ -42,6 +41,7 @@ from bgad_jax.training.sharding import is_main_process, make_mesh, replicate, sy
 from bgad_jax.training.state import FlowTrainState
 from bgad_jax.training.step import LossSettings
 from bgad_jax.training.training_set import TrainingSet
+from tfds_mvtec import image_io
 
 
 @dataclasses.dataclass
@@ -65,9 +65,9 @@ def use_compile_cache(config) -> None:
 
 
 def score_test_set(config, state: FlowTrainState, test: TestSet,
-             mesh) -> Tuple[Dict[str, Any], np.ndarray, List[np.ndarray]]:
-  """Metrics (`metrics.detection_metrics`), [N, S, S] anomaly maps of ``test`` the reference's way
-  and the per-level log-likelihood maps they came from."""
+                   mesh) -> Tuple[Dict[str, Any], np.ndarray, List[np.ndarray]]:
+  """Metrics (`metrics.detection_metrics`), [N, S, S] anomaly maps of ``test`` the
+  reference's way and the per-level log-likelihood maps they came from."""
   lp = lp_maps(state, test.features, mesh)
   options = maps_lib.MapOptions.of(config.maps)
   maps = maps_lib.test_set_anomaly_maps(lp, config.data.inp_size, options)

@@ -44,10 +44,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from tfds_mvtec import image_io
 from bgad_jax.detector import Detector
 from bgad_jax.errors import ConfigError, DataError
 from bgad_jax.evaluation import report
+from tfds_mvtec import image_io
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>bgad_jax inspection</title>

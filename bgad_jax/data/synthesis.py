@@ -14,9 +14,9 @@ from PIL import Image
 from skimage import filters, measure, morphology
 
 from bgad_jax.data import demo_data
-from tfds_mvtec import image_io
 from bgad_jax.data.pipeline import resize_and_center_crop
 from bgad_jax.errors import MissingFileError
+from tfds_mvtec import image_io
 
 MVTEC_TEXTURES = ('carpet', 'grid', 'leather', 'tile', 'wood')
 
