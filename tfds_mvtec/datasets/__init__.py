@@ -12,4 +12,3 @@ from tfds_mvtec.datasets.visa import VISA
 from tfds_mvtec.layout import Dataset
 
 DATASETS: Dict[str, Dataset] = {d.name: d for d in (MVTEC_AD, MPDD, BTAD, VISA, LOCO, MVTEC_AD2)}
-
