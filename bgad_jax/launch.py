@@ -11,8 +11,8 @@ devices (`bgad_jax.distributed`), with ``parallel='categories'`` each runs its
 own classes (`bgad_jax.sweep`). Output lines are prefixed with ``[p<id>]``.
 ``--devices`` gives each process its own accelerators (e.g. ``0,1;2,3`` sets
 CUDA_VISIBLE_DEVICES per process). When a process of a data-parallel run
-fails, the others are stopped (they would wait for it forever); the exit code
-is the highest of the processes'. Ctrl-C stops them all. Rerunning the same
+fails, the others are stopped (they would wait for it forever) after
+``--stop_grace_s``; the exit code is the highest of the processes'. Ctrl-C stops them all. Rerunning the same
 command resumes from the last checkpoint.
 """
 
@@ -30,7 +30,9 @@ from bgad_jax import distributed
 from bgad_jax import sweep
 
 # How long the others may keep running after a process failed (they may be
-# finishing a checkpoint) before they are stopped.
+# finishing a checkpoint) before they are stopped, and then how long SIGTERM
+# gets before SIGKILL (a process of a jax.distributed run outlives SIGTERM:
+# measured, the second grace ran out).
 STOP_GRACE_S = 10.0
 
 
@@ -47,8 +49,8 @@ def _forward(process: subprocess.Popen, prefix: str) -> None:
     sys.stdout.flush()
 
 
-def launch(num_processes: int, command: Sequence[str], devices: Optional[List[str]] = None
-           ) -> int:
+def launch(num_processes: int, command: Sequence[str], devices: Optional[List[str]] = None,
+           stop_grace_s: float = STOP_GRACE_S) -> int:
   """Runs ``python <command>`` ``num_processes`` times at once; returns the highest exit code."""
   sweep_id = f'{time.strftime("%Y%m%d-%H%M%S")}-{uuid.uuid4().hex[:8]}'
   coordinator = f'127.0.0.1:{free_port()}'
@@ -66,20 +68,20 @@ def launch(num_processes: int, command: Sequence[str], devices: Optional[List[st
     processes.append(process)
     threads.append(thread)
   try:
-    codes = _wait(processes, stop_on_failure=not independent(command))
+    codes = _wait(processes, stop_on_failure=not independent(command), grace_s=stop_grace_s)
   except KeyboardInterrupt:
-    _stop(processes)
+    _stop(processes, stop_grace_s)
     codes = [process.wait() for process in processes]
   for thread in threads:
     thread.join(timeout=5)
   return max(codes)
 
 
-def _stop(processes: Sequence[subprocess.Popen]) -> None:
+def _stop(processes: Sequence[subprocess.Popen], grace_s: float) -> None:
   for process in processes:
     if process.poll() is None:
       process.terminate()
-  deadline = time.time() + STOP_GRACE_S
+  deadline = time.time() + grace_s
   for process in processes:
     try:
       process.wait(timeout=max(0.1, deadline - time.time()))
@@ -94,15 +96,15 @@ def independent(command: Sequence[str]) -> bool:
 
 
 def _wait(processes: Sequence[subprocess.Popen], stop_on_failure: bool,
-          poll_s: float = 0.5) -> List[int]:
+          grace_s: float = STOP_GRACE_S, poll_s: float = 0.5) -> List[int]:
   """Exit codes of all processes; with ``stop_on_failure``, once one fails the
-  others get STOP_GRACE_S to end."""
+  others get ``grace_s`` to end, then are stopped."""
   failed_at = None
   while any(process.poll() is None for process in processes):
     if stop_on_failure and failed_at is None and any(process.poll() for process in processes):
       failed_at = time.time()
-    if failed_at is not None and time.time() - failed_at > STOP_GRACE_S:
-      _stop(processes)
+    if failed_at is not None and time.time() - failed_at > grace_s:
+      _stop(processes, grace_s)
       break
     time.sleep(poll_s)
   return [process.wait() for process in processes]
@@ -113,6 +115,9 @@ def main(argv=None) -> int:
   parser.add_argument('--num_processes', type=int, required=True)
   parser.add_argument('--devices', default='',
                       help="accelerators per process, ';'-separated, e.g. '0,1;2,3'")
+  parser.add_argument('--stop_grace_s', type=float, default=STOP_GRACE_S,
+                      help='when a process of a data-parallel run fails, seconds the others '
+                           'get to end (then SIGTERM, and SIGKILL as long again after it)')
   parser.add_argument('command', nargs=argparse.REMAINDER,
                       help='-- main.py and its flags')
   args = parser.parse_args(argv)
@@ -122,7 +127,7 @@ def main(argv=None) -> int:
   devices = args.devices.split(';') if args.devices else None
   if devices and len(devices) != args.num_processes:
     parser.error(f'--devices names {len(devices)} groups for {args.num_processes} processes')
-  return launch(args.num_processes, command, devices)
+  return launch(args.num_processes, command, devices, args.stop_grace_s)
 
 
 if __name__ == '__main__':

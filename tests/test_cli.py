@@ -158,21 +158,23 @@ def test_known_config_keys_pass():
                                  '--config.data.root=/x']) is None
 
 
-def _checkpoints_of_the_test_model(workdir, channels=(24, 40, 112)):
-  """Two saved checkpoints of the test config's flows on Lite0's three levels."""
+def _checkpoints_of_the_test_model(workdir, channels):
+  """Two saved checkpoints (epochs 1 and 2) of the test config's flows on three
+  levels of ``channels`` (Lite0's are (24, 40, 112))."""
   import jax
   from bgad_jax.training import checkpoint
   from bgad_jax.training.state import FlowTrainState
   mngr = checkpoint.manager(str(workdir))
+  state = FlowTrainState.create(test_config.get_config(), channels, jax.random.key(0))
   for epoch in (1, 2):
-    state = FlowTrainState.create(test_config.get_config(), channels, jax.random.key(0))
     checkpoint.save(mngr, state.replace(epoch=state.epoch + epoch), dict(history=[]))
   return workdir / 'checkpoints'
 
 
 def test_unreadable_checkpoints_name_the_folder_to_delete(setup, capsys):
   config, argv, paths = setup
-  folder = _checkpoints_of_the_test_model(paths['workdir'])
+  # Any flows will do (their files go); the next test's, so that one init compiles.
+  folder = _checkpoints_of_the_test_model(paths['workdir'], channels=(24, 40, 16))
   for step in ('1', '2'):
     os.remove(folder / step / 'file_digests.json')
     shutil.rmtree(folder / step / 'state')

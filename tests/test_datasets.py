@@ -178,6 +178,7 @@ def test_damaged_archive_is_named(tmp_path):
     tfds_mvtec.build('pushpins', str(tmp_path / 'data'), str(manual), dataset='loco')
 
 
+@pytest.mark.slow   # trains and evaluates end to end
 @pytest.mark.parametrize('name', list(DUMMIES))
 def test_one_meta_epoch_on_each_dummy_class(tmp_path, name):
   from bgad_jax import engine

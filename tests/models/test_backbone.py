@@ -99,16 +99,17 @@ def test_real_lite0_matches_pytorch_model_and_classifies():
         lambda mod, inp, out, index=index: taps.__setitem__(index, out))
   model, variables = weight_conversion.load_backbone('efficientnet_lite0', features_only=False)
   feature_model, feature_vars = weight_conversion.load_backbone('efficientnet_lite0')
+  classify, features = jax.jit(model.apply), jax.jit(feature_model.apply)   # one compile each
   for image, expected in ((data.chelsea(), CAT_CLASSES), (data.coffee(), COFFEE_CLASSES)):
     x = _imagenet_input(image)
     with torch.no_grad():
       ref_logits = ref_model(torch.from_numpy(x.transpose(0, 3, 1, 2)))[0].numpy()
-    logits = np.asarray(model.apply(variables, x))[0]
+    logits = np.asarray(classify(variables, x))[0]
     top5, ref_top5 = np.argsort(-logits)[:5], np.argsort(-ref_logits)[:5]
     np.testing.assert_array_equal(top5, ref_top5)
     assert set(top5) & expected, top5
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-4 * np.abs(ref_logits).max())
-    _assert_taps_close(feature_model.apply(feature_vars, x), [taps[i] for i in (2, 4, 10)])
+    _assert_taps_close(features(feature_vars, x), [taps[i] for i in (2, 4, 10)])
 
 
 def test_lite_normalisation_also_classifies():
@@ -118,7 +119,7 @@ def test_lite_normalisation_also_classifies():
   mean, std = backbone_lib.normalization('efficientnet_lite0', 'imagenet')
   lite_mean, lite_std = backbone_lib.normalization('efficientnet_lite0', 'backbone')
   x = (x * std + mean - lite_mean) / lite_std
-  top5 = np.argsort(-np.asarray(model.apply(variables, x.astype(np.float32)))[0])[:5]
+  top5 = np.argsort(-np.asarray(jax.jit(model.apply)(variables, x.astype(np.float32)))[0])[:5]
   assert set(top5) & CAT_CLASSES
 
 
@@ -126,7 +127,9 @@ def test_bfloat16_option_stays_close():
   model, variables = weight_conversion.load_backbone('efficientnet_lite0')
   bf16_model, _ = weight_conversion.load_backbone('efficientnet_lite0', dtype=jax.numpy.bfloat16)
   x = _imagenet_input(data.chelsea(), size=96)
-  for full, half in zip(model.apply(variables, x), bf16_model.apply(variables, x)):
+  # Jitted: one compile each instead of some hundred op-by-op programs.
+  for full, half in zip(jax.jit(model.apply)(variables, x),
+                        jax.jit(bf16_model.apply)(variables, x)):
     assert half.dtype == jax.numpy.bfloat16 and full.dtype == np.float32
     rel = np.linalg.norm(np.asarray(half, np.float32) - full) / np.linalg.norm(full)
     assert rel < 0.05
