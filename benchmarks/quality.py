@@ -2,14 +2,22 @@
 against anomalib's PatchCore, on the same classes, in one run.
 
   pip install -e ".[bench]"      # anomalib 2.7 and torch: benchmark only
-  python benchmarks/quality.py [--classes tissue,surface] [--runs faithful,smooth,...,best]
-      [--meta_epochs 6] [--long_meta_epochs 12] [--out DIR] [--json out.json]
+  python benchmarks/quality.py [--classes tissue,surface,coins] [--seeds 0,1,2]
+      [--runs faithful,smooth,...,best] [--meta_epochs 6] [--long_meta_epochs 12]
+      [--out DIR] [--json out.json]
   python benchmarks/quality.py --data ROOT --classes bottle   # any MVTec-layout folder
 
-Data: by default the embedded demo classes, generated offline: 'tissue' (a
-stained-tissue photograph with cracks, holes, scratches and stains) and
-'surface' (a rock-surface photograph with contamination, deformation,
-discoloration and smudges), 128 px. ``--data`` takes MVTec-layout folders instead.
+Data: by default three demo classes made offline from real photographs that
+ship with scikit-image, 128 px: 'tissue' (colour, a stained-tissue
+photograph with cracks, holes, scratches and stains), 'surface' (grey, a
+cratered rock surface with contamination, deformation, discoloration and
+smudges) and 'coins' (grey, a product: one of 24 coins per image in a random
+pose, with chips, deformations, scratches and stains on the coin).
+``--data`` takes MVTec-layout folders instead.
+
+Seeds: every method runs once per seed of ``--seeds`` (the seed also redraws
+the known files, and so the test images that remain); the tables give the
+mean +- sd over the seeds, the JSON every run.
 
 Known anomalies: ``--per_type`` of each defect type but the last (sorted by
 name), which stays unseen: the table's seen / unseen columns. Every bgad_jax
@@ -77,8 +85,8 @@ CURVES = ('faithful', 'long', 'best')
 PATCHCORE_RUNS = {'patchcore': 'imagenet', 'patchcore_own_norm': 'backbone'}   # normalisation
 
 
-def base_config(args, category: str, tmp: str, preset: str = ''):
-  """configs/demo.py:CATEGORY[,PRESET] with the benchmark's data and known anomalies."""
+def base_config(args, category: str, tmp: str, seed: int, preset: str = ''):
+  """configs/demo.py:CATEGORY[,PRESET] with the benchmark's data, known anomalies and seed."""
   config = demo.get_config(category + (',' + preset if preset else ''))
   if args.data:
     config.data.source, config.data.root = 'folder', args.data
@@ -89,7 +97,7 @@ def base_config(args, category: str, tmp: str, preset: str = ''):
   config.data.anomaly_count_mode = 'per_type'
   config.data.num_anomalies = args.per_type
   config.train.meta_epochs = args.meta_epochs
-  config.seed = args.seed
+  config.seed = seed
   config.report.num_overlays = 0
   if args.tiny:   # CI smoke run: seconds, not minutes
     config.data.inp_size = config.data.demo.size = 48
@@ -99,8 +107,8 @@ def base_config(args, category: str, tmp: str, preset: str = ''):
   return config
 
 
-def run_config(args, category: str, tmp: str, run: str, defect_types: List[str]):
-  config = base_config(args, category, tmp, 'best' if run == 'best' else '')
+def run_config(args, category: str, tmp: str, run: str, defect_types: List[str], seed: int):
+  config = base_config(args, category, tmp, seed, 'best' if run == 'best' else '')
   config.data.known_defect_types = tuple(defect_types[:-1])
   if run == 'smooth':
     config.maps.smoothing_sigma = 4.0 * config.data.inp_size / 256
@@ -120,7 +128,7 @@ def run_config(args, category: str, tmp: str, run: str, defect_types: List[str])
 
 
 def class_defect_types(args, category: str, tmp: str) -> List[str]:
-  config = base_config(args, category, tmp)
+  config = base_config(args, category, tmp, seed=0)   # the images do not depend on the seed
   _, _, _, test_examples = engine.load_data(settings.resolve(config))   # prepares the data
   return sorted({e['defect_type'] for e in test_examples if e['label'] == 1})
 
@@ -143,7 +151,7 @@ def run_patchcore(config, args, normalization: str = 'imagenet') -> Dict:
   import_timm()   # before anomalib imports torchvision
   from anomalib.models.image.patchcore.torch_model import PatchcoreModel
   torch.set_num_threads(os.cpu_count())
-  torch.manual_seed(args.seed)   # the coreset's random first centre
+  torch.manual_seed(config.seed)   # the coreset's random first centre
   train_examples, _, _, test_examples = engine.load_data(settings.resolve(config))
   size = config.data.inp_size
   mean, std = backbone_lib.normalization('efficientnet_lite0', normalization)
@@ -186,40 +194,61 @@ def _pct(value):
   return None if value is None else 100 * value
 
 
-SUMMARY_COLUMNS = [('class', 'class', 's'), ('run', 'run', 's'), ('img', 'img AUROC', '.1f'),
-                   ('pix', 'pix AUROC', '.1f'), ('aupro', 'AUPRO', '.1f'),
-                   ('seen_img', 'seen img', '.1f'), ('seen_pix', 'seen pix', '.1f'),
-                   ('unseen_img', 'unseen img', '.1f'), ('unseen_pix', 'unseen pix', '.1f'),
+def _mean_sd(values) -> str:
+  """'mean +- sd' in percent over the seeds ('-' where a metric is undefined)."""
+  values = [100 * v for v in values if v is not None]
+  if not values:
+    return '-'
+  if len(values) == 1:
+    return f'{values[0]:.1f}'
+  return f'{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}'
+
+
+SUMMARY_COLUMNS = [('class', 'class', 's'), ('run', 'run', 's'), ('img', 'img AUROC', 's'),
+                   ('pix', 'pix AUROC', 's'), ('aupro', 'AUPRO', 's'),
+                   ('seen_img', 'seen img', 's'), ('seen_pix', 'seen pix', 's'),
+                   ('unseen_img', 'unseen img', 's'), ('unseen_pix', 'unseen pix', 's'),
                    ('seconds', 'seconds', 's')]
 PER_TYPE_COLUMNS = [('class', 'class', 's'), ('run', 'run', 's'), ('type', 'defect type', 's'),
-                    ('img', 'img AUROC', '.1f'), ('pix', 'pix AUROC', '.1f')]
+                    ('img', 'img AUROC', 's'), ('pix', 'pix AUROC', 's')]
 
 
-def summary_rows(category: str, results: Dict[str, Dict]) -> List[Dict]:
+def _seconds(name: str, runs: List[Dict]) -> str:
+  """Mean wall seconds over the seeds: PatchCore's fit + test, bgad_jax's run (training)."""
+  if name in PATCHCORE_RUNS:
+    return (f"fit {np.mean([r['fit_seconds'] for r in runs]):.0f} + "
+            f"test {np.mean([r['test_seconds'] for r in runs]):.0f}")
+  return (f"{np.mean([r['wall_seconds'] for r in runs]):.0f} "
+          f"(train {np.mean([r['seconds']['train'] for r in runs]):.0f})")
+
+
+def summary_rows(category: str, results: Dict[str, List[Dict]]) -> List[Dict]:
+  """One row per method: each metric's mean +- sd over its runs (one per seed)."""
   rows = []
-  for name, r in results.items():
-    seen, unseen = r.get('seen') or {}, r.get('unseen') or {}
-    if name in PATCHCORE_RUNS:
-      seconds = f"fit {r['fit_seconds']:.0f} + test {r['test_seconds']:.0f}"
-    else:
-      seconds = f"{r['wall_seconds']:.0f} (train {r['seconds']['train']:.0f})"
-    rows.append({'class': category, **dict(run=name, img=_pct(r['img_auroc']),
-                     pix=_pct(r['pix_auroc']), aupro=_pct(r['aupro']),
-                     seen_img=_pct(seen.get('img_auroc')), seen_pix=_pct(seen.get('pix_auroc')),
-                     unseen_img=_pct(unseen.get('img_auroc')),
-                     unseen_pix=_pct(unseen.get('pix_auroc')), seconds=seconds)})
+  for name, runs in results.items():
+    def part(key, group, runs=runs):   # a metric of the seen or unseen types
+      return _mean_sd([(r.get(group) or {}).get(key) for r in runs])
+    rows.append({'class': category, 'run': name,
+                 'img': _mean_sd([r['img_auroc'] for r in runs]),
+                 'pix': _mean_sd([r['pix_auroc'] for r in runs]),
+                 'aupro': _mean_sd([r['aupro'] for r in runs]),
+                 'seen_img': part('img_auroc', 'seen'), 'seen_pix': part('pix_auroc', 'seen'),
+                 'unseen_img': part('img_auroc', 'unseen'),
+                 'unseen_pix': part('pix_auroc', 'unseen'), 'seconds': _seconds(name, runs)})
   return rows
 
 
-def per_type_rows(category: str, results: Dict[str, Dict], known: List[str]) -> List[Dict]:
+def per_type_rows(category: str, results: Dict[str, List[Dict]], known: List[str]) -> List[Dict]:
   return [{'class': category, 'run': name,
            'type': defect + ('' if defect in known else ' (unseen)'),
-           'img': _pct(row['img_auroc']), 'pix': _pct(row['pix_auroc'])}
-          for name, r in results.items() for defect, row in r['per_type'].items()]
+           'img': _mean_sd([r['per_type'][defect]['img_auroc'] for r in runs]),
+           'pix': _mean_sd([r['per_type'][defect]['pix_auroc'] for r in runs])}
+          for name, runs in results.items() for defect in runs[0]['per_type']]
 
 
 def plot_curves(path: str, all_results: Dict[str, Dict[str, Dict]]) -> None:
-  """Image AUROC, pixel AUROC and AUPRO against meta-epoch, one row per class."""
+  """Image AUROC, pixel AUROC and AUPRO against meta-epoch (mean over the seeds),
+  one row per class."""
   import matplotlib
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt
@@ -230,12 +259,15 @@ def plot_curves(path: str, all_results: Dict[str, Dict[str, Dict]]) -> None:
     for col, (key, label) in enumerate(keys):
       ax = axes[row][col]
       for name in CURVES:
-        if name in results:
-          history = [h for h in results[name]['history'] if h.get(key) is not None]
-          ax.plot([h['epoch'] for h in history], [100 * h[key] for h in history],
-                  marker='o', label=f'bgad_jax {name}')
-      if 'patchcore' in results and results['patchcore'][key] is not None:
-        ax.axhline(100 * results['patchcore'][key], color='k', linestyle='--',
+        if name in results:   # the mean over the seeds' runs, epoch by epoch
+          histories = [[h for h in r['history'] if h.get(key) is not None]
+                       for r in results[name]]
+          epochs = [h['epoch'] for h in histories[0]]
+          mean = np.mean([[100 * h[key] for h in history] for history in histories], axis=0)
+          ax.plot(epochs, mean, marker='o', label=f'bgad_jax {name}')
+      patchcore = [r[key] for r in results.get('patchcore', []) if r[key] is not None]
+      if patchcore:
+        ax.axhline(100 * np.mean(patchcore), color='k', linestyle='--',
                    label='anomalib PatchCore')
       ax.set_title(f'{category}: {label}')
       ax.set_xlabel('meta-epoch')
@@ -249,14 +281,14 @@ def plot_curves(path: str, all_results: Dict[str, Dict[str, Dict]]) -> None:
 
 def main(argv=None) -> Dict:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--classes', default='tissue,surface')
+  parser.add_argument('--classes', default='tissue,surface,coins')
   parser.add_argument('--runs', default=','.join(RUNS) + ',patchcore')
   parser.add_argument('--data', default='', help='MVTec-layout root (default: the demo classes)')
   parser.add_argument('--inp_size', type=int, default=256, help='with --data')
   parser.add_argument('--per_type', type=int, default=2, help='known anomalies per seen type')
   parser.add_argument('--meta_epochs', type=int, default=6)
   parser.add_argument('--long_meta_epochs', type=int, default=12)
-  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--seeds', default='0', help='comma-separated: one run per seed')
   parser.add_argument('--coreset_ratio', type=float, default=0.1)
   parser.add_argument('--batch_size', type=int, default=16, help='PatchCore batches')
   parser.add_argument('--out', default='quality_out', help='folder for the plot and JSON')
@@ -264,8 +296,9 @@ def main(argv=None) -> Dict:
   parser.add_argument('--tiny', action='store_true', help='48 px, few images (CI smoke run)')
   args = parser.parse_args(argv)
   runs = [r for r in args.runs.split(',') if r]
+  seeds = [int(seed) for seed in args.seeds.split(',') if seed]
   os.makedirs(args.out, exist_ok=True)
-  all_results: Dict[str, Dict[str, Dict]] = {}
+  all_results: Dict[str, Dict[str, List[Dict]]] = {}   # class -> method -> one run per seed
   known_types: Dict[str, List[str]] = {}
   with tempfile.TemporaryDirectory() as tmp:
     for category in args.classes.split(','):
@@ -273,17 +306,18 @@ def main(argv=None) -> Dict:
       known_types[category] = defect_types[:-1]
       results = all_results.setdefault(category, {})
       for run in runs:
-        print(f'== {category}: {run}', flush=True)
-        if run in PATCHCORE_RUNS:
-          config = run_config(args, category, tmp, 'faithful', defect_types)
-          results[run] = run_patchcore(config, args, PATCHCORE_RUNS[run])
-        else:
-          config = run_config(args, category, tmp, run, defect_types)
-          results[run] = run_bgad(config, os.path.join(tmp, 'runs', category, run))
-        r = results[run]
-        print('   ' + '  '.join(f'{key} {100 * (r[key] or 0):.1f}'
-                                  for key in ('img_auroc', 'pix_auroc', 'aupro')) +
-              f"  {r['wall_seconds']:.0f} s", flush=True)
+        for seed in seeds:
+          print(f'== {category}: {run}, seed {seed}', flush=True)
+          if run in PATCHCORE_RUNS:
+            config = run_config(args, category, tmp, 'faithful', defect_types, seed)
+            r = run_patchcore(config, args, PATCHCORE_RUNS[run])
+          else:
+            config = run_config(args, category, tmp, run, defect_types, seed)
+            r = run_bgad(config, os.path.join(tmp, 'runs', category, run, str(seed)))
+          results.setdefault(run, []).append(dict(r, seed=seed))
+          print('   ' + '  '.join(f'{key} {100 * (r[key] or 0):.1f}'
+                                    for key in ('img_auroc', 'pix_auroc', 'aupro')) +
+                f"  {r['wall_seconds']:.0f} s", flush=True)
   summary = [row for c, r in all_results.items() for row in summary_rows(c, r)]
   print(table.markdown(summary, SUMMARY_COLUMNS))
   print()

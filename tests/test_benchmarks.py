@@ -297,9 +297,11 @@ def test_quality_benchmark_smoke(tmp_path):
                 '--meta_epochs', '2', '--out', str(tmp_path))
   payload = json.loads((tmp_path / 'quality.json').read_text())
   assert payload['known_types'] == {'surface': ['contamination', 'deformation', 'discoloration']}
-  results = payload['results']['surface']
+  results = {name: runs[0] for name, runs in payload['results']['surface'].items()}
   assert list(results) == ['faithful', 'top_k', 'best']
+  assert [len(runs) for runs in payload['results']['surface'].values()] == [1, 1, 1]
   for name, result in results.items():
+    assert result['seed'] == 0
     assert len(result['history']) == 2 and 0 <= result['img_auroc'] <= 1, name
     assert result['seen']['n'] > 0 and set(result['per_type']) == {
         'contamination', 'deformation', 'discoloration', 'smudge'}
@@ -316,10 +318,30 @@ def test_quality_benchmark_smoke(tmp_path):
                     reason='anomalib comes with the bench extra only')
 def test_quality_benchmark_runs_patchcore(tmp_path):
   _run('quality.py', '--tiny', '--classes', 'tissue', '--runs', 'patchcore', '--out', str(tmp_path))
-  patchcore = json.loads((tmp_path / 'quality.json').read_text())['results']['tissue']['patchcore']
+  (patchcore,) = json.loads((tmp_path / 'quality.json').read_text())['results']['tissue'][
+      'patchcore']
   assert patchcore['memory_bank'] == int(0.1 * 8 * (48 // 8) ** 2)   # 10% of the stride-8 patches
   assert all(0 <= patchcore[k] <= 1 for k in ('img_auroc', 'pix_auroc', 'aupro'))
   assert patchcore['test_images'] == 4 + 3 * (3 - 2) + 3   # the known anomalies left it
+
+
+def test_quality_tables_give_mean_and_sd_over_the_seeds():
+  from benchmarks import quality
+
+  def run(img, seen, per_type_img, train_s):
+    return dict(img_auroc=img, pix_auroc=0.5, aupro=None, seen=dict(img_auroc=seen),
+                unseen=None, per_type=dict(dent=dict(img_auroc=per_type_img, pix_auroc=0.9)),
+                wall_seconds=2 * train_s, seconds=dict(train=train_s))
+  runs = {'best': [run(0.80, 0.9, 0.6, 10), run(0.90, 1.0, 0.8, 20), run(0.85, None, 0.7, 30)]}
+  (row,) = quality.summary_rows('coins', runs)
+  assert row['img'] == '85.0 ± 5.0' and row['pix'] == '50.0 ± 0.0'
+  assert row['aupro'] == '-' and row['unseen_img'] == '-'
+  assert row['seen_img'] == '95.0 ± 7.1'   # the seeds where it is defined
+  assert row['seconds'] == '40 (train 20)'
+  (per_type,) = quality.per_type_rows('coins', runs, known=[])
+  assert per_type['type'] == 'dent (unseen)' and per_type['img'] == '70.0 ± 10.0'
+  (single,) = quality.summary_rows('coins', {'best': runs['best'][:1]})
+  assert single['img'] == '80.0'
 
 
 def test_seed_statistics_known_answers():

@@ -14,17 +14,27 @@ a photograph of a cratered rock surface (its normal images already hold
 craters and boulders) with four other defect types: contamination (a patch of
 another photograph), discoloration, deformation (a local swirl) and smudge (a
 local blur).
+
+The 'coins' class is a product: each image is one of the 24 coins of
+scikit-image's coins photograph, centred (within 2 px) and turned by a random
+angle, as parts on a conveyor. Every coin appears in training and in the
+test set, in new poses (the coins differ from each other as much as a
+product's variants do). Its defects lie on the coin only: chip (a piece of
+the rim missing, background showing), deformation (a local swirl), scratch
+and stain.
 """
 
+import functools
 import json
 import os
 import shutil
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 import numpy as np
 from PIL import Image
 from skimage import data as skdata
-from skimage import draw, filters, morphology, transform
+from scipy import ndimage
+from skimage import draw, filters, measure, morphology, segmentation, transform
 
 from bgad_jax.errors import ConfigError
 
@@ -38,11 +48,16 @@ _FORMAT_VERSION = 2   # 2: the surface class
 SURFACE_DEFECT_TYPES = ('contamination', 'deformation', 'discoloration', 'smudge')
 PHOTO_CLASSES: Dict[str, Callable[[], np.ndarray]] = {'surface': skdata.moon}
 _PHOTOGRAPHS = {**TEXTURES, **PHOTO_CLASSES}
-CATEGORIES = tuple(_PHOTOGRAPHS)
+# Product classes: one object per image, defects on the object only.
+COIN_DEFECT_TYPES = ('chip', 'deformation', 'scratch', 'stain')
+PRODUCT_CLASSES = ('coins',)
+CATEGORIES = tuple(_PHOTOGRAPHS) + PRODUCT_CLASSES
 
 
 def defect_types(category: str) -> tuple:
   """The defect types of a demo category's test set."""
+  if category in PRODUCT_CLASSES:
+    return COIN_DEFECT_TYPES
   return SURFACE_DEFECT_TYPES if category in PHOTO_CLASSES else DEFECT_TYPES
 
 
@@ -206,9 +221,129 @@ def add_defect(image: np.ndarray, defect_type: str, rng: np.random.Generator):
   return _DEFECTS[defect_type](image, rng)
 
 
+# --- the coins product class ---
+
+_COIN_CROP = 72   # px around a coin centre in the photograph (the largest coin: 63 px)
+
+
+def coin_masks(photo: np.ndarray) -> np.ndarray:
+  """bool [H, W]: the coins of scikit-image's coins photograph, a watershed of its
+  gradient from dark-background and bright-coin markers (24 coins)."""
+  markers = np.zeros(photo.shape, np.int32)
+  markers[photo < 30], markers[photo > 150] = 1, 2
+  coins = ndimage.binary_fill_holes(segmentation.watershed(filters.sobel(photo), markers) == 2)
+  return morphology.remove_small_objects(coins, max_size=400)
+
+
+def coin_regions(coins: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(labels int [H, W], each coin's label [N], its (row, col) centre float [N, 2]) of
+  ``coins`` (bool [H, W]), in the order of the centres."""
+  labels = measure.label(coins)
+  regions = sorted(measure.regionprops(labels), key=lambda r: r.centroid)
+  return labels, np.array([r.label for r in regions]), np.array([r.centroid for r in regions])
+
+
+def _coin_pose(photo, coin_mask, centre, rng, size):
+  """One coin, shifted by up to 2 px and turned by a random angle, resized to
+  ``size``: (grey image uint8 [S, S, 3], coin mask bool [S, S])."""
+  half = _COIN_CROP   # a window twice the crop's side: turning it brings no border in
+  row, col = np.round(centre + rng.uniform(-2, 2, size=2)).astype(int)
+  window = (slice(row - half, row + half), slice(col - half, col + half))
+  angle = rng.uniform(0, 360)
+  pose = []
+  for layer, order in ((photo, 1), (coin_mask.astype(np.float64), 0)):
+    turned = transform.rotate(layer[window].astype(np.float64), angle, order=order,
+                              preserve_range=True)
+    crop = turned[half // 2:half // 2 + _COIN_CROP, half // 2:half // 2 + _COIN_CROP]
+    pose.append(transform.resize(crop, (size, size), order=order, anti_aliasing=order > 0,
+                                 preserve_range=True))
+  image = np.clip(np.round(pose[0] * rng.uniform(0.95, 1.05)), 0, 255).astype(np.uint8)
+  return as_rgb(image), pose[1] > 0.5
+
+
+def _chip(image, coin, rng):
+  """A piece of the rim missing: a disk on the coin's edge shows background."""
+  size = image.shape[0]
+  edge = np.argwhere(coin & ~ndimage.binary_erosion(coin, morphology.disk(1)))
+  cy, cx = edge[rng.integers(len(edge))]
+  mask = np.zeros(coin.shape, bool)
+  rr, cc = draw.disk((cy, cx), rng.uniform(0.06, 0.1) * size, shape=mask.shape)
+  mask[rr, cc] = True
+  mask &= coin
+  background = image[~coin]
+  out = image.copy()
+  out[mask] = background[rng.integers(len(background), size=int(mask.sum()))]
+  return out, mask
+
+
+def add_coin_defect(image: np.ndarray, coin: np.ndarray, defect_type: str,
+                    rng: np.random.Generator):
+  """One defect on the coin (``coin``: bool [S, S]); the same contract as
+  `add_defect`. Redrawn until it covers at least 0.2% of the image."""
+  while True:
+    if defect_type == 'chip':
+      out, mask = _chip(image, coin, rng)
+    else:
+      out, mask = _DEFECTS[defect_type](image, rng)
+      mask = mask & coin
+      out = np.where(mask[..., None], out, image)
+    if mask.sum() >= 0.002 * mask.size:
+      return out, mask
+
+
+def _generate_coins(category_dir, size, num_train, num_test_good, num_per_defect, rng):
+  photo = skdata.coins()
+  labels, coin_labels, centres = coin_regions(coin_masks(photo))
+  # Padded: a window around any coin stays inside the photograph.
+  photo, labels = np.pad(photo, _COIN_CROP, mode='edge'), np.pad(labels, _COIN_CROP)
+
+  def pose():   # the coin's own mask: its neighbours' edges may show in the corners
+    k = rng.integers(len(centres))
+    return _coin_pose(photo, labels == coin_labels[k], centres[k] + _COIN_CROP, rng, size)
+
+  for i in range(num_train):
+    _save(pose()[0], os.path.join(category_dir, 'train', 'good', f'{i:03d}.png'))
+  for i in range(num_test_good):
+    _save(pose()[0], os.path.join(category_dir, 'test', 'good', f'{i:03d}.png'))
+  for defect_type in COIN_DEFECT_TYPES:
+    for i in range(num_per_defect):
+      image, mask = add_coin_defect(*pose(), defect_type, rng)
+      _save(image, os.path.join(category_dir, 'test', defect_type, f'{i:03d}.png'))
+      _save(mask.astype(np.uint8) * 255,
+            os.path.join(category_dir, 'ground_truth', defect_type, f'{i:03d}_mask.png'))
+
+
 def _save(array: np.ndarray, path: str) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(array).save(path, format='PNG')
+
+
+def _texture_of_size(category: str, size: int) -> np.ndarray:
+  texture = as_rgb(_PHOTOGRAPHS[category]())
+  largest = min(texture.shape[0] - int(texture.shape[0] * 0.6), texture.shape[1])
+  if size > largest:
+    raise ConfigError(f'data.demo.size: demo images of {size} px do not fit the {category} texture: use a size '
+                     f'up to {largest} (data.demo.size) and let data.inp_size resize them')
+  return texture
+
+
+def _generate_texture(texture, types, category_dir, size, num_train, num_test_good,
+                      num_per_defect, rng):
+  """Training crops from the top 60% of the photograph, test crops from the rest."""
+  split_row = int(texture.shape[0] * 0.6)
+  for i in range(num_train):
+    _save(_normal_crop(texture, rng, size, (0, split_row)),
+          os.path.join(category_dir, 'train', 'good', f'{i:03d}.png'))
+  test_rows = (split_row, texture.shape[0])
+  for i in range(num_test_good):
+    _save(_normal_crop(texture, rng, size, test_rows),
+          os.path.join(category_dir, 'test', 'good', f'{i:03d}.png'))
+  for defect_type in types:
+    for i in range(num_per_defect):
+      image, mask = add_defect(_normal_crop(texture, rng, size, test_rows), defect_type, rng)
+      _save(image, os.path.join(category_dir, 'test', defect_type, f'{i:03d}.png'))
+      _save(mask.astype(np.uint8) * 255,
+            os.path.join(category_dir, 'ground_truth', defect_type, f'{i:03d}_mask.png'))
 
 
 def generate(root: str, category: str = 'tissue', size: int = 128, num_train: int = 60,
@@ -228,27 +363,14 @@ def generate(root: str, category: str = 'tissue', size: int = 128, num_train: in
     with open(stamp) as f:
       if json.load(f) == settings:
         return category_dir
-  texture = as_rgb(_PHOTOGRAPHS[category]())
-  split_row = int(texture.shape[0] * 0.6)
-  largest = min(texture.shape[0] - split_row, texture.shape[1])
-  if size > largest:
-    raise ConfigError(f'data.demo.size: demo images of {size} px do not fit the {category} texture: use a size '
-                     f'up to {largest} (data.demo.size) and let data.inp_size resize them')
+  if category in PRODUCT_CLASSES:
+    make = _generate_coins
+  else:
+    make = functools.partial(_generate_texture, _texture_of_size(category, size),
+                             defect_types(category))
   shutil.rmtree(category_dir, ignore_errors=True)   # no files left from other settings
-  rng = np.random.default_rng(seed)
-  for i in range(num_train):
-    _save(_normal_crop(texture, rng, size, (0, split_row)),
-          os.path.join(category_dir, 'train', 'good', f'{i:03d}.png'))
-  test_rows = (split_row, texture.shape[0])
-  for i in range(num_test_good):
-    _save(_normal_crop(texture, rng, size, test_rows),
-          os.path.join(category_dir, 'test', 'good', f'{i:03d}.png'))
-  for defect_type in defect_types(category):
-    for i in range(num_per_defect):
-      image, mask = add_defect(_normal_crop(texture, rng, size, test_rows), defect_type, rng)
-      _save(image, os.path.join(category_dir, 'test', defect_type, f'{i:03d}.png'))
-      _save(mask.astype(np.uint8) * 255,
-            os.path.join(category_dir, 'ground_truth', defect_type, f'{i:03d}_mask.png'))
+  make(category_dir, size, num_train, num_test_good, num_per_defect,
+       np.random.default_rng(seed))
   with open(stamp, 'w') as f:
     json.dump(settings, f)
   return category_dir

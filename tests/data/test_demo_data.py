@@ -77,3 +77,56 @@ def test_surface_defect_stays_in_its_region_and_fills_it(defect_type):
   changed = np.any(image != base, axis=-1)
   assert changed[mask].mean() > 0.6   # the region is the defect, not a loose outline
   assert np.array_equal(image[..., 0], image[..., 2])   # grey stays grey
+
+
+def test_coins_photograph_gives_24_coins():
+  from skimage import data as skdata
+  labels, coin_labels, centres = demo_data.coin_regions(demo_data.coin_masks(skdata.coins()))
+  assert len(coin_labels) == len(centres) == 24 == labels.max()
+  areas = np.bincount(labels.ravel())[coin_labels]
+  assert areas.min() > 1000 and areas.max() < 3500   # 37-63 px across, none merged
+  rows = np.sort(centres[:, 0])
+  assert np.all(rows[[5, 11, 17]] + 40 < rows[[6, 12, 18]])   # four rows of six
+
+
+def test_coins_class_is_a_product_with_its_own_defect_types(tmp_path):
+  category_dir = demo_data.generate(str(tmp_path), 'coins', **SMALL)
+  records = MVTEC_AD.scan(MVTEC_AD, category_dir, 'coins', masks_required=True)
+  assert len(records['train']) == 4
+  types = sorted({r.defect_type for r in records['test']})
+  assert types == sorted(demo_data.COIN_DEFECT_TYPES + ('good',))
+  assert demo_data.defect_types('coins') == demo_data.COIN_DEFECT_TYPES
+  again = demo_data.generate(str(tmp_path / 'again'), 'coins', **SMALL)
+  names = _files(category_dir)
+  _, mismatch, errors = filecmp.cmpfiles(category_dir, again, names, shallow=False)
+  assert not mismatch and not errors
+
+
+def _coin(seed=0, size=64):
+  from skimage import data as skdata
+  photo = skdata.coins()
+  labels, coin_labels, centres = demo_data.coin_regions(demo_data.coin_masks(photo))
+  pad = demo_data._COIN_CROP
+  return demo_data._coin_pose(np.pad(photo, pad, mode='edge'),
+                              np.pad(labels, pad) == coin_labels[seed], centres[seed] + pad,
+                              np.random.default_rng(seed), size)
+
+
+def test_coin_pose_is_centred_and_its_mask_is_one_coin():
+  from skimage import measure
+  image, coin = _coin()
+  assert image.shape == (64, 64, 3) and coin.shape == (64, 64)
+  assert measure.label(coin).max() == 1
+  centre = np.argwhere(coin).mean(axis=0)
+  assert np.all(np.abs(centre - 31.5) < 64 * 4 / 72 + 1)   # 2 px jitter at 72 px, resized
+  assert image[coin].mean() > image[~coin].mean() + 40      # a bright coin on dark ground
+
+
+@pytest.mark.parametrize('defect_type', demo_data.COIN_DEFECT_TYPES)
+def test_coin_defect_lies_on_the_coin_and_changes_exactly_its_mask(defect_type):
+  image, coin = _coin(seed=3)
+  out, mask = demo_data.add_coin_defect(image, coin, defect_type, np.random.default_rng(0))
+  assert mask.dtype == bool and mask.sum() >= 0.002 * mask.size
+  assert not np.any(mask & ~coin)
+  np.testing.assert_array_equal(out[~mask], image[~mask])
+  assert np.any(out != image, axis=-1)[mask].mean() > 0.6
