@@ -140,6 +140,22 @@ def run_bgad(config, workdir: str) -> Dict:
   return result
 
 
+def _return_freed_memory() -> None:
+  """glibc: serve allocations of 1 MiB and more by mmap, so that freeing returns them.
+
+  The coreset's greedy loop allocates and frees an [N, d] tensor per step;
+  with glibc's adaptive threshold the freed blocks stayed in the heap
+  (measured on tissue, 128 px, 64 images: 22 GB resident, 1 GB with this).
+  """
+  import ctypes
+  import ctypes.util
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+    libc.mallopt(-3, 1 << 20)   # M_MMAP_THRESHOLD
+  except (OSError, AttributeError):   # not glibc: nothing to tune
+    pass
+
+
 def run_patchcore(config, args, normalization: str = 'imagenet') -> Dict:
   """anomalib's PatchCore on the test images bgad_jax is scored on (see the module doc).
 
@@ -151,7 +167,9 @@ def run_patchcore(config, args, normalization: str = 'imagenet') -> Dict:
   import_timm()   # before anomalib imports torchvision
   from anomalib.models.image.patchcore.torch_model import PatchcoreModel
   torch.set_num_threads(os.cpu_count())
+  _return_freed_memory()
   torch.manual_seed(config.seed)   # the coreset's random first centre
+  np.random.seed(config.seed)      # its random projection's columns (numpy's global RNG)
   train_examples, _, _, test_examples = engine.load_data(settings.resolve(config))
   size = config.data.inp_size
   mean, std = backbone_lib.normalization('efficientnet_lite0', normalization)
@@ -167,7 +185,10 @@ def run_patchcore(config, args, normalization: str = 'imagenet') -> Dict:
     for start in range(0, len(train), args.batch_size):
       model(torch.from_numpy(np.ascontiguousarray(
           train[start:start + args.batch_size].transpose(0, 3, 1, 2))))
-  model.subsample_embedding(args.coreset_ratio)
+    # Without grad, as anomalib's Lightning fit runs it: the coreset's random
+    # projection carries grad, and each greedy step's graph would be kept
+    # (measured: 22 GB at 128 px, 64 images, 10%).
+    model.subsample_embedding(args.coreset_ratio)
   fit_seconds = time.time() - started
   started = time.time()
   test = preprocess(test_examples, size, mean, std)
