@@ -97,3 +97,17 @@ def test_loss_settings_come_from_the_config():
   settings = step_lib.LossSettings.from_config(config.loss)
   assert settings == step_lib.LossSettings(**dict(config.loss))
   hash(settings)   # a static argument of the jitted step
+
+
+def test_states_of_two_runs_share_one_traced_step():
+  # Each run creates its own state; the step's jit cache keys on the state's
+  # static fields (flow, optimiser, condition), so equal settings must not
+  # trace again (seeds and sweeps run many runs in one process).
+  chunk = jnp.asarray(np.arange(16, dtype=np.int32)[None])
+  sizes = []
+  for _ in range(2):
+    config, _, data, state = tiny_level()
+    step_lib.train_chunks(_copy(state.level(0)), data, chunk, jnp.array([1e-3]),
+                          step_lib.LossSettings.from_config(config.loss), False)
+    sizes.append(step_lib.train_chunks._cache_size())
+  assert sizes[1] == sizes[0]
