@@ -185,10 +185,7 @@ def run_patchcore(config, args, normalization: str = 'imagenet') -> Dict:
     for start in range(0, len(train), args.batch_size):
       model(torch.from_numpy(np.ascontiguousarray(
           train[start:start + args.batch_size].transpose(0, 3, 1, 2))))
-    # Without grad, as anomalib's Lightning fit runs it: the coreset's random
-    # projection carries grad, and each greedy step's graph would be kept
-    # (measured: 22 GB at 128 px, 64 images, 10%).
-    model.subsample_embedding(args.coreset_ratio)
+    model.subsample_embedding(args.coreset_ratio)   # without grad, as anomalib's fit runs it
   fit_seconds = time.time() - started
   started = time.time()
   test = preprocess(test_examples, size, mean, std)
