@@ -3,7 +3,7 @@ against anomalib's PatchCore, on the same classes, in one run.
 
   pip install -e ".[bench]"      # anomalib 2.7 and torch: benchmark only
   python benchmarks/quality.py [--classes tissue,surface,coins] [--seeds 0,1,2]
-      [--runs faithful,smooth,...,best] [--meta_epochs 6] [--long_meta_epochs 12]
+      [--runs faithful,smooth,...,best] [--meta_epochs N] [--long_meta_epochs 12]
       [--out DIR] [--json out.json]
   python benchmarks/quality.py --data ROOT --classes bottle   # any MVTec-layout folder
 
@@ -34,8 +34,10 @@ bgad_jax runs (`bgad_jax.engine.train_and_evaluate`, one workdir each):
   cutpaste   + CutPaste synthetic anomalies, the published strategy mix that
              configs/demo.py leaves out for speed (data.anomaly_strategy);
   long       the faithful settings for ``--long_meta_epochs``;
-  best       configs/demo.py:CLASS,best: own_norm + top_k + high_lr + cutpaste.
-Each trains ``--meta_epochs`` (long: ``--long_meta_epochs``) with an
+  best       configs/demo.py:CLASS,best: own_norm + top_k + high_lr + cutpaste,
+             for twice the meta-epochs.
+Each trains its config's meta-epochs (6, best 12, long ``--long_meta_epochs``;
+``--meta_epochs`` sets them all) with an
 evaluation after every meta-epoch; the learning curves of faithful, long and
 best go to quality_curves.png (metrics against meta-epoch, PatchCore as a line).
 
@@ -96,7 +98,8 @@ def base_config(args, category: str, tmp: str, seed: int, preset: str = ''):
   config.data.val_fraction = 0.0   # as the reference: every normal image trains the flows
   config.data.anomaly_count_mode = 'per_type'
   config.data.num_anomalies = args.per_type
-  config.train.meta_epochs = args.meta_epochs
+  if args.meta_epochs:   # else the config's own (the demo's 6, twice that for best)
+    config.train.meta_epochs = args.meta_epochs
   config.seed = seed
   config.report.num_overlays = 0
   if args.tiny:   # CI smoke run: seconds, not minutes
@@ -304,7 +307,8 @@ def main(argv=None) -> Dict:
   parser.add_argument('--data', default='', help='MVTec-layout root (default: the demo classes)')
   parser.add_argument('--inp_size', type=int, default=256, help='with --data')
   parser.add_argument('--per_type', type=int, default=2, help='known anomalies per seen type')
-  parser.add_argument('--meta_epochs', type=int, default=6)
+  parser.add_argument('--meta_epochs', type=int, default=0,
+                      help="every run's meta-epochs (default: each config's own: 6, best 12)")
   parser.add_argument('--long_meta_epochs', type=int, default=12)
   parser.add_argument('--seeds', default='0', help='comma-separated: one run per seed')
   parser.add_argument('--coreset_ratio', type=float, default=0.1)
