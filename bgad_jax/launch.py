@@ -12,8 +12,8 @@ own classes (`bgad_jax.sweep`). Output lines are prefixed with ``[p<id>]``.
 ``--devices`` gives each process its own accelerators (e.g. ``0,1;2,3`` sets
 CUDA_VISIBLE_DEVICES per process). When a process of a data-parallel run
 fails, the others are stopped (they would wait for it forever) after
-``--stop_grace_s``; the exit code is the highest of the processes'. Ctrl-C stops them all. Rerunning the same
-command resumes from the last checkpoint.
+``--stop_grace_s``; the exit code is the highest of the processes'. Ctrl-C
+stops them all. Rerunning the same command resumes from the last checkpoint.
 """
 
 import argparse

@@ -24,7 +24,6 @@ the rim missing, background showing), deformation (a local swirl), scratch
 and stain.
 """
 
-import functools
 import json
 import os
 import shutil
@@ -291,26 +290,18 @@ def add_coin_defect(image: np.ndarray, coin: np.ndarray, defect_type: str,
       return out, mask
 
 
-def _generate_coins(category_dir, size, num_train, num_test_good, num_per_defect, rng):
+def coin_poser(size: int, rng: np.random.Generator):
+  """``pose(k=None)``: coin ``k`` of the coins photograph (a random one by default)
+  in a random pose, as `_coin_pose` returns it."""
   photo = skdata.coins()
   labels, coin_labels, centres = coin_regions(coin_masks(photo))
   # Padded: a window around any coin stays inside the photograph.
   photo, labels = np.pad(photo, _COIN_CROP, mode='edge'), np.pad(labels, _COIN_CROP)
 
-  def pose():   # the coin's own mask: its neighbours' edges may show in the corners
-    k = rng.integers(len(centres))
+  def pose(k=None):   # the coin's own mask: its neighbours' edges may show in the corners
+    k = rng.integers(len(centres)) if k is None else k
     return _coin_pose(photo, labels == coin_labels[k], centres[k] + _COIN_CROP, rng, size)
-
-  for i in range(num_train):
-    _save(pose()[0], os.path.join(category_dir, 'train', 'good', f'{i:03d}.png'))
-  for i in range(num_test_good):
-    _save(pose()[0], os.path.join(category_dir, 'test', 'good', f'{i:03d}.png'))
-  for defect_type in COIN_DEFECT_TYPES:
-    for i in range(num_per_defect):
-      image, mask = add_coin_defect(*pose(), defect_type, rng)
-      _save(image, os.path.join(category_dir, 'test', defect_type, f'{i:03d}.png'))
-      _save(mask.astype(np.uint8) * 255,
-            os.path.join(category_dir, 'ground_truth', defect_type, f'{i:03d}_mask.png'))
+  return pose
 
 
 def _save(array: np.ndarray, path: str) -> None:
@@ -327,20 +318,44 @@ def _texture_of_size(category: str, size: int) -> np.ndarray:
   return texture
 
 
-def _generate_texture(texture, types, category_dir, size, num_train, num_test_good,
-                      num_per_defect, rng):
-  """Training crops from the top 60% of the photograph, test crops from the rest."""
+def _image_sources(category: str, size: int, rng: np.random.Generator):
+  """(normal(split) -> image, defective(defect_type) -> (image, mask)) of a class.
+
+  Textures: training crops from the top 60% of the photograph, test crops
+  from the rest. Coins: any coin in a new pose, for both splits.
+  """
+  if category in PRODUCT_CLASSES:
+    pose = coin_poser(size, rng)
+
+    def normal(split):
+      del split
+      return pose()[0]
+
+    def defective(defect_type):
+      return add_coin_defect(*pose(), defect_type, rng)
+    return normal, defective
+  texture = _texture_of_size(category, size)
   split_row = int(texture.shape[0] * 0.6)
-  for i in range(num_train):
-    _save(_normal_crop(texture, rng, size, (0, split_row)),
-          os.path.join(category_dir, 'train', 'good', f'{i:03d}.png'))
-  test_rows = (split_row, texture.shape[0])
-  for i in range(num_test_good):
-    _save(_normal_crop(texture, rng, size, test_rows),
-          os.path.join(category_dir, 'test', 'good', f'{i:03d}.png'))
-  for defect_type in types:
+  rows = dict(train=(0, split_row), test=(split_row, texture.shape[0]))
+
+  def crop(split):
+    return _normal_crop(texture, rng, size, rows[split])
+
+  def defect_on_crop(defect_type):
+    return add_defect(crop('test'), defect_type, rng)
+  return crop, defect_on_crop
+
+
+def _write_class(category_dir, category, counts, normal, defective) -> None:
+  """The MVTec layout, drawn in a fixed order (training, test normals, then each
+  defect type): the same rng gives the same files."""
+  num_train, num_test_good, num_per_defect = counts
+  for split, count in (('train', num_train), ('test', num_test_good)):
+    for i in range(count):
+      _save(normal(split), os.path.join(category_dir, split, 'good', f'{i:03d}.png'))
+  for defect_type in defect_types(category):
     for i in range(num_per_defect):
-      image, mask = add_defect(_normal_crop(texture, rng, size, test_rows), defect_type, rng)
+      image, mask = defective(defect_type)
       _save(image, os.path.join(category_dir, 'test', defect_type, f'{i:03d}.png'))
       _save(mask.astype(np.uint8) * 255,
             os.path.join(category_dir, 'ground_truth', defect_type, f'{i:03d}_mask.png'))
@@ -363,14 +378,9 @@ def generate(root: str, category: str = 'tissue', size: int = 128, num_train: in
     with open(stamp) as f:
       if json.load(f) == settings:
         return category_dir
-  if category in PRODUCT_CLASSES:
-    make = _generate_coins
-  else:
-    make = functools.partial(_generate_texture, _texture_of_size(category, size),
-                             defect_types(category))
+  sources = _image_sources(category, size, np.random.default_rng(seed))   # checks the size
   shutil.rmtree(category_dir, ignore_errors=True)   # no files left from other settings
-  make(category_dir, size, num_train, num_test_good, num_per_defect,
-       np.random.default_rng(seed))
+  _write_class(category_dir, category, (num_train, num_test_good, num_per_defect), *sources)
   with open(stamp, 'w') as f:
     json.dump(settings, f)
   return category_dir

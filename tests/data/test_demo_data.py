@@ -103,13 +103,7 @@ def test_coins_class_is_a_product_with_its_own_defect_types(tmp_path):
 
 
 def _coin(seed=0, size=64):
-  from skimage import data as skdata
-  photo = skdata.coins()
-  labels, coin_labels, centres = demo_data.coin_regions(demo_data.coin_masks(photo))
-  pad = demo_data._COIN_CROP
-  return demo_data._coin_pose(np.pad(photo, pad, mode='edge'),
-                              np.pad(labels, pad) == coin_labels[seed], centres[seed] + pad,
-                              np.random.default_rng(seed), size)
+  return demo_data.coin_poser(size, np.random.default_rng(seed))(seed)
 
 
 def test_coin_pose_is_centred_and_its_mask_is_one_coin():
