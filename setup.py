@@ -41,8 +41,9 @@ EXTRAS_REQUIRE = {
     # --mode=serve: the page runs on the standard library; the extra exists so
     # that `pip install -e ".[app]"` (the usual spelling for a demo app) works.
     'app': [],
-    # benchmarks/quality.py only: anomalib's PatchCore on the same data (never
-    # in the main install; torch pinned like the test extra).
+    # benchmarks/quality.py only: anomalib's PatchCore on the same data, and what
+    # a SuperSimpleNet checkout imports (pandas and pytorch-lightning come with
+    # anomalib); never in the main install; torch pinned like the test extra.
     'bench': ['anomalib==2.7.0', 'torch==2.13.0', 'torchvision==0.28.0', 'timm==1.0.31',
               'FrEIA==0.2', 'efficientnet-lite-pytorch==0.1.0', 'matplotlib==3.11.2'],
     # Optional: tfds.load / clu metric writers. Not needed for anything else.

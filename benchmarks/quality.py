@@ -1,9 +1,10 @@
 """Detection quality: bgad_jax (faithful, each quality option, the 'best' preset)
-against anomalib's PatchCore, on the same classes, in one run.
+against anomalib's PatchCore and SuperSimpleNet, on the same classes, in one run.
 
   pip install -e ".[bench]"      # anomalib 2.7 and torch: benchmark only
   python benchmarks/quality.py [--classes tissue,surface,coins] [--seeds 0,1,2]
-      [--runs faithful,smooth,...,best] [--meta_epochs N] [--long_meta_epochs 12]
+      [--runs faithful,smooth,...,best,patchcore,supersimplenet,...] [--meta_epochs N]
+      [--long_meta_epochs 12] [--supersimplenet_dir DIR [--supersimplenet_epochs N]]
       [--out DIR] [--json out.json]
   python benchmarks/quality.py --data ROOT --classes bottle   # any MVTec-layout folder
 
@@ -39,7 +40,8 @@ bgad_jax runs (`bgad_jax.engine.train_and_evaluate`, one workdir each):
 Each trains its config's meta-epochs (6, best 12, long ``--long_meta_epochs``;
 ``--meta_epochs`` sets them all) with an
 evaluation after every meta-epoch; the learning curves of faithful, long and
-best go to quality_curves.png (metrics against meta-epoch, PatchCore as a line).
+best go to quality_curves.png (metrics against meta-epoch; PatchCore and
+supervised SuperSimpleNet as lines).
 
 PatchCore: anomalib's PatchcoreModel (its feature extractor, pooling, memory
 bank, k-center-greedy coreset, nearest-neighbour scores and Gaussian-blurred
@@ -53,6 +55,16 @@ otherwise (10% coreset, 9 neighbours, sigma 4), and ImageNet normalisation,
 as anomalib's default pre-processing; ``patchcore_own_norm`` (not in the
 default runs) feeds it the weights' own normalisation, as `best` does. Fit =
 features of the training images + coreset; test = scoring the test images.
+
+SuperSimpleNet (``supersimplenet``: supervised, trained on the normal images
+and the same known anomalies; ``supersimplenet_unsup``: normal images only):
+the authors' code from a checkout of github blaz-r/SuperSimpleNet
+(``--supersimplenet_dir``; benchmarks/supersimplenet.py says what runs unchanged
+and what is adapted), with the same Lite0 weights and stages as PatchCore, our
+preprocessed images (ImageNet normalisation, as their loaders) and their
+train.py settings; image score = its classification head. Its 300 epochs take
+about 15 minutes per run on this 2-core machine at 128 px: ``--supersimplenet_epochs``
+shortens them, ``--supersimplenet_eval_every`` records its learning curve.
 
 ``--tiny`` shrinks the demo classes for the CI smoke run. Times are wall
 seconds on this machine, one job at a time: for bgad_jax the whole run
@@ -85,6 +97,8 @@ from configs import demo  # noqa: E402
 RUNS = ('faithful', 'smooth', 'own_norm', 'top_k', 'high_lr', 'cutpaste', 'long', 'best')
 CURVES = ('faithful', 'long', 'best')
 PATCHCORE_RUNS = {'patchcore': 'imagenet', 'patchcore_own_norm': 'backbone'}   # normalisation
+SUPERSIMPLENET_RUNS = {'supersimplenet': True, 'supersimplenet_unsup': False}   # supervised
+BASELINES = tuple(PATCHCORE_RUNS) + tuple(SUPERSIMPLENET_RUNS)
 
 
 def base_config(args, category: str, tmp: str, seed: int, preset: str = ''):
@@ -211,6 +225,33 @@ def run_patchcore(config, args, normalization: str = 'imagenet') -> Dict:
               test_images=len(test['labels']))
 
 
+def run_supersimplenet(config, args, supervised: bool) -> Dict:
+  """SuperSimpleNet from the authors' checkout (benchmarks/supersimplenet.py), trained
+  on the normal training images (and, supervised, the known anomalies) and scored on
+  the test images bgad_jax is scored on."""
+  from benchmarks import supersimplenet
+  mods = supersimplenet.import_supersimplenet(args.supersimplenet_dir)
+  train_examples, _, known, test_examples = engine.load_data(settings.resolve(config))
+  size = config.data.inp_size
+  mean, std = backbone_lib.normalization('efficientnet_lite0', 'imagenet')   # as their loaders
+  train = preprocess(train_examples + known, size, mean, std)
+  test = preprocess(test_examples, size, mean, std)
+  out = supersimplenet.run(mods, train, test, size, config.seed, supervised,
+                           args.supersimplenet_epochs, args.supersimplenet_eval_every)
+  known_types = list(config.data.known_defect_types)
+
+  def score(maps, scores):
+    return metrics.detection_metrics(maps, test['masks'], test['labels'], test['defect_types'],
+                                     test['has_mask'], known_types, image_scores=scores)
+  result = score(out['maps'], out['scores'])
+  history = [dict(epoch=epoch, **headline(score(maps, scores)))
+             for epoch, maps, scores in out['history']]
+  return dict(**headline(result), per_type=result['per_type'], seen=result.get('seen'),
+              unseen=result.get('unseen'), history=history, fit_seconds=out['fit_seconds'],
+              test_seconds=out['test_seconds'], wall_seconds=out['fit_seconds'] +
+              out['test_seconds'], epochs=out['epochs'], test_images=len(test['labels']))
+
+
 def _pct(value):
   return None if value is None else 100 * value
 
@@ -236,7 +277,7 @@ PER_TYPE_COLUMNS = [('class', 'class', 's'), ('run', 'run', 's'), ('type', 'defe
 
 def _seconds(name: str, runs: List[Dict]) -> str:
   """Mean wall seconds over the seeds: PatchCore's fit + test, bgad_jax's run (training)."""
-  if name in PATCHCORE_RUNS:
+  if name in BASELINES:
     return (f"fit {np.mean([r['fit_seconds'] for r in runs]):.0f} + "
             f"test {np.mean([r['test_seconds'] for r in runs]):.0f}")
   return (f"{np.mean([r['wall_seconds'] for r in runs]):.0f} "
@@ -286,10 +327,11 @@ def plot_curves(path: str, all_results: Dict[str, Dict[str, Dict]]) -> None:
           epochs = [h['epoch'] for h in histories[0]]
           mean = np.mean([[100 * h[key] for h in history] for history in histories], axis=0)
           ax.plot(epochs, mean, marker='o', label=f'bgad_jax {name}')
-      patchcore = [r[key] for r in results.get('patchcore', []) if r[key] is not None]
-      if patchcore:
-        ax.axhline(100 * np.mean(patchcore), color='k', linestyle='--',
-                   label='anomalib PatchCore')
+      for name, style, label in (('patchcore', '--', 'anomalib PatchCore'),
+                                 ('supersimplenet', ':', 'SuperSimpleNet, supervised')):
+        finals = [r[key] for r in results.get(name, []) if r[key] is not None]
+        if finals:   # the mean of its final values, as a line
+          ax.axhline(100 * np.mean(finals), color='k', linestyle=style, label=label)
       ax.set_title(f'{category}: {label}')
       ax.set_xlabel('meta-epoch')
       ax.grid(alpha=0.3)
@@ -298,6 +340,16 @@ def plot_curves(path: str, all_results: Dict[str, Dict[str, Dict]]) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def write_results(args, known_types, all_results) -> Dict:
+  """quality.json in --out (and --json): the arguments, known types and every run."""
+  payload = dict(args=vars(args), known_types=known_types, results=all_results)
+  for path in filter(None, (os.path.join(args.out, 'quality.json'), args.json)):
+    with open(path, 'w') as f:
+      json.dump(payload, f, indent=1, default=lambda v: v.tolist() if hasattr(v, 'tolist')
+                else str(v))
+  return payload
 
 
 def main(argv=None) -> Dict:
@@ -313,6 +365,13 @@ def main(argv=None) -> Dict:
   parser.add_argument('--seeds', default='0', help='comma-separated: one run per seed')
   parser.add_argument('--coreset_ratio', type=float, default=0.1)
   parser.add_argument('--batch_size', type=int, default=16, help='PatchCore batches')
+  parser.add_argument('--supersimplenet_dir', default='',
+                      help='checkout of github blaz-r/SuperSimpleNet (its runs)')
+  parser.add_argument('--supersimplenet_epochs', type=int, default=0,
+                      help="SuperSimpleNet's epochs (default: the authors' 300)")
+  parser.add_argument('--supersimplenet_eval_every', type=int, default=0,
+                      help='evaluate SuperSimpleNet every N epochs (its learning curve; '
+                      'default: after the last)')
   parser.add_argument('--out', default='quality_out', help='folder for the plot and JSON')
   parser.add_argument('--json', default='', help='also write all results here')
   parser.add_argument('--tiny', action='store_true', help='48 px, few images (CI smoke run)')
@@ -330,13 +389,15 @@ def main(argv=None) -> Dict:
       for run in runs:
         for seed in seeds:
           print(f'== {category}: {run}, seed {seed}', flush=True)
-          if run in PATCHCORE_RUNS:
+          if run in BASELINES:
             config = run_config(args, category, tmp, 'faithful', defect_types, seed)
-            r = run_patchcore(config, args, PATCHCORE_RUNS[run])
+            r = (run_patchcore(config, args, PATCHCORE_RUNS[run]) if run in PATCHCORE_RUNS
+                 else run_supersimplenet(config, args, SUPERSIMPLENET_RUNS[run]))
           else:
             config = run_config(args, category, tmp, run, defect_types, seed)
             r = run_bgad(config, os.path.join(tmp, 'runs', category, run, str(seed)))
           results.setdefault(run, []).append(dict(r, seed=seed))
+          write_results(args, known_types, all_results)   # a long run keeps what it has
           print('   ' + '  '.join(f'{key} {100 * (r[key] or 0):.1f}'
                                     for key in ('img_auroc', 'pix_auroc', 'aupro')) +
                 f"  {r['wall_seconds']:.0f} s", flush=True)
@@ -350,12 +411,7 @@ def main(argv=None) -> Dict:
     plot_path = os.path.join(args.out, 'quality_curves.png')
     plot_curves(plot_path, all_results)
     print(f'\nlearning curves: {plot_path}')
-  payload = dict(args=vars(args), known_types=known_types, results=all_results)
-  for path in filter(None, (os.path.join(args.out, 'quality.json'), args.json)):
-    with open(path, 'w') as f:
-      json.dump(payload, f, indent=1, default=lambda v: v.tolist() if hasattr(v, 'tolist')
-                else str(v))
-  return payload
+  return write_results(args, known_types, all_results)
 
 
 if __name__ == '__main__':

@@ -325,6 +325,60 @@ def test_quality_benchmark_runs_patchcore(tmp_path):
   assert patchcore['test_images'] == 4 + 3 * (3 - 2) + 3   # the known anomalies left it
 
 
+def test_supersimplenet_needs_a_checkout(tmp_path):
+  from benchmarks import supersimplenet
+  with pytest.raises(FileNotFoundError, match='--supersimplenet_dir .* blaz-r/SuperSimpleNet'):
+    supersimplenet.import_supersimplenet(str(tmp_path))
+
+
+SUPERSIMPLENET_DIR = os.environ.get('SUPERSIMPLENET_DIR', '')
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__('importlib').util.find_spec('anomalib') is None or
+                    not SUPERSIMPLENET_DIR,
+                    reason='needs the bench extra and a SuperSimpleNet checkout in '
+                    '$SUPERSIMPLENET_DIR')
+def test_supersimplenet_sees_balanced_flipped_positives():
+  """Their supervised dataset over our arrays: 4 flips of each known anomaly (flipped
+  every time, although albumentations 2 ignores their always_apply), as many normals."""
+  from benchmarks import supersimplenet
+  mods = supersimplenet.import_supersimplenet(SUPERSIMPLENET_DIR)
+  rng = np.random.default_rng(0)
+  labels = np.array([0] * 5 + [1] * 2)
+  arrays = dict(images=rng.normal(size=(7, 8, 8, 3)).astype(np.float32),
+                masks=(rng.random((7, 8, 8)) > 0.5) * labels[:, None, None], labels=labels)
+  data = supersimplenet._arrays_dataset(mods, arrays, True, 'train', flips=True)
+  assert len(data) == 2 * 4 * 2
+  items = [data[i] for i in range(len(data))]
+  image = lambda i: items[i]['image'].numpy().transpose(1, 2, 0)   # noqa: E731
+  assert [item['label'] for item in items] == [1] * 8 + [0] * 8
+  for k in range(2):   # none, vertical, horizontal, 180 degrees
+    np.testing.assert_array_equal(image(k), arrays['images'][5 + k])
+    np.testing.assert_array_equal(image(2 + k), arrays['images'][5 + k][::-1])
+    np.testing.assert_array_equal(image(4 + k), arrays['images'][5 + k][:, ::-1])
+    np.testing.assert_allclose(image(6 + k), arrays['images'][5 + k][::-1, ::-1], atol=1e-6)
+    np.testing.assert_array_equal(items[2 + k]['mask'].numpy(), arrays['masks'][5 + k][::-1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__('importlib').util.find_spec('anomalib') is None or
+                    not SUPERSIMPLENET_DIR,
+                    reason='needs the bench extra and a SuperSimpleNet checkout in '
+                    '$SUPERSIMPLENET_DIR')
+def test_quality_benchmark_runs_supersimplenet(tmp_path):
+  _run('quality.py', '--tiny', '--classes', 'tissue', '--runs',
+       'supersimplenet,supersimplenet_unsup', '--supersimplenet_dir', SUPERSIMPLENET_DIR,
+       '--supersimplenet_epochs', '2', '--supersimplenet_eval_every', '1', '--out', str(tmp_path))
+  results = json.loads((tmp_path / 'quality.json').read_text())['results']['tissue']
+  for name in ('supersimplenet', 'supersimplenet_unsup'):
+    (run,) = results[name]
+    assert [h['epoch'] for h in run['history']] == [1, 2] and run['epochs'] == 2
+    assert all(0 <= run[k] <= 1 for k in ('img_auroc', 'pix_auroc', 'aupro'))
+    assert run['test_images'] == 4 + 3 * (3 - 2) + 3   # the known anomalies left it
+    assert run['img_auroc'] == run['history'][-1]['img_auroc']
+
+
 def test_quality_tables_give_mean_and_sd_over_the_seeds():
   from benchmarks import quality
 
