@@ -327,11 +327,11 @@ def plot_curves(path: str, all_results: Dict[str, Dict[str, Dict]]) -> None:
           epochs = [h['epoch'] for h in histories[0]]
           mean = np.mean([[100 * h[key] for h in history] for history in histories], axis=0)
           ax.plot(epochs, mean, marker='o', label=f'bgad_jax {name}')
-      for name, style, label in (('patchcore', '--', 'anomalib PatchCore'),
-                                 ('supersimplenet', ':', 'SuperSimpleNet, supervised')):
+      for name, style, method in (('patchcore', '--', 'anomalib PatchCore'),
+                                  ('supersimplenet', ':', 'SuperSimpleNet, supervised')):
         finals = [r[key] for r in results.get(name, []) if r[key] is not None]
         if finals:   # the mean of its final values, as a line
-          ax.axhline(100 * np.mean(finals), color='k', linestyle=style, label=label)
+          ax.axhline(100 * np.mean(finals), color='k', linestyle=style, label=method)
       ax.set_title(f'{category}: {label}')
       ax.set_xlabel('meta-epoch')
       ax.grid(alpha=0.3)

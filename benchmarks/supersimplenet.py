@@ -44,6 +44,7 @@ SUPERVISED = dict(backbone='tf_efficientnet_lite0', layers=['2', '3'], patch_siz
                   dec_lr=0.0002, adapt_lr=0.0001, gamma=0.4, stop_grad=False, clip_grad=True)
 UNSUPERVISED = dict(SUPERVISED, overlap=True, perlin_thr=0.2, flips=False, stop_grad=True,
                     clip_grad=False)
+MIN_SIZE = 64   # 72 px: a 9 x 9 stride-8 map, upsampled to 18 x 18, Perlin grid 32 x 32
 
 
 def import_supersimplenet(checkout: str):
@@ -182,6 +183,10 @@ def run(mods, train_arrays, test_arrays, size: int, seed: int, supervised: bool,
     sigmoid) after the last epoch, history [(epoch, maps, scores)] of every evaluation,
     fit_seconds (training and its evaluations), test_seconds, epochs).
   """
+  if size <= MIN_SIZE:
+    raise ValueError(f'SuperSimpleNet needs images of more than {MIN_SIZE} px, not {size}: '
+                     'its Perlin masks of up to 32 cells need a 32-row grid, which it sizes '
+                     'as the next power of 2 of twice the stride-8 map')
   import torch
   torch.set_num_threads(os.cpu_count())
   config = dict(SUPERVISED if supervised else UNSUPERVISED, image_size=(size, size), seed=seed)

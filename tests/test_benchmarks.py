@@ -366,17 +366,25 @@ def test_supersimplenet_sees_balanced_flipped_positives():
                     not SUPERSIMPLENET_DIR,
                     reason='needs the bench extra and a SuperSimpleNet checkout in '
                     '$SUPERSIMPLENET_DIR')
-def test_quality_benchmark_runs_supersimplenet(tmp_path):
-  _run('quality.py', '--tiny', '--classes', 'tissue', '--runs',
-       'supersimplenet,supersimplenet_unsup', '--supersimplenet_dir', SUPERSIMPLENET_DIR,
-       '--supersimplenet_epochs', '2', '--supersimplenet_eval_every', '1', '--out', str(tmp_path))
-  results = json.loads((tmp_path / 'quality.json').read_text())['results']['tissue']
-  for name in ('supersimplenet', 'supersimplenet_unsup'):
-    (run,) = results[name]
-    assert [h['epoch'] for h in run['history']] == [1, 2] and run['epochs'] == 2
-    assert all(0 <= run[k] <= 1 for k in ('img_auroc', 'pix_auroc', 'aupro'))
-    assert run['test_images'] == 4 + 3 * (3 - 2) + 3   # the known anomalies left it
-    assert run['img_auroc'] == run['history'][-1]['img_auroc']
+def test_supersimplenet_trains_and_returns_maps_in_our_order():
+  from benchmarks import supersimplenet
+  mods = supersimplenet.import_supersimplenet(SUPERSIMPLENET_DIR)
+  rng = np.random.default_rng(0)
+
+  def arrays(labels):
+    labels = np.asarray(labels)
+    return dict(images=rng.normal(size=(len(labels), 72, 72, 3)).astype(np.float32),
+                masks=(rng.random((len(labels), 72, 72)) > 0.7) * labels[:, None, None],
+                labels=labels)
+  train, test = arrays([0] * 6 + [1] * 2), arrays([1, 0, 1, 0, 0])
+  for supervised in (True, False):
+    out = supersimplenet.run(mods, train, test, 72, seed=0, supervised=supervised, epochs=2,
+                             eval_every=1)
+    assert [epoch for epoch, _, _ in out['history']] == [1, 2] and out['epochs'] == 2
+    assert out['maps'].shape == (5, 72, 72) and out['scores'].shape == (5,)
+    np.testing.assert_array_equal(out['maps'], out['history'][-1][1])
+  with pytest.raises(ValueError, match='more than 64 px'):
+    supersimplenet.run(mods, train, test, 64, seed=0, supervised=True)
 
 
 def test_quality_tables_give_mean_and_sd_over_the_seeds():
