@@ -63,7 +63,7 @@ the authors' code from a checkout of github blaz-r/SuperSimpleNet
 and what is adapted), with the same Lite0 weights and stages as PatchCore, our
 preprocessed images (ImageNet normalisation, as their loaders) and their
 train.py settings; image score = its classification head. Its 300 epochs take
-about 15 minutes per run on this 2-core machine at 128 px: ``--supersimplenet_epochs``
+about 17 minutes per run on this 2-core machine at 128 px: ``--supersimplenet_epochs``
 shortens them, ``--supersimplenet_eval_every`` records its learning curve.
 
 ``--tiny`` shrinks the demo classes for the CI smoke run. Times are wall
@@ -276,7 +276,7 @@ PER_TYPE_COLUMNS = [('class', 'class', 's'), ('run', 'run', 's'), ('type', 'defe
 
 
 def _seconds(name: str, runs: List[Dict]) -> str:
-  """Mean wall seconds over the seeds: PatchCore's fit + test, bgad_jax's run (training)."""
+  """Mean wall seconds over the seeds: a baseline's fit + test, bgad_jax's run (training)."""
   if name in BASELINES:
     return (f"fit {np.mean([r['fit_seconds'] for r in runs]):.0f} + "
             f"test {np.mean([r['test_seconds'] for r in runs]):.0f}")

@@ -332,13 +332,13 @@ def test_supersimplenet_needs_a_checkout(tmp_path):
 
 
 SUPERSIMPLENET_DIR = os.environ.get('SUPERSIMPLENET_DIR', '')
+needs_supersimplenet = pytest.mark.skipif(
+    importlib.util.find_spec('anomalib') is None or not SUPERSIMPLENET_DIR,
+    reason='needs the bench extra and a SuperSimpleNet checkout in $SUPERSIMPLENET_DIR')
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(__import__('importlib').util.find_spec('anomalib') is None or
-                    not SUPERSIMPLENET_DIR,
-                    reason='needs the bench extra and a SuperSimpleNet checkout in '
-                    '$SUPERSIMPLENET_DIR')
+@needs_supersimplenet
 def test_supersimplenet_sees_balanced_flipped_positives():
   """Their supervised dataset over our arrays: 4 flips of each known anomaly (flipped
   every time, although albumentations 2 ignores their always_apply), as many normals."""
@@ -362,10 +362,7 @@ def test_supersimplenet_sees_balanced_flipped_positives():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(__import__('importlib').util.find_spec('anomalib') is None or
-                    not SUPERSIMPLENET_DIR,
-                    reason='needs the bench extra and a SuperSimpleNet checkout in '
-                    '$SUPERSIMPLENET_DIR')
+@needs_supersimplenet
 def test_supersimplenet_trains_and_returns_maps_in_our_order():
   from benchmarks import supersimplenet
   mods = supersimplenet.import_supersimplenet(SUPERSIMPLENET_DIR)
@@ -383,6 +380,12 @@ def test_supersimplenet_trains_and_returns_maps_in_our_order():
     assert [epoch for epoch, _, _ in out['history']] == [1, 2] and out['epochs'] == 2
     assert out['maps'].shape == (5, 72, 72) and out['scores'].shape == (5,)
     np.testing.assert_array_equal(out['maps'], out['history'][-1][1])
+  # The same training (seeded), the test images reversed: so are their maps and scores.
+  reversed_test = {k: v[::-1].copy() for k, v in test.items()}
+  again = supersimplenet.run(mods, train, reversed_test, 72, seed=0, supervised=False, epochs=2,
+                             eval_every=1)
+  np.testing.assert_allclose(again['maps'], out['maps'][::-1], atol=1e-5)
+  np.testing.assert_allclose(again['scores'], out['scores'][::-1], atol=1e-5)
   with pytest.raises(ValueError, match='more than 64 px'):
     supersimplenet.run(mods, train, test, 64, seed=0, supervised=True)
 
