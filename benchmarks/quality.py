@@ -215,14 +215,25 @@ def run_patchcore(config, args, normalization: str = 'imagenet') -> Dict:
       maps.append(out.anomaly_map[:, 0].numpy())
       scores.append(out.pred_score.reshape(-1).numpy())
   test_seconds = time.time() - started
-  result = metrics.detection_metrics(np.concatenate(maps), test['masks'], test['labels'],
-                                     test['defect_types'], test['has_mask'],
-                                     list(config.data.known_defect_types),
-                                     image_scores=np.concatenate(scores))
+  result = _score(config, test, np.concatenate(maps), np.concatenate(scores))
+  return _baseline_result(result, test, fit_seconds, test_seconds,
+                          memory_bank=int(model.memory_bank.shape[0]))
+
+
+def _score(config, test: Dict, maps: np.ndarray, scores: np.ndarray) -> Dict:
+  """bgad_jax's metrics of a baseline's maps (float [N, H, W]) and image scores
+  (float [N]) on the preprocessed test images ``test``."""
+  return metrics.detection_metrics(maps, test['masks'], test['labels'], test['defect_types'],
+                                   test['has_mask'], list(config.data.known_defect_types),
+                                   image_scores=scores)
+
+
+def _baseline_result(result: Dict, test: Dict, fit_seconds: float, test_seconds: float,
+                     **extra) -> Dict:
+  """A baseline's run as the tables and the JSON read it."""
   return dict(**headline(result), per_type=result['per_type'], seen=result.get('seen'),
               unseen=result.get('unseen'), fit_seconds=fit_seconds, test_seconds=test_seconds,
-              wall_seconds=fit_seconds + test_seconds, memory_bank=int(model.memory_bank.shape[0]),
-              test_images=len(test['labels']))
+              wall_seconds=fit_seconds + test_seconds, test_images=len(test['labels']), **extra)
 
 
 def run_supersimplenet(config, args, supervised: bool) -> Dict:
@@ -238,18 +249,11 @@ def run_supersimplenet(config, args, supervised: bool) -> Dict:
   test = preprocess(test_examples, size, mean, std)
   out = supersimplenet.run(mods, train, test, size, config.seed, supervised,
                            args.supersimplenet_epochs, args.supersimplenet_eval_every)
-  known_types = list(config.data.known_defect_types)
-
-  def score(maps, scores):
-    return metrics.detection_metrics(maps, test['masks'], test['labels'], test['defect_types'],
-                                     test['has_mask'], known_types, image_scores=scores)
-  result = score(out['maps'], out['scores'])
-  history = [dict(epoch=epoch, **headline(score(maps, scores)))
+  history = [dict(epoch=epoch, **headline(_score(config, test, maps, scores)))
              for epoch, maps, scores in out['history']]
-  return dict(**headline(result), per_type=result['per_type'], seen=result.get('seen'),
-              unseen=result.get('unseen'), history=history, fit_seconds=out['fit_seconds'],
-              test_seconds=out['test_seconds'], wall_seconds=out['fit_seconds'] +
-              out['test_seconds'], epochs=out['epochs'], test_images=len(test['labels']))
+  return _baseline_result(_score(config, test, out['maps'], out['scores']), test,
+                          out['fit_seconds'], out['test_seconds'], history=history,
+                          epochs=out['epochs'])
 
 
 def _pct(value):

