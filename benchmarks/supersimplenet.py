@@ -64,11 +64,16 @@ def import_supersimplenet(checkout: str):
     sys.modules['datamodules.' + name] = stub
   if os.path.abspath(checkout) not in sys.path:
     sys.path.insert(0, os.path.abspath(checkout))
+  dataset = importlib.import_module('datamodules.base.dataset')
+  # The two readers its dataset's __getitem__ calls, over our arrays instead of files.
+  dataset.read_image = lambda path: _lookup(path, 'images')
+  dataset.cv2 = types.SimpleNamespace(
+      imread=lambda path, flags=0: _lookup(path, 'masks').astype(np.float32) * 255.0)
   return types.SimpleNamespace(
       train=importlib.import_module('train'),
       model=importlib.import_module('model.supersimplenet'),
       features=importlib.import_module('model.feature_extractor'),
-      dataset=importlib.import_module('datamodules.base.dataset'))
+      dataset=dataset)
 
 
 def _lite0_extractor(mods):
@@ -146,10 +151,6 @@ def _arrays_dataset(mods, arrays, supervised: bool, split: str, flips: bool):
       labels = np.asarray(arrays['labels'])
       return frame(np.flatnonzero(labels == 0)), frame(np.flatnonzero(labels == 1))
 
-  # The two readers their __getitem__ calls, over the arrays instead of files.
-  mods.dataset.read_image = lambda path: _lookup(path, 'images')
-  mods.dataset.cv2 = types.SimpleNamespace(
-      imread=lambda path, flags=0: _lookup(path, 'masks').astype(np.float32) * 255.0)
   dataset = ArraysDataset(root=None, supervised=supervised,
                           transform=albumentations.Compose([ToTensorV2()]),
                           split=Split.TRAIN if split == 'train' else Split.TEST,
