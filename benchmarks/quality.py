@@ -16,8 +16,10 @@ smudges) and 'coins' (grey, a product: one of 24 coins per image in a random
 pose, with chips, deformations, scratches and stains on the coin).
 ``--data`` takes MVTec-layout folders instead.
 
-Seeds: every method runs once per seed of ``--seeds`` (the seed also redraws
-the known files, and so the test images that remain); the tables give the
+Seeds: every method runs once per seed of ``--seeds``. The seed also
+regenerates the demo classes' images and defects and redraws the known files
+(and so the test images that remain): most of the sd over seeds is the
+data's, not the initialisation's (benchmarks/RESULTS.md). The tables give the
 mean +- sd over the seeds, the JSON every run.
 
 Known anomalies: ``--per_type`` of each defect type but the last (sorted by
@@ -34,9 +36,12 @@ bgad_jax runs (`bgad_jax.engine.train_and_evaluate`, one workdir each):
   high_lr    + lr 1e-3 instead of the published 2e-4 (train.lr);
   cutpaste   + CutPaste synthetic anomalies, the published strategy mix that
              configs/demo.py leaves out for speed (data.anomaly_strategy);
+  mean_log   + the levels' mean log-likelihood instead of their summed
+             likelihood (maps.level_aggregation);
   long       the faithful settings for ``--long_meta_epochs``;
-  best       configs/demo.py:CLASS,best: own_norm + top_k + high_lr + cutpaste,
-             for twice the meta-epochs.
+  best       configs/demo.py:CLASS,best: own_norm + top_k + high_lr + cutpaste
+             + mean_log + smoothing (sigma 4 px; images scored before it), for
+             twice the meta-epochs.
 Each trains its config's meta-epochs (6, best 12, long ``--long_meta_epochs``;
 ``--meta_epochs`` sets them all) with an
 evaluation after every meta-epoch; the learning curves of faithful, long and
@@ -94,7 +99,8 @@ from bgad_jax.models import backbone as backbone_lib  # noqa: E402
 from bgad_jax.models import weight_conversion  # noqa: E402
 from configs import demo  # noqa: E402
 
-RUNS = ('faithful', 'smooth', 'own_norm', 'top_k', 'high_lr', 'cutpaste', 'long', 'best')
+RUNS = ('faithful', 'smooth', 'own_norm', 'top_k', 'high_lr', 'cutpaste', 'mean_log', 'long',
+        'best')
 CURVES = ('faithful', 'long', 'best')
 PATCHCORE_RUNS = {'patchcore': 'imagenet', 'patchcore_own_norm': 'backbone'}   # normalisation
 SUPERSIMPLENET_RUNS = {'supersimplenet': True, 'supersimplenet_unsup': False}   # supervised
@@ -137,6 +143,8 @@ def run_config(args, category: str, tmp: str, run: str, defect_types: List[str],
     config.train.lr = 1e-3
   elif run == 'cutpaste':
     config.data.anomaly_strategy = ('real', 'cutpaste')
+  elif run == 'mean_log':
+    config.maps.level_aggregation = 'mean_log'
   elif run == 'long':
     config.train.meta_epochs = args.long_meta_epochs
   elif run not in ('faithful', 'best'):
@@ -145,7 +153,7 @@ def run_config(args, category: str, tmp: str, run: str, defect_types: List[str],
 
 
 def class_defect_types(args, category: str, tmp: str) -> List[str]:
-  config = base_config(args, category, tmp, seed=0)   # the images do not depend on the seed
+  config = base_config(args, category, tmp, seed=0)   # the seed draws the images, not the types
   _, _, _, test_examples = engine.load_data(settings.resolve(config))   # prepares the data
   return sorted({e['defect_type'] for e in test_examples if e['label'] == 1})
 

@@ -69,10 +69,9 @@ def score_test_set(config, state: FlowTrainState, test: TestSet,
   """Metrics (`metrics.detection_metrics`), [N, S, S] anomaly maps of ``test`` the
   reference's way and the per-level log-likelihood maps they came from."""
   lp = lp_maps(state, test.features, mesh)
-  options = maps_lib.MapOptions.of(config.maps)
-  maps = maps_lib.test_set_anomaly_maps(lp, config.data.inp_size, options)
+  maps, scores = maps_lib.test_set_outputs(lp, config.data.inp_size,
+                                           maps_lib.MapOptions.of(config.maps))
   arrays = test.arrays
-  scores = maps_lib.image_scores(maps, options.image_score, options.top_k_fraction)
   result = metrics.detection_metrics(maps, arrays['masks'], arrays['labels'],
                                      arrays['defect_types'], arrays['has_mask'], test.known_types,
                                      config.report.aupro_thresholds, scores)

@@ -19,7 +19,7 @@ from bgad_jax.data import strategies as strategies_lib
 from bgad_jax.data.dataset import SOURCES, builder_dataset
 from bgad_jax.errors import ConfigError
 from bgad_jax.evaluation.calibration import THRESHOLD_RULES
-from bgad_jax.evaluation.maps import IMAGE_SCORES
+from bgad_jax.evaluation.maps import IMAGE_SCORES, LEVEL_AGGREGATIONS
 from bgad_jax.export import FORMATS as EXPORT_FORMATS
 from bgad_jax.export import PLATFORMS as EXPORT_PLATFORMS
 from bgad_jax.models import backbone as backbone_lib
@@ -185,6 +185,7 @@ def _check_predict(config, errors):
 def _check_maps(config, errors):
   _at_least(errors, 'maps.smoothing_sigma', config.maps.smoothing_sigma, 0.0)
   _one_of(errors, 'maps.image_score', config.maps.image_score, IMAGE_SCORES)
+  _one_of(errors, 'maps.level_aggregation', config.maps.level_aggregation, LEVEL_AGGREGATIONS)
   if not 0.0 < config.maps.top_k_fraction <= 1.0:
     errors.append(f'maps.top_k_fraction={config.maps.top_k_fraction}: a fraction of the '
                   'pixels in (0, 1], e.g. 0.01')

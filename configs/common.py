@@ -114,6 +114,9 @@ def get_config(arg=None):
   config.maps.smoothing_sigma = 0.0             # Gaussian sigma in pixels; 4 = PatchCore/CFLOW
   config.maps.image_score = 'max'               # or 'top_k_mean'
   config.maps.top_k_fraction = 0.01             # pixels averaged by 'top_k_mean'
+  # 'sum': the levels' likelihoods summed (reference); 'mean_log': their log-likelihoods averaged.
+  config.maps.level_aggregation = 'sum'
+  config.maps.score_unsmoothed = False          # True: image scores from the maps before smoothing
 
   config.report = ml_collections.ConfigDict()
   config.report.num_overlays = 12

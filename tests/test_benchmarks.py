@@ -293,21 +293,27 @@ def test_inference_benchmark_times_three_sides(tmp_path):
 @pytest.mark.slow
 def test_quality_benchmark_smoke(tmp_path):
   """bgad_jax's side, tiny; PatchCore needs the bench extra (anomalib), not installed here."""
-  stdout = _run('quality.py', '--tiny', '--classes', 'surface', '--runs', 'faithful,top_k,best',
+  stdout = _run('quality.py', '--tiny', '--classes', 'surface', '--runs',
+                'faithful,top_k,mean_log,best',
                 '--meta_epochs', '2', '--out', str(tmp_path))
   payload = json.loads((tmp_path / 'quality.json').read_text())
   assert payload['known_types'] == {'surface': ['contamination', 'deformation', 'discoloration']}
   results = {name: runs[0] for name, runs in payload['results']['surface'].items()}
-  assert list(results) == ['faithful', 'top_k', 'best']
-  assert [len(runs) for runs in payload['results']['surface'].values()] == [1, 1, 1]
+  assert list(results) == ['faithful', 'top_k', 'mean_log', 'best']
+  assert [len(runs) for runs in payload['results']['surface'].values()] == [1, 1, 1, 1]
   for name, result in results.items():
     assert result['seed'] == 0
     assert len(result['history']) == 2 and 0 <= result['img_auroc'] <= 1, name
     assert result['seen']['n'] > 0 and set(result['per_type']) == {
         'contamination', 'deformation', 'discoloration', 'smudge'}
-  # Options only change scoring or training: top_k trains the faithful flows, scores differently.
+  # Options only change scoring or training: top_k and mean_log train the faithful flows
+  # and score differently (mean_log: other maps).
   assert results['top_k']['pix_auroc'] == results['faithful']['pix_auroc']
+  losses = {name: [row['loss'] for row in results[name]['history']] for name in results}
+  assert losses['mean_log'] == losses['faithful'] == losses['top_k']
+  assert results['mean_log']['pix_auroc'] != results['faithful']['pix_auroc']
   assert results['best']['config']['maps']['image_score'] == 'top_k_mean'
+  assert results['best']['config']['maps']['level_aggregation'] == 'mean_log'
   assert '| surface | best |' in stdout and 'smudge (unseen)' in stdout
   with open(tmp_path / 'quality_curves.png', 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'

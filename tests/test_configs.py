@@ -63,9 +63,12 @@ def test_dataset_configs_are_the_published_ones_on_their_data(module):
 def test_best_preset_turns_on_the_options_and_faithful_configs_leave_them_off(module, category):
   faithful, best = module.get_config(category), module.get_config(category + ',best')
   assert best.data.category == faithful.data.category == category
-  assert dict(faithful.maps) == dict(smoothing_sigma=0.0, image_score='max', top_k_fraction=0.01)
+  assert dict(faithful.maps) == dict(smoothing_sigma=0.0, image_score='max', top_k_fraction=0.01,
+                                     level_aggregation='sum', score_unsmoothed=False)
   assert faithful.backbone.normalization == 'imagenet'
-  assert (best.maps.smoothing_sigma, best.maps.image_score) == (0.0, 'top_k_mean')
+  assert dict(best.maps) == dict(smoothing_sigma=4.0, image_score='top_k_mean',
+                                 top_k_fraction=0.01, level_aggregation='mean_log',
+                                 score_unsmoothed=True)
   assert best.backbone.normalization == 'backbone'
   # Everything else is the faithful config; the demo's short schedule trains faster.
   if module is demo:

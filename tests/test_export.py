@@ -107,11 +107,16 @@ def test_onnx_without_its_extra_is_a_config_error(monkeypatch):
     export.export_onnx(None)
 
 
-def test_exported_function_follows_the_map_options(trained, exported):
-  """Smoothing and the top-k score, recorded in the constants, are part of the program."""
+@pytest.mark.parametrize('level_aggregation,score_unsmoothed', [('sum', False),
+                                                               ('mean_log', True)])
+def test_exported_function_follows_the_map_options(trained, exported, level_aggregation,
+                                                   score_unsmoothed):
+  """The aggregation, smoothing and the top-k score, recorded in the constants, are part
+  of the program."""
   from bgad_jax import export as export_lib
   _, reference = exported
-  options = dict(smoothing_sigma=2.0, image_score='top_k_mean', top_k_fraction=0.05)
+  options = dict(smoothing_sigma=2.0, image_score='top_k_mean', top_k_fraction=0.05,
+                 level_aggregation=level_aggregation, score_unsmoothed=score_unsmoothed)
   detector = Detector(reference.config, reference.backbone, reference.state,
                       dict(reference.map_constants, scoring=options))
   pixels, maps, scores, nll = _pixels(trained, detector)

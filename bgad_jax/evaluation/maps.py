@@ -2,8 +2,9 @@
 (docs/METHOD.md, "Anomaly maps").
 
 Every caller scores through `anomaly_maps`, `map_scores` and `nll_scores` (or
-`outputs`, the three together): the evaluation, the Detector (predict, serve),
-the calibration of predict's threshold and both exports. Each takes ``xp``:
+`outputs`, the three together; `test_set_outputs` for the evaluation's
+test-set normalisation): the evaluation, the Detector (predict, serve), the
+calibration of predict's threshold and both exports. Each takes ``xp``:
 numpy on the host (maps float32, nll scores float64, which the threshold
 needs) or jax.numpy inside a traced function (everything float32).
 
@@ -15,9 +16,11 @@ training images (`map_constants`). Per level: exp(lp - level max), upsampled
 bilinearly with aligned corners, summed over levels; anomaly = map max - sum.
 
 Options beyond the reference (`MapOptions`, config.maps; off in the faithful
-configs; docs/METHOD.md, "Quality options"): Gaussian smoothing of the maps
-and a top-k mean image score. Map constants record them, so everything scores
-as the evaluation did. A new option is a `MapOptions` field (and its config
+configs; docs/METHOD.md, "Quality options"): the levels' mean log-likelihood
+instead of their summed likelihood, Gaussian smoothing of the maps (and of
+the maps images are scored on, unless score_unsmoothed) and a top-k mean
+image score. Map constants record them, so everything scores as the
+evaluation did. A new option is a `MapOptions` field (and its config
 field) used in the one function it changes.
 """
 
@@ -29,6 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 IMAGE_SCORES = ('max', 'top_k_mean')
+# How the levels' maps combine: 'sum' (the reference: the sum of the levels'
+# likelihoods) or 'mean_log' (the mean of their log-likelihoods).
+LEVEL_AGGREGATIONS = ('sum', 'mean_log')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,10 +46,21 @@ class MapOptions:
     image_score: 'max' (the reference) or 'top_k_mean' (mean of the top
       ``top_k_fraction`` of a map's pixels).
     top_k_fraction: pixels averaged by 'top_k_mean'.
+    level_aggregation: 'sum' (the reference: normality = the sum over levels
+      of exp(lp - level max)) or 'mean_log' (normality = the mean over levels
+      of lp - level max, a log-likelihood: `mean_log_likelihood_maps`).
+    score_unsmoothed: image scores (and nll scores) from the maps before
+      smoothing; the smoothing then serves the maps alone.
   """
   smoothing_sigma: float = 0.0
   image_score: str = 'max'
   top_k_fraction: float = 0.01
+  level_aggregation: str = 'sum'
+  score_unsmoothed: bool = False
+
+  def for_scores(self) -> 'MapOptions':
+    """The options of the maps image scores are taken from."""
+    return dataclasses.replace(self, smoothing_sigma=0.0) if self.score_unsmoothed else self
 
   @classmethod
   def of(cls, fields) -> 'MapOptions':
@@ -127,6 +144,26 @@ def log_normality_maps(lp_maps: Sequence[np.ndarray], size: int,
   return total
 
 
+def mean_log_likelihood_maps(lp_maps: Sequence[np.ndarray], size: int,
+                             level_max: Sequence[float], xp=jnp):
+  """Mean over levels of (lp - level_max) upsampled: [N, size, size].
+
+  The levels' log-likelihoods are averaged instead of their likelihoods
+  summed: every level's evidence counts, where in the sum the level nearest
+  its maximum dominates a pixel. A log-likelihood, so it never underflows.
+  ``xp``: jax.numpy (float32) or numpy (float64 on the host).
+  """
+  total = 0.0
+  for lp, top in zip(lp_maps, level_max):
+    if xp is np:
+      level = np.asarray(lp, np.float64) - top
+      rows, cols = (align_corners_matrix(size, n).astype(np.float64) for n in level.shape[1:])
+      total = total + np.einsum('oh,nhw,pw->nop', rows, level, cols)
+    else:
+      total = total + upsample_align_corners(jnp.asarray(lp) - top, size)
+  return total / len(lp_maps)
+
+
 def gaussian_taps(sigma: float) -> Tuple[np.ndarray, np.ndarray]:
   """A normalised 1-D Gaussian cut at 4 sigma: (offsets int [T], weights float64 [T])."""
   radius = int(4.0 * sigma + 0.5)
@@ -206,14 +243,27 @@ def anomaly_maps(lp_maps: Sequence[np.ndarray], size: int, constants: Dict[str, 
   Returns:
     [N, size, size] float32, higher = more anomalous.
   """
-  normal = normality_maps(lp_maps, size, constants['level_max'])
-  maps = constants['map_max'] - smooth_maps(normal, options_of(constants).smoothing_sigma)
+  options = options_of(constants)
+  if options.level_aggregation == 'mean_log':
+    normal = mean_log_likelihood_maps(lp_maps, size, constants['level_max'])
+  else:
+    normal = normality_maps(lp_maps, size, constants['level_max'])
+  maps = constants['map_max'] - smooth_maps(normal, options.smoothing_sigma)
   return np.asarray(maps) if xp is np else maps
 
 
-def map_scores(maps, constants: Dict[str, Any], xp=np):
-  """Image scores [N] of `anomaly_maps` [N, S, S], by the constants' rule."""
+def _with_options(constants: Dict[str, Any], options: MapOptions) -> Dict[str, Any]:
+  return dict(constants, scoring=dataclasses.asdict(options))
+
+
+def map_scores(lp_maps: Sequence[np.ndarray], size: int, constants: Dict[str, Any],
+               maps=None, xp=np):
+  """Image scores [N] by the constants' rule, of `anomaly_maps` [N, S, S] (``maps``,
+  when already made) or, with ``score_unsmoothed``, of the maps before smoothing."""
   options = options_of(constants)
+  scored = options.for_scores()
+  if maps is None or scored != options:
+    maps = anomaly_maps(lp_maps, size, _with_options(constants, scored), xp)
   return image_scores(maps, options.image_score, options.top_k_fraction, xp)
 
 
@@ -223,17 +273,24 @@ def nll_scores(lp_maps: Sequence[np.ndarray], size: int, constants: Dict[str, An
   Ranks images exactly as `map_scores` whenever the maps are not saturated
   (map_max - normality, with normality underflowing to 0 far from normal),
   and keeps ranking them when they are; the verdict threshold is on these.
+  With 'mean_log' aggregation the normality is a log-likelihood already, and
+  these are the image scores of its negation (smoothed as the scored maps are).
   """
-  options = options_of(constants)
-  log_normal = smooth_maps(log_normality_maps(lp_maps, size, constants['level_max'], xp),
-                           options.smoothing_sigma, xp, log_space=True)
+  options = options_of(constants).for_scores()
+  if options.level_aggregation == 'mean_log':
+    log_normal = smooth_maps(mean_log_likelihood_maps(lp_maps, size, constants['level_max'], xp),
+                             options.smoothing_sigma, xp)
+  else:
+    log_normal = smooth_maps(log_normality_maps(lp_maps, size, constants['level_max'], xp),
+                             options.smoothing_sigma, xp, log_space=True)
   return image_scores(-log_normal, options.image_score, options.top_k_fraction, xp)
 
 
 def outputs(lp_maps: Sequence[np.ndarray], size: int, constants: Dict[str, Any], xp=np):
   """(`anomaly_maps` [N, S, S], `map_scores` [N], `nll_scores` [N]) in one call."""
   maps = anomaly_maps(lp_maps, size, constants, xp)
-  return maps, map_scores(maps, constants, xp), nll_scores(lp_maps, size, constants, xp)
+  return (maps, map_scores(lp_maps, size, constants, maps, xp),
+          nll_scores(lp_maps, size, constants, xp))
 
 
 def _maps_below_top(lp_maps: Sequence[np.ndarray], size: int, options: MapOptions
@@ -267,3 +324,13 @@ def test_set_anomaly_maps(lp_maps: Sequence[np.ndarray], size: int,
   _, below_top = _maps_below_top(lp_maps, size, options)
   # (-n) - (-top) is top - n to the last bit, as `anomaly_maps` with map_constants.
   return below_top - below_top.min()
+
+
+def test_set_outputs(lp_maps: Sequence[np.ndarray], size: int,
+                     options: MapOptions = MapOptions()) -> Tuple[np.ndarray, np.ndarray]:
+  """`test_set_anomaly_maps` [N, S, S] and their image scores [N] by the options' rule
+  (of the maps before smoothing with ``score_unsmoothed``)."""
+  maps = test_set_anomaly_maps(lp_maps, size, options)
+  scored = options.for_scores()
+  scored_maps = maps if scored == options else test_set_anomaly_maps(lp_maps, size, scored)
+  return maps, image_scores(scored_maps, options.image_score, options.top_k_fraction)

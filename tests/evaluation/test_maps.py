@@ -1,6 +1,8 @@
 """bgad_jax.evaluation.maps: align-corners upsampling against torch, the reference's maps,
 the smoothing and image-score options."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,7 +113,8 @@ def test_reference_constants_record_no_options_and_options_are_recorded():
   options = anomaly_maps.MapOptions(4.0, 'top_k_mean', 0.05)
   constants = anomaly_maps.map_constants(lp_maps, 32, options)
   assert constants['scoring'] == dict(smoothing_sigma=4.0, image_score='top_k_mean',
-                                      top_k_fraction=0.05)
+                                      top_k_fraction=0.05, level_aggregation='sum',
+                                      score_unsmoothed=False)
   assert anomaly_maps.options_of(constants) == options
   # With smoothing, the deployable maps are the smoothed test-set maps shifted by a constant.
   fixed = anomaly_maps.anomaly_maps(lp_maps, 32, constants)
@@ -129,10 +132,77 @@ def test_traced_outputs_equal_the_host_functions_with_options():
       lp, 32, constants, jnp))([jnp.asarray(m) for m in lp_maps])
   host_maps = anomaly_maps.anomaly_maps(lp_maps, 32, constants)
   np.testing.assert_allclose(maps, host_maps, atol=1e-5)
-  np.testing.assert_allclose(scores, anomaly_maps.map_scores(host_maps, constants),
+  np.testing.assert_allclose(scores, anomaly_maps.map_scores(lp_maps, 32, constants, host_maps),
                              atol=1e-5)
   np.testing.assert_allclose(nll, anomaly_maps.nll_scores(lp_maps, 32, constants), rtol=1e-5)
   # Smoothing in log space is smoothing of the normality: nll = -log(map_max - map) on average.
   np.testing.assert_allclose(np.log(constants['map_max'] - host_maps).min(axis=(1, 2)),
                              -anomaly_maps.nll_scores(lp_maps, 32, dict(
                                  constants, scoring=dict(smoothing_sigma=2.0))), rtol=1e-5)
+
+
+def test_mean_log_aggregation_averages_the_levels_log_likelihoods():
+  rng = np.random.default_rng(7)
+  lp_maps = [rng.normal(-2, 0.5, size=(3, h, h)).astype(np.float32) for h in (8, 4, 1)]
+  level_max = [float(m.max()) for m in lp_maps]
+  # Direct formula: each level's lp - max, upsampled (aligned corners, as scipy's
+  # order-1 zoom with grid_mode off), averaged over the levels.
+  expected = np.mean([ndimage.zoom(m.astype(np.float64) - top,
+                                   (1, 32 / m.shape[1], 32 / m.shape[2]),
+                                   order=1, grid_mode=False, mode='nearest')
+                      for m, top in zip(lp_maps, level_max)], axis=0)
+  host = anomaly_maps.mean_log_likelihood_maps(lp_maps, 32, level_max, np)
+  assert host.dtype == np.float64
+  np.testing.assert_allclose(host, expected, atol=1e-9)
+  np.testing.assert_allclose(anomaly_maps.mean_log_likelihood_maps(lp_maps, 32, level_max),
+                             expected, atol=1e-5)
+  # Anomaly maps are its negation shifted, smoothed when asked; nll scores rank
+  # as the map scores, and far from normal nothing saturates.
+  options = anomaly_maps.MapOptions(2.0, 'top_k_mean', 0.02, 'mean_log')
+  constants = anomaly_maps.map_constants(lp_maps, 32, options)
+  assert constants['scoring']['level_aggregation'] == 'mean_log'
+  maps = anomaly_maps.anomaly_maps(lp_maps, 32, constants)
+  smoothed = ndimage.gaussian_filter(-expected, (0, 2, 2), mode='mirror', truncate=4.0)
+  np.testing.assert_allclose(maps - maps.min(), smoothed - smoothed.min(), atol=1e-4)
+  far = [m.copy() for m in lp_maps]
+  for m in far:
+    m[0] -= 500.0
+  far_maps, far_scores, far_nll = anomaly_maps.outputs(far, 32, constants)
+  assert far_scores[0] > 400 and far_nll[0] > 400 + far_nll[1:].max() - 1
+  np.testing.assert_allclose(far_nll - far_scores, (far_nll - far_scores)[0], atol=1e-3)
+  # Traced (export) equals host.
+  traced = jax.jit(lambda lp: anomaly_maps.outputs(lp, 32, constants, jnp))(
+      [jnp.asarray(m) for m in lp_maps])
+  for got, want in zip(traced, anomaly_maps.outputs(lp_maps, 32, constants)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  # The test-set maps are the deployable ones up to a constant.
+  test_set = anomaly_maps.test_set_anomaly_maps(lp_maps, 32, options)
+  np.testing.assert_allclose(test_set, maps - maps.min(), atol=1e-4)
+
+
+@pytest.mark.parametrize('level_aggregation', ['sum', 'mean_log'])
+def test_unsmoothed_scores_come_from_the_maps_before_smoothing(level_aggregation):
+  rng = np.random.default_rng(8)
+  lp_maps = [rng.normal(-2, 0.5, size=(4, h, h)).astype(np.float32) for h in (8, 4)]
+  options = anomaly_maps.MapOptions(3.0, 'top_k_mean', 0.02, level_aggregation, True)
+  plain = dataclasses.replace(options, smoothing_sigma=0.0)
+  constants = anomaly_maps.map_constants(lp_maps, 32, options)
+  maps, scores, nll = anomaly_maps.outputs(lp_maps, 32, constants)
+  smoothed, _, _ = anomaly_maps.outputs(lp_maps, 32, dict(constants, scoring=dict(
+      constants['scoring'], score_unsmoothed=False)))
+  np.testing.assert_allclose(maps, smoothed)   # the maps stay smoothed
+  unsmoothed = anomaly_maps.anomaly_maps(lp_maps, 32, dict(
+      constants, scoring=dataclasses.asdict(plain)))
+  assert not np.allclose(unsmoothed, maps, atol=1e-3)
+  np.testing.assert_allclose(scores, anomaly_maps.image_scores(unsmoothed, 'top_k_mean', 0.02),
+                             atol=1e-6)
+  np.testing.assert_allclose(nll, anomaly_maps.nll_scores(lp_maps, 32, dict(
+      constants, scoring=dataclasses.asdict(plain))), rtol=1e-6)
+  # The evaluation's test-set maps and scores: the same up to constants.
+  test_maps, test_scores = anomaly_maps.test_set_outputs(lp_maps, 32, options)
+  np.testing.assert_allclose(test_maps, maps - maps.min(), atol=1e-4)
+  np.testing.assert_allclose(test_scores - scores, (test_scores - scores)[0], atol=1e-4)
+  traced = jax.jit(lambda lp: anomaly_maps.outputs(lp, 32, constants, jnp))(
+      [jnp.asarray(m) for m in lp_maps])
+  for got, want in zip(traced, (maps, scores, nll)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
