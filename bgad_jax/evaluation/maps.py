@@ -95,11 +95,15 @@ def align_corners_matrix(out_size: int, in_size: int) -> np.ndarray:
   return weights.astype(np.float32)
 
 
-def upsample_align_corners(maps: jnp.ndarray, size: int) -> jnp.ndarray:
-  """Bilinear upsampling with aligned corners: [N, h, w] -> [N, size, size]."""
-  rows = jnp.asarray(align_corners_matrix(size, maps.shape[1]))
-  cols = jnp.asarray(align_corners_matrix(size, maps.shape[2]))
-  return jnp.einsum('oh,nhw,pw->nop', rows, maps, cols,
+def upsample_align_corners(maps, size: int, xp=jnp):
+  """Bilinear upsampling with aligned corners: [N, h, w] -> [N, size, size].
+
+  ``xp``: jax.numpy (traceable), or numpy in the maps' own dtype (float64 on the host).
+  """
+  rows, cols = (align_corners_matrix(size, n) for n in maps.shape[1:])
+  if xp is np:
+    return np.einsum('oh,nhw,pw->nop', rows.astype(maps.dtype), maps, cols.astype(maps.dtype))
+  return jnp.einsum('oh,nhw,pw->nop', jnp.asarray(rows), maps, jnp.asarray(cols),
                     precision='highest')
 
 
@@ -155,12 +159,8 @@ def mean_log_likelihood_maps(lp_maps: Sequence[np.ndarray], size: int,
   """
   total = 0.0
   for lp, top in zip(lp_maps, level_max):
-    if xp is np:
-      level = np.asarray(lp, np.float64) - top
-      rows, cols = (align_corners_matrix(size, n).astype(np.float64) for n in level.shape[1:])
-      total = total + np.einsum('oh,nhw,pw->nop', rows, level, cols)
-    else:
-      total = total + upsample_align_corners(jnp.asarray(lp) - top, size)
+    level = (np.asarray(lp, np.float64) if xp is np else jnp.asarray(lp)) - top
+    total = total + upsample_align_corners(level, size, xp)
   return total / len(lp_maps)
 
 
