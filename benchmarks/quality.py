@@ -6,6 +6,7 @@ against anomalib's PatchCore and SuperSimpleNet, on the same classes, in one run
       [--runs faithful,smooth,...,best,patchcore,supersimplenet,...] [--meta_epochs N]
       [--long_meta_epochs 12] [--supersimplenet_dir DIR [--supersimplenet_epochs N]]
       [--out DIR] [--json out.json]
+  python benchmarks/quality.py --tables_from a/quality.json,b/quality.json   # one table
   python benchmarks/quality.py --data ROOT --classes bottle   # any MVTec-layout folder
 
 Data: by default three demo classes made offline from real photographs that
@@ -16,11 +17,13 @@ smudges) and 'coins' (grey, a product: one of 24 coins per image in a random
 pose, with chips, deformations, scratches and stains on the coin).
 ``--data`` takes MVTec-layout folders instead.
 
-Seeds: every method runs once per seed of ``--seeds``. The seed also
-regenerates the demo classes' images and defects and redraws the known files
-(and so the test images that remain): most of the sd over seeds is the
-data's, not the initialisation's (benchmarks/RESULTS.md). The tables give the
-mean +- sd over the seeds, the JSON every run.
+Seeds: every method runs once per seed of ``--seeds``. The seed draws the
+known files (and so the test images that remain), the initialisation and the
+synthetic anomalies; the demo classes' images and defects come from
+``--data_seed`` (default 0), the same for every seed. ``--data_seed -1``
+regenerates them from each run's seed instead: the sd over seeds is then
+mostly the data's (benchmarks/RESULTS.md). The tables give the mean +- sd
+over the seeds, the JSON every run.
 
 Known anomalies: ``--per_type`` of each defect type but the last (sorted by
 name), which stays unseen: the table's seen / unseen columns. Every bgad_jax
@@ -41,7 +44,9 @@ bgad_jax runs (`bgad_jax.engine.train_and_evaluate`, one workdir each):
   long       the faithful settings for ``--long_meta_epochs``;
   best       configs/demo.py:CLASS,best: own_norm + top_k + high_lr + cutpaste
              + mean_log + smoothing (sigma 4 px; images scored before it), for
-             twice the meta-epochs.
+             twice the meta-epochs, of the published 8 sub-epochs each;
+  best_short best with the demo's 2 sub-epochs per meta-epoch (best before
+             the longer schedule).
 Each trains its config's meta-epochs (6, best 12, long ``--long_meta_epochs``;
 ``--meta_epochs`` sets them all) with an
 evaluation after every meta-epoch; the learning curves of faithful, long and
@@ -100,8 +105,8 @@ from bgad_jax.models import weight_conversion  # noqa: E402
 from configs import demo  # noqa: E402
 
 RUNS = ('faithful', 'smooth', 'own_norm', 'top_k', 'high_lr', 'cutpaste', 'mean_log', 'long',
-        'best')
-CURVES = ('faithful', 'long', 'best')
+        'best_short', 'best')
+CURVES = ('faithful', 'long', 'best_short', 'best')
 PATCHCORE_RUNS = {'patchcore': 'imagenet', 'patchcore_own_norm': 'backbone'}   # normalisation
 SUPERSIMPLENET_RUNS = {'supersimplenet': True, 'supersimplenet_unsup': False}   # supervised
 BASELINES = tuple(PATCHCORE_RUNS) + tuple(SUPERSIMPLENET_RUNS)
@@ -115,6 +120,7 @@ def base_config(args, category: str, tmp: str, seed: int, preset: str = ''):
     config.data.inp_size = args.inp_size
   else:
     config.data.root = os.path.join(tmp, 'demo_data')
+    config.data.demo.seed = args.data_seed
   config.data.val_fraction = 0.0   # as the reference: every normal image trains the flows
   config.data.anomaly_count_mode = 'per_type'
   config.data.num_anomalies = args.per_type
@@ -131,7 +137,8 @@ def base_config(args, category: str, tmp: str, seed: int, preset: str = ''):
 
 
 def run_config(args, category: str, tmp: str, run: str, defect_types: List[str], seed: int):
-  config = base_config(args, category, tmp, seed, 'best' if run == 'best' else '')
+  preset = 'best' if run in ('best', 'best_short') else ''
+  config = base_config(args, category, tmp, seed, preset)
   config.data.known_defect_types = tuple(defect_types[:-1])
   if run == 'smooth':
     config.maps.smoothing_sigma = 4.0 * config.data.inp_size / 256
@@ -147,13 +154,16 @@ def run_config(args, category: str, tmp: str, run: str, defect_types: List[str],
     config.maps.level_aggregation = 'mean_log'
   elif run == 'long':
     config.train.meta_epochs = args.long_meta_epochs
+  elif run == 'best_short':
+    config.train.sub_epochs = min(config.train.sub_epochs,   # --tiny's 1 stays
+                                  demo.get_config(category).train.sub_epochs)
   elif run not in ('faithful', 'best'):
     raise ValueError(f'unknown run {run!r}: one of {RUNS}')
   return config
 
 
 def class_defect_types(args, category: str, tmp: str) -> List[str]:
-  config = base_config(args, category, tmp, seed=0)   # the seed draws the images, not the types
+  config = base_config(args, category, tmp, seed=0)   # every seed's images have the same types
   _, _, _, test_examples = engine.load_data(settings.resolve(config))   # prepares the data
   return sorted({e['defect_type'] for e in test_examples if e['label'] == 1})
 
@@ -375,6 +385,8 @@ def main(argv=None) -> Dict:
                       help="every run's meta-epochs (default: each config's own: 6, best 12)")
   parser.add_argument('--long_meta_epochs', type=int, default=12)
   parser.add_argument('--seeds', default='0', help='comma-separated: one run per seed')
+  parser.add_argument('--data_seed', type=int, default=0,
+                      help="the demo classes' images and defects (-1: each run's seed)")
   parser.add_argument('--coreset_ratio', type=float, default=0.1)
   parser.add_argument('--batch_size', type=int, default=16, help='PatchCore batches')
   parser.add_argument('--supersimplenet_dir', default='',
@@ -387,7 +399,15 @@ def main(argv=None) -> Dict:
   parser.add_argument('--out', default='quality_out', help='folder for the plot and JSON')
   parser.add_argument('--json', default='', help='also write all results here')
   parser.add_argument('--tiny', action='store_true', help='48 px, few images (CI smoke run)')
+  parser.add_argument('--tables_from', default='',
+                      help='comma-separated quality.json files: print their tables and '
+                      'curves (one table for all of them) instead of running')
   args = parser.parse_args(argv)
+  if args.tables_from:
+    os.makedirs(args.out, exist_ok=True)
+    known_types, all_results = merge_results(args.tables_from.split(','))
+    report(args.out, known_types, all_results)
+    return dict(known_types=known_types, results=all_results)
   runs = [r for r in args.runs.split(',') if r]
   seeds = [int(seed) for seed in args.seeds.split(',') if seed]
   os.makedirs(args.out, exist_ok=True)
@@ -413,6 +433,13 @@ def main(argv=None) -> Dict:
           print('   ' + '  '.join(f'{key} {100 * (r[key] or 0):.1f}'
                                     for key in ('img_auroc', 'pix_auroc', 'aupro')) +
                 f"  {r['wall_seconds']:.0f} s", flush=True)
+  report(args.out, known_types, all_results)
+  return write_results(args, known_types, all_results)
+
+
+def report(out: str, known_types: Dict[str, List[str]],
+           all_results: Dict[str, Dict[str, List[Dict]]]) -> None:
+  """Prints the summary and per-type tables; the learning curves go to OUT."""
   summary = [row for c, r in all_results.items() for row in summary_rows(c, r)]
   print(table.markdown(summary, SUMMARY_COLUMNS))
   print()
@@ -420,11 +447,22 @@ def main(argv=None) -> Dict:
               for row in per_type_rows(c, r, known_types[c])]
   print(table.markdown(per_type, PER_TYPE_COLUMNS))
   if any(name in r for r in all_results.values() for name in CURVES):
-    plot_path = os.path.join(args.out, 'quality_curves.png')
+    plot_path = os.path.join(out, 'quality_curves.png')
     plot_curves(plot_path, all_results)
     print(f'\nlearning curves: {plot_path}')
-  return write_results(args, known_types, all_results)
 
+
+def merge_results(paths: List[str]):
+  """(known types, results) of several quality.json files, e.g. one per class; a
+  later file's runs of a class and method replace an earlier one's."""
+  known_types, all_results = {}, {}
+  for path in paths:
+    with open(path) as f:
+      payload = json.load(f)
+    known_types.update(payload['known_types'])
+    for category, results in payload['results'].items():
+      all_results.setdefault(category, {}).update(results)
+  return known_types, all_results
 
 if __name__ == '__main__':
   main()

@@ -173,6 +173,9 @@ def _check_demo(data, errors):
       errors.append(f'data.demo.{name}: missing (configs/demo.py sets it)')
     else:
       _at_least(errors, f'data.demo.{name}', demo[name], low)
+  if demo.get('seed', -1) < -1:
+    errors.append(f"data.demo.seed={demo.seed}: the images' seed, >= 0, or -1 for the run's "
+                  'seed (config.seed)')
 
 
 def _check_predict(config, errors):

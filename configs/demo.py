@@ -20,7 +20,8 @@ def get_config(arg=None):
   config.data.num_anomalies = 8                 # 2 per defect type
   config.data.anomaly_strategy = ('real',)
   config.data.demo = ml_collections.ConfigDict(dict(
-      size=128, num_train=64, num_test_good=16, num_per_defect=8))
+      size=128, num_train=64, num_test_good=16, num_per_defect=8,
+      seed=-1))   # the images' seed; -1: the run's seed (config.seed)
   config.train.meta_epochs = 6
   config.train.sub_epochs = 2
   config.train.batch_size = 16

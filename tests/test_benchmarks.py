@@ -396,6 +396,25 @@ def test_supersimplenet_trains_and_returns_maps_in_our_order():
     supersimplenet.run(mods, train, test, 64, seed=0, supervised=True)
 
 
+def test_quality_runs_share_the_images_across_seeds_and_differ_in_schedule(tmp_path):
+  import argparse
+  from benchmarks import quality
+  args = argparse.Namespace(data='', per_type=2, meta_epochs=0, tiny=False, data_seed=0,
+                            long_meta_epochs=12)
+  types = ['chip', 'deformation', 'scratch', 'stain']
+  best, short, faithful = (quality.run_config(args, 'coins', str(tmp_path), run, types, seed)
+                           for run, seed in (('best', 1), ('best_short', 2), ('faithful', 0)))
+  assert (best.seed, short.seed, faithful.seed) == (1, 2, 0)
+  assert best.data.demo.seed == short.data.demo.seed == faithful.data.demo.seed == 0
+  assert (best.train.sub_epochs, short.train.sub_epochs, faithful.train.sub_epochs) == (8, 2, 2)
+  assert best.train.meta_epochs == short.train.meta_epochs == 12
+  assert best.data.known_defect_types == ('chip', 'deformation', 'scratch')
+  short.train.sub_epochs = best.train.sub_epochs
+  assert short.to_dict() == best.to_dict() | dict(seed=2)
+  args.data_seed = -1
+  assert quality.run_config(args, 'coins', str(tmp_path), 'best', types, 1).data.demo.seed == -1
+
+
 def test_quality_tables_give_mean_and_sd_over_the_seeds():
   from benchmarks import quality
 
@@ -413,6 +432,33 @@ def test_quality_tables_give_mean_and_sd_over_the_seeds():
   assert per_type['type'] == 'dent (unseen)' and per_type['img'] == '70.0 ± 10.0'
   (single,) = quality.summary_rows('coins', {'best': runs['best'][:1]})
   assert single['img'] == '80.0'
+
+
+def test_quality_tables_from_saved_runs_merge_the_files(tmp_path, capsys):
+  from benchmarks import quality
+
+  def run(img):
+    return dict(img_auroc=img, pix_auroc=0.9, aupro=0.8, seen=None, unseen=None,
+                per_type=dict(dent=dict(img_auroc=img, pix_auroc=0.9)), wall_seconds=4,
+                seconds=dict(train=2), history=[dict(epoch=0, img_auroc=img, pix_auroc=0.9,
+                                                     aupro=0.8)])
+  files = []
+  for name, payload in (('a', dict(known_types={'coins': []},
+                                   results={'coins': {'best': [run(0.5)], 'faithful': [run(0.6)]}})),
+                        ('b', dict(known_types={'tissue': ['dent']},
+                                   results={'tissue': {'best': [run(0.7), run(0.9)]},
+                                            'coins': {'best': [run(0.8)]}}))):
+    files.append(str(tmp_path / f'{name}.json'))
+    with open(files[-1], 'w') as f:
+      json.dump(payload, f)
+  merged = quality.main(['--tables_from', ','.join(files), '--out', str(tmp_path / 'out')])
+  assert merged['known_types'] == {'coins': [], 'tissue': ['dent']}
+  # b's coins best replaced a's; a's faithful stays.
+  assert merged['results']['coins'] == {'best': [run(0.8)], 'faithful': [run(0.6)]}
+  stdout = capsys.readouterr().out
+  assert '| coins | best | 80.0 |' in stdout and '| tissue | best | 80.0 ± 14.1 |' in stdout
+  assert '| tissue | best | dent | 80.0 ± 14.1 |' in stdout
+  assert (tmp_path / 'out' / 'quality_curves.png').is_file()
 
 
 def test_seed_statistics_known_answers():

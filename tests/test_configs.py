@@ -74,9 +74,11 @@ def test_best_preset_turns_on_the_options_and_faithful_configs_leave_them_off(mo
   if module is demo:
     assert (faithful.train.lr, best.train.lr) == (2e-4, 1e-3)
     assert (faithful.train.meta_epochs, best.train.meta_epochs) == (6, 12)
+    assert (faithful.train.sub_epochs, best.train.sub_epochs) == (2, 8)
     assert best.data.anomaly_strategy == ('real', 'cutpaste')
     best.train.lr, best.data.anomaly_strategy = faithful.train.lr, faithful.data.anomaly_strategy
     best.train.meta_epochs = faithful.train.meta_epochs
+    best.train.sub_epochs = faithful.train.sub_epochs
   for section in ('flow', 'loss', 'train', 'data'):
     assert dict(best[section]) == dict(faithful[section]), section
 

@@ -43,13 +43,14 @@ def test_fields_nothing_else_reads_are_checked_too():
   """feature_levels is fixed at 3 (an override used to do nothing); the demo's sizes."""
   config = demo.get_config()
   config.backbone.feature_levels = 4
-  config.data.demo.size, config.data.demo.num_train = 8, 0
+  config.data.demo.size, config.data.demo.num_train, config.data.demo.seed = 8, 0, -2
   with pytest.raises(settings.ConfigError) as caught:
     settings.validate(config)
   message = str(caught.value)
   assert 'backbone.feature_levels=4' in message and 'only 3' in message
   assert 'data.demo.size=8: must be >= 16' in message
   assert 'data.demo.num_train=0: must be >= 1' in message
+  assert "data.demo.seed=-2: the images' seed, >= 0, or -1" in message
   del config.data['demo']
   config.backbone.feature_levels = 3
   with pytest.raises(settings.ConfigError, match="data.demo: data.source='demo' needs"):

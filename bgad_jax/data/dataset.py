@@ -39,7 +39,10 @@ def dataset_location(data_config) -> Tuple[str, str, str]:
 
 
 def prepare_dataset(data_config, seed: int) -> None:
-  """Generates the demo class (from ``seed``) and builds or checks the TFDS dataset.
+  """Generates the demo class and builds or checks the TFDS dataset.
+
+  The demo images come from ``data.demo.seed``, or from ``seed`` (the run's)
+  where that is -1 or unset.
 
   With ``data.root`` set, the built dataset is checked against that folder
   and rebuilt when its images changed (`tfds_mvtec.build`); without it,
@@ -53,8 +56,9 @@ def prepare_dataset(data_config, seed: int) -> None:
   name = builder_dataset(data_config.source)
   if data_config.source == 'demo':
     demo = data_config.demo
+    image_seed = demo.get('seed', -1)
     demo_data.generate(manual_dir, category, demo.size, demo.num_train, demo.num_test_good,
-                       demo.num_per_defect, seed)
+                       demo.num_per_defect, seed if image_seed < 0 else image_seed)
   if manual_dir:
     if not os.path.isdir(manual_dir):
       # Never fall back to an earlier build of this category: it came from elsewhere.

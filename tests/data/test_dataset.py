@@ -60,6 +60,24 @@ def test_demo_with_other_settings_is_regenerated_and_rebuilt(tmp_path):
   assert [e['filename'] for e in train] == ['train/good/000.png', 'train/good/001.png']
 
 
+def _demo_images(config, seed):
+  dataset.prepare_dataset(config, seed)
+  folder = os.path.join(config.root, 'images', config.category, 'test')
+  return {os.path.join(d, f): open(os.path.join(folder, d, f), 'rb').read()
+          for d in sorted(os.listdir(folder)) for f in sorted(os.listdir(os.path.join(folder, d)))}
+
+
+def test_demo_images_follow_the_run_seed_unless_data_demo_seed_fixes_them(tmp_path):
+  config = _data_config(tmp_path / 'demo', tmp_path / 'tfds', source='demo', category='coins')
+  config.demo = ml_collections.ConfigDict(dict(size=32, num_train=2, num_test_good=2,
+                                               num_per_defect=1, seed=-1))
+  by_run_seed = [_demo_images(config, seed) for seed in (0, 1)]
+  assert by_run_seed[0].keys() == by_run_seed[1].keys()
+  assert by_run_seed[0] != by_run_seed[1]   # -1: the run's seed draws the images
+  config.demo.seed = 1
+  assert _demo_images(config, 0) == _demo_images(config, 5) == by_run_seed[1]
+
+
 def test_hold_out_normals_is_a_seeded_partition_above_the_minimum():
   examples = [dict(filename=f'train/good/{i:03d}.png') for i in range(60)]
   flows, held = dataset.hold_out_normals(examples, 0.1, 50, seed=3)
