@@ -49,8 +49,8 @@ bgad_jax runs (`bgad_jax.engine.train_and_evaluate`, one workdir each):
              the longer schedule).
 Each trains its config's meta-epochs (6, best 12, long ``--long_meta_epochs``;
 ``--meta_epochs`` sets them all) with an
-evaluation after every meta-epoch; the learning curves of faithful, long and
-best go to quality_curves.png (metrics against meta-epoch; PatchCore and
+evaluation after every meta-epoch; the learning curves of faithful, long,
+best_short and best go to quality_curves.png (metrics against meta-epoch; PatchCore and
 supervised SuperSimpleNet as lines).
 
 PatchCore: anomalib's PatchcoreModel (its feature extractor, pooling, memory
@@ -463,6 +463,7 @@ def merge_results(paths: List[str]):
     for category, results in payload['results'].items():
       all_results.setdefault(category, {}).update(results)
   return known_types, all_results
+
 
 if __name__ == '__main__':
   main()
