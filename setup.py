@@ -32,6 +32,7 @@ EXTRAS_REQUIRE = {
     # torchvision is pinned so that timm cannot pull a newer torch.
     'test': ['torch==2.13.0', 'torchvision==0.28.0', 'timm==1.0.31', 'FrEIA==0.2',
              'efficientnet-lite-pytorch==0.1.0', 'safetensors', 'pytest',
+             'pytest-xdist==3.8.0',   # the test command's two workers (-n 2)
              'nbclient==0.11.0', 'nbformat==5.11.1', 'ipykernel==7.4.0',
              # The inspection page's browser test drives Debian's chromium and
              # chromedriver (.ci/run installs them).

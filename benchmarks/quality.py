@@ -22,8 +22,11 @@ known files (and so the test images that remain), the initialisation and the
 synthetic anomalies; the demo classes' images and defects come from
 ``--data_seed`` (default 0), the same for every seed. ``--data_seed -1``
 regenerates them from each run's seed instead: the sd over seeds is then
-mostly the data's (benchmarks/RESULTS.md). The tables give the mean +- sd
-over the seeds, the JSON every run.
+mostly the data's (benchmarks/RESULTS.md). ``--known_seed K`` fixes the
+known files too (the draw of seed K, so also the test set): the seeds then
+differ only in initialisation and synthetic anomalies, which separates the
+run-to-run spread from the spread of which anomalies are labelled. The
+tables give the mean +- sd over the seeds, the JSON every run.
 
 Known anomalies: ``--per_type`` of each defect type but the last (sorted by
 name), which stays unseen: the table's seen / unseen columns. Every bgad_jax
@@ -89,7 +92,7 @@ import json
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -136,10 +139,14 @@ def base_config(args, category: str, tmp: str, seed: int, preset: str = ''):
   return config
 
 
-def run_config(args, category: str, tmp: str, run: str, defect_types: List[str], seed: int):
+def run_config(args, category: str, tmp: str, run: str, defect_types: List[str], seed: int,
+               known_files: Sequence[str] = ()):
+  """RUN's config for SEED; ``known_files`` (default: the seed's own draw) names the
+  known anomalies."""
   preset = 'best' if run in ('best', 'best_short') else ''
   config = base_config(args, category, tmp, seed, preset)
   config.data.known_defect_types = tuple(defect_types[:-1])
+  config.data.known_anomaly_files = tuple(known_files)
   if run == 'smooth':
     config.maps.smoothing_sigma = 4.0 * config.data.inp_size / 256
   elif run == 'own_norm':
@@ -166,6 +173,14 @@ def class_defect_types(args, category: str, tmp: str) -> List[str]:
   config = base_config(args, category, tmp, seed=0)   # every seed's images have the same types
   _, _, _, test_examples = engine.load_data(settings.resolve(config))   # prepares the data
   return sorted({e['defect_type'] for e in test_examples if e['label'] == 1})
+
+
+def drawn_known_files(args, category: str, tmp: str, defect_types: List[str],
+                      seed: int) -> List[str]:
+  """The known files SEED's run draws (relative paths): ``--known_seed``'s fixed set."""
+  config = run_config(args, category, tmp, 'faithful', defect_types, seed)
+  _, _, known, _ = engine.load_data(settings.resolve(config))
+  return [example['filename'] for example in known]
 
 
 def run_bgad(config, workdir: str) -> Dict:
@@ -387,6 +402,9 @@ def main(argv=None) -> Dict:
   parser.add_argument('--seeds', default='0', help='comma-separated: one run per seed')
   parser.add_argument('--data_seed', type=int, default=0,
                       help="the demo classes' images and defects (-1: each run's seed)")
+  parser.add_argument('--known_seed', type=int, default=-1,
+                      help="every seed trains with the known files this seed draws "
+                      "(-1: each run's own draw)")
   parser.add_argument('--coreset_ratio', type=float, default=0.1)
   parser.add_argument('--batch_size', type=int, default=16, help='PatchCore batches')
   parser.add_argument('--supersimplenet_dir', default='',
@@ -417,16 +435,18 @@ def main(argv=None) -> Dict:
     for category in args.classes.split(','):
       defect_types = class_defect_types(args, category, tmp)
       known_types[category] = defect_types[:-1]
+      known_files = (drawn_known_files(args, category, tmp, defect_types, args.known_seed)
+                     if args.known_seed >= 0 else ())
       results = all_results.setdefault(category, {})
       for run in runs:
         for seed in seeds:
           print(f'== {category}: {run}, seed {seed}', flush=True)
           if run in BASELINES:
-            config = run_config(args, category, tmp, 'faithful', defect_types, seed)
+            config = run_config(args, category, tmp, 'faithful', defect_types, seed, known_files)
             r = (run_patchcore(config, args, PATCHCORE_RUNS[run]) if run in PATCHCORE_RUNS
                  else run_supersimplenet(config, args, SUPERSIMPLENET_RUNS[run]))
           else:
-            config = run_config(args, category, tmp, run, defect_types, seed)
+            config = run_config(args, category, tmp, run, defect_types, seed, known_files)
             r = run_bgad(config, os.path.join(tmp, 'runs', category, run, str(seed)))
           results.setdefault(run, []).append(dict(r, seed=seed))
           write_results(args, known_types, all_results)   # a long run keeps what it has

@@ -415,6 +415,29 @@ def test_quality_runs_share_the_images_across_seeds_and_differ_in_schedule(tmp_p
   assert quality.run_config(args, 'coins', str(tmp_path), 'best', types, 1).data.demo.seed == -1
 
 
+def test_quality_known_seed_gives_every_seed_the_same_known_files(tmp_path):
+  """--known_seed: another run seed trains with the known files (and so is scored on
+  the test set) of the fixed seed's draw, not of its own."""
+  import argparse
+  from bgad_jax import engine, settings
+  from benchmarks import quality
+  args = argparse.Namespace(data='', per_type=2, meta_epochs=0, tiny=True, data_seed=0,
+                            long_meta_epochs=12)
+  types = ['chip', 'deformation', 'scratch', 'stain']
+  fixed = quality.drawn_known_files(args, 'coins', str(tmp_path), types, seed=0)
+  assert sorted(name.split('/')[1] for name in fixed) == [
+      'chip', 'chip', 'deformation', 'deformation', 'scratch', 'scratch']
+  assert quality.drawn_known_files(args, 'coins', str(tmp_path), types, seed=1) != fixed
+  config = quality.run_config(args, 'coins', str(tmp_path), 'best', types, 1, fixed)
+  assert config.seed == 1
+  _, _, known, test = engine.load_data(settings.resolve(config))
+  assert [example['filename'] for example in known] == fixed
+  assert not set(fixed) & {example['filename'] for example in test}
+  own = quality.run_config(args, 'coins', str(tmp_path), 'best', types, 1)
+  _, _, _, own_test = engine.load_data(settings.resolve(own))
+  assert {example['filename'] for example in own_test} != {e['filename'] for e in test}
+
+
 def test_quality_tables_give_mean_and_sd_over_the_seeds():
   from benchmarks import quality
 
