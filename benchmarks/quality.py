@@ -5,7 +5,7 @@ against anomalib's PatchCore and SuperSimpleNet, on the same classes, in one run
   python benchmarks/quality.py [--classes tissue,surface,coins] [--seeds 0,1,2]
       [--runs faithful,smooth,...,best,patchcore,supersimplenet,...] [--meta_epochs N]
       [--long_meta_epochs 12] [--supersimplenet_dir DIR [--supersimplenet_epochs N]]
-      [--out DIR] [--json out.json]
+      [--data_seed 0] [--known_seed K] [--out DIR] [--json out.json]
   python benchmarks/quality.py --tables_from a/quality.json,b/quality.json   # one table
   python benchmarks/quality.py --data ROOT --classes bottle   # any MVTec-layout folder
 
