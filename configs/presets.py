@@ -21,6 +21,12 @@ SHORT_SCHEDULE_META_EPOCH_FACTOR = 2
 # demo's 2: 12 x 8 over 12 x 2 on the real photographs, pixel AUROC +1.1 to
 # +4.2 and AUPRO +1.0 to +7.7 (README, "Detection quality").
 SHORT_SCHEDULE_SUB_EPOCHS = 8
+# ... and 10 CutPaste copies per known anomaly instead of the published 5.
+# The copies carry most of what the few labels teach (surface, seed 1, with
+# the known anomalies alone: pixel AUROC 79.1 against 91.8); twice as many
+# raised pixel AUROC by 0.5 and AUPRO by 1.2 over three real-photograph
+# classes and seeds, image AUROC -0.5 (README, "Detection quality").
+SHORT_SCHEDULE_SYNTHETIC_REPEATS = 10
 
 
 def split(arg: Optional[str]) -> Tuple[str, Tuple[str, ...]]:
@@ -39,7 +45,7 @@ def apply_best(config, short_schedule: bool = False):
   ``short_schedule``: the config trains far fewer steps than the published
   schedule (configs/demo.py), so 'best' also raises the lr, trains twice the
   meta-epochs of the published 8 sub-epochs each and adds the published
-  CutPaste mix there.
+  CutPaste mix there, with twice the published CutPaste copies.
   """
   config.maps.image_score = 'top_k_mean'         # mean of the top 1% of a map
   config.backbone.normalization = 'backbone'     # the weights' own input normalisation
@@ -58,6 +64,7 @@ def apply_best(config, short_schedule: bool = False):
     config.train.meta_epochs *= SHORT_SCHEDULE_META_EPOCH_FACTOR
     config.train.sub_epochs = max(config.train.sub_epochs, SHORT_SCHEDULE_SUB_EPOCHS)
     config.data.anomaly_strategy = ('real', 'cutpaste')   # the published mix
+    config.data.synthetic_repeats = SHORT_SCHEDULE_SYNTHETIC_REPEATS
   return config
 
 

@@ -76,7 +76,9 @@ def test_best_preset_turns_on_the_options_and_faithful_configs_leave_them_off(mo
     assert (faithful.train.meta_epochs, best.train.meta_epochs) == (6, 12)
     assert (faithful.train.sub_epochs, best.train.sub_epochs) == (2, 8)
     assert best.data.anomaly_strategy == ('real', 'cutpaste')
+    assert (faithful.data.synthetic_repeats, best.data.synthetic_repeats) == (5, 10)
     best.train.lr, best.data.anomaly_strategy = faithful.train.lr, faithful.data.anomaly_strategy
+    best.data.synthetic_repeats = faithful.data.synthetic_repeats
     best.train.meta_epochs = faithful.train.meta_epochs
     best.train.sub_epochs = faithful.train.sub_epochs
   for section in ('flow', 'loss', 'train', 'data'):
