@@ -216,11 +216,56 @@ def unknown_config_key(argv: Sequence[str]) -> Optional[str]:
     if not option.startswith('--config.'):
       continue
     key = option[len('--config.'):].split('=', 1)[0]
-    if key in fields:
-      continue
-    section = key.rpartition('.')[0]
-    closest = difflib.get_close_matches(key, fields, n=3, cutoff=0.6) or sorted(
-        k for k in fields if k.rpartition('.')[0] == section)[:8]
-    hint = f'closest: {", ".join(closest)}' if closest else 'every key is in configs/common.py'
-    return f'unknown config key {key} (in {option}); {hint}'
+    if key not in fields:
+      return f'unknown config key {key} (in {option}); {_closest_keys(key, fields)}'
   return None
+
+
+def _closest_keys(key: str, fields: Sequence[str]) -> str:
+  section = key.rpartition('.')[0]
+  closest = difflib.get_close_matches(key, fields, n=3, cutoff=0.6) or sorted(
+      k for k in fields if k.rpartition('.')[0] == section)[:8]
+  return f'closest: {", ".join(closest)}' if closest else 'every key is in configs/common.py'
+
+
+_TRUE, _FALSE = ('true', '1', 'yes'), ('false', '0', 'no')
+
+
+def _parse_like(default: Any, text: str) -> Any:
+  """``text`` as a value of ``default``'s type (ValueError if it is not one)."""
+  if isinstance(default, bool):
+    if text.lower() not in _TRUE + _FALSE:
+      raise ValueError(text)
+    return text.lower() in _TRUE
+  if isinstance(default, (int, float)):
+    return type(default)(text)
+  if isinstance(default, tuple):
+    items = [item.strip() for item in text.split(',') if item.strip()]
+    return tuple(_parse_like(default[0], item) if default else item for item in items)
+  return text
+
+
+def set_field(config, assignment: str) -> None:
+  """Sets one field of ``config`` from 'section.name=value', in place.
+
+  The value is read as the field's type, as a ``--config.<key>`` override
+  of main.py is: true/false, a number, a string, or a comma-separated list.
+
+  Raises:
+    ConfigError: no '=', no such field, or a value of the wrong type.
+  """
+  key, equals, text = assignment.partition('=')
+  if not equals:
+    raise ConfigError(f'{assignment!r}: write KEY=VALUE, e.g. data.synthetic_repeats=20')
+  fields = _field_keys(config)
+  if key not in fields:
+    raise ConfigError(f'unknown config key {key} (in {assignment}); {_closest_keys(key, fields)}')
+  *sections, name = key.split('.')
+  section = functools.reduce(lambda node, part: node[part], sections, config)
+  default = section[name]
+  try:
+    section[name] = _parse_like(default, text)
+  except ValueError:
+    wanted = _TYPE_NAMES.get(type(default), type(default).__name__)
+    raise ConfigError(f'{assignment}: {key} takes {wanted} (it is {default!r} now), '
+                      f'not {text!r}') from None

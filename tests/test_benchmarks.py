@@ -295,8 +295,9 @@ def test_quality_benchmark_smoke(tmp_path):
   """bgad_jax's side, tiny; PatchCore needs the bench extra (anomalib), not installed here."""
   stdout = _run('quality.py', '--tiny', '--classes', 'surface', '--runs',
                 'faithful,top_k,mean_log,best',
-                '--meta_epochs', '2', '--out', str(tmp_path))
+                '--meta_epochs', '2', '--set', 'data.synthetic_repeats=1', '--out', str(tmp_path))
   payload = json.loads((tmp_path / 'quality.json').read_text())
+  assert payload['args']['set'] == ['data.synthetic_repeats=1']
   assert payload['known_types'] == {'surface': ['contamination', 'deformation', 'discoloration']}
   results = {name: runs[0] for name, runs in payload['results']['surface'].items()}
   assert list(results) == ['faithful', 'top_k', 'mean_log', 'best']
@@ -314,6 +315,7 @@ def test_quality_benchmark_smoke(tmp_path):
   assert results['mean_log']['pix_auroc'] != results['faithful']['pix_auroc']
   assert results['best']['config']['maps']['image_score'] == 'top_k_mean'
   assert results['best']['config']['maps']['level_aggregation'] == 'mean_log'
+  assert results['best']['config']['data']['synthetic_repeats'] == 1   # --set, not best's 10
   assert '| surface | best |' in stdout and 'smudge (unseen)' in stdout
   with open(tmp_path / 'quality_curves.png', 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'

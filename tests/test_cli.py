@@ -12,6 +12,7 @@ import pytest
 
 import tfds_mvtec
 from bgad_jax import cli
+from bgad_jax.errors import ConfigError
 from configs import test as test_config
 
 DUMMY = os.path.join(os.path.dirname(tfds_mvtec.__file__), 'dummy_data')
@@ -156,6 +157,34 @@ def test_known_config_keys_pass():
                                  '--config.data.demo.size=64', '--config.seed=3']) is None
   assert cli.unknown_config_key(['main.py', '--config=configs/mvtec.py:carpet',
                                  '--config.data.root=/x']) is None
+
+
+def test_set_field_reads_the_value_as_the_field_type():
+  config = test_config.get_config()
+  for assignment in ('data.synthetic_repeats=20', 'train.lr=1e-3', 'maps.score_unsmoothed=true',
+                     'data.anomaly_strategy=real, cutpaste,perlin', 'maps.image_score=top_k_mean',
+                     'train.lr_decay_epochs=40,80'):
+    cli.set_field(config, assignment)
+  assert config.data.synthetic_repeats == 20 and type(config.data.synthetic_repeats) is int
+  assert config.train.lr == 1e-3 and config.maps.score_unsmoothed is True
+  assert config.data.anomaly_strategy == ('real', 'cutpaste', 'perlin')
+  assert config.maps.image_score == 'top_k_mean'
+  assert config.train.lr_decay_epochs == (40, 80)
+  cli.set_field(config, 'maps.score_unsmoothed=False')
+  assert config.maps.score_unsmoothed is False
+
+
+@pytest.mark.parametrize('assignment, message', [
+    ('data.synthetic_repeats', 'write KEY=VALUE'),
+    ('data.synthetic_repets=3', 'unknown config key data.synthetic_repets .*data.synthetic_repeats'),
+    ('data.synthetic_repeats=2.5', 'takes an integer .*not .2.5.'),
+    ('maps.score_unsmoothed=maybe', 'takes true or false'),
+])
+def test_set_field_refuses_what_it_cannot_set(assignment, message):
+  config = test_config.get_config()
+  with pytest.raises(ConfigError, match=message):
+    cli.set_field(config, assignment)
+  assert config.to_dict() == test_config.get_config().to_dict()
 
 
 def _checkpoints_of_the_test_model(workdir, channels):
