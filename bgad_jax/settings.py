@@ -16,6 +16,7 @@ from typing import Iterable, List, Tuple
 import jax
 
 from bgad_jax.data import strategies as strategies_lib
+from bgad_jax.data import synthesis
 from bgad_jax.data.dataset import SOURCES, builder_dataset
 from bgad_jax.errors import ConfigError
 from bgad_jax.evaluation.calibration import THRESHOLD_RULES
@@ -146,6 +147,7 @@ def _check_data(config, errors):
                   'images in [0, 0.5] (0: none held out, as the reference)')
   _at_least(errors, 'data.val_min_images', data.val_min_images, 2)
   _one_of(errors, 'data.foreground', data.foreground, ('auto', 'all', 'folder'))
+  _one_of(errors, 'data.cutpaste_placement', data.cutpaste_placement, synthesis.PLACEMENTS)
   if data.foreground == 'folder' and not data.foreground_dir:
     errors.append("data.foreground_dir='': data.foreground=folder needs the mask folder")
   try:

@@ -87,6 +87,11 @@ def get_config(arg=None):
   config.data.anomaly_repeats = 5               # strategy 0: each known anomaly repeated
   config.data.synthetic_repeats = 5             # strategies 1/2: synthetic images per anomaly
   config.data.in_fg_region = True               # strategy 1 pastes inside the foreground
+  # Strategy 1: 'in_place' (reference: where the defect was, moved only when
+  # that is off the foreground), 'random' (each region to a random foreground
+  # point, so the copies land on other backgrounds) or 'random_on_textures'
+  # (random where the foreground is the whole image; docs/METHOD.md).
+  config.data.cutpaste_placement = 'in_place'
   config.data.foreground = 'auto'               # 'auto', 'all' or 'folder'
   config.data.foreground_dir = ''               # masks named like the images, for 'folder'
   config.data.anomaly_source_path = ''          # strategy 2 textures (e.g. DTD); '' = built-in

@@ -70,6 +70,9 @@ def test_best_preset_turns_on_the_options_and_faithful_configs_leave_them_off(mo
                                  top_k_fraction=0.01, level_aggregation='mean_log',
                                  score_unsmoothed=True)
   assert best.backbone.normalization == 'backbone'
+  assert (faithful.data.cutpaste_placement, best.data.cutpaste_placement) == (
+      'in_place', 'random_on_textures')
+  best.data.cutpaste_placement = faithful.data.cutpaste_placement
   # Everything else is the faithful config; the demo's short schedule trains faster.
   if module is demo:
     assert (faithful.train.lr, best.train.lr) == (2e-4, 1e-3)

@@ -62,6 +62,7 @@ class CutPasteAnomalies:
   repeats: int
   foreground: object   # list of bool [S, S] per normal image, or None (paste anywhere)
   augmenters: object
+  placement: str = 'in_place'   # synthesis.PLACEMENTS
   cached: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, int))
 
   @property
@@ -75,7 +76,7 @@ class CutPasteAnomalies:
       k, n = num_normal + j // self.repeats, int(rng.integers(num_normal))
       image, mask = synthesis.cut_paste(pixels[k], masks[k], pixels[n],
                                         None if self.foreground is None else self.foreground[n],
-                                        rng, self.augmenters)
+                                        rng, self.augmenters, self.placement)
       drawn_images.append(image)
       drawn_masks.append(mask)
     return drawn_images, drawn_masks
@@ -115,7 +116,7 @@ def _cutpaste(data_config, images: TrainingImages):
         images.pixels[normal], data_config.category, data_config.foreground,
         list(images.filenames[normal]), data_config.foreground_dir, data_config.inp_size)
   return CutPasteAnomalies(images, data_config.synthetic_repeats, foreground,
-                           synthesis.cutpaste_augmenters())
+                           synthesis.cutpaste_augmenters(), data_config.cutpaste_placement)
 
 
 def _perlin(data_config, images: TrainingImages):

@@ -25,14 +25,53 @@ MVTEC_TEXTURES = ('carpet', 'grid', 'leather', 'tile', 'wood')
 # Foreground
 
 
+def _border_band(shape: Tuple[int, int], border: float) -> np.ndarray:
+  h, w = shape
+  b = max(1, int(round(border * min(h, w))))
+  band = np.zeros((h, w), bool)
+  band[:b], band[-b:], band[:, :b], band[:, -b:] = True, True, True, True
+  return band
+
+
+def _unlike_the_border(image: np.ndarray, border: float) -> Optional[np.ndarray]:
+  """Pixels farther from the border's median colour than Otsu's threshold on
+  that distance: bool [H, W], or None for a flat image."""
+  pixels = image.astype(np.float32)
+  edge = pixels[_border_band(image.shape[:2], border)]
+  distance = np.linalg.norm(pixels - np.median(edge, axis=0), axis=-1)
+  if distance.max() - distance.min() < 1e-6:
+    return None
+  return distance > filters.threshold_otsu(distance)
+
+
+def looks_like_texture(images: Sequence[np.ndarray], border: float = 0.04) -> bool:
+  """Whether a class's images are a texture rather than an object on a background.
+
+  An object photographed on a background leaves the border mostly
+  background: the pixels unlike the border colour lie inside. On a texture
+  they are spread evenly, border included. Decided over the class (medians
+  over its images), as one image of a texture can look like a bright blob
+  on a background.
+
+  Args:
+    images: uint8 [H, W, 3] each.
+  """
+  at_border, inside = [], []
+  for image in images:
+    unlike = _unlike_the_border(image, border)
+    band = _border_band(image.shape[:2], border)
+    at_border.append(0.0 if unlike is None else unlike[band].mean())
+    inside.append(0.0 if unlike is None else unlike[~band].mean())
+  return bool(np.median(at_border) >= 0.5 * np.median(inside))
+
+
 def estimate_foreground(image: np.ndarray, border: float = 0.04) -> np.ndarray:
   """Foreground of an object photographed on a fairly uniform background.
 
   The background colour is the median of the image border; pixels whose
-  colour distance to it exceeds an Otsu threshold (and the border's own
-  spread) are foreground, then closed, hole-filled and cleaned of specks.
-  When that finds almost nothing or almost everything (textures), the whole
-  image is foreground.
+  colour distance to it exceeds an Otsu threshold are foreground, then
+  closed, hole-filled and cleaned of specks. When that finds almost nothing
+  or almost everything, the whole image is foreground.
 
   Args:
     image: uint8 [H, W, 3].
@@ -41,16 +80,9 @@ def estimate_foreground(image: np.ndarray, border: float = 0.04) -> np.ndarray:
     bool [H, W].
   """
   h, w = image.shape[:2]
-  b = max(1, int(round(border * min(h, w))))
-  pixels = image.astype(np.float32)
-  edge = np.concatenate([pixels[:b].reshape(-1, 3), pixels[-b:].reshape(-1, 3),
-                         pixels[:, :b].reshape(-1, 3), pixels[:, -b:].reshape(-1, 3)])
-  distance = np.linalg.norm(pixels - np.median(edge, axis=0), axis=-1)
-  edge_distance = np.linalg.norm(edge - np.median(edge, axis=0), axis=-1)
-  if distance.max() - distance.min() < 1e-6:
+  fg = _unlike_the_border(image, border)
+  if fg is None:
     return np.ones((h, w), bool)
-  threshold = max(filters.threshold_otsu(distance), np.percentile(edge_distance, 99))
-  fg = distance > threshold
   radius = max(1, min(h, w) // 64)
   fg = morphology.closing(fg, morphology.disk(radius)).astype(bool)
   fg = ndimage.binary_fill_holes(fg)
@@ -67,13 +99,15 @@ def foreground_masks(images: Sequence[np.ndarray], category: str, mode: str = 'a
   """Foreground masks of the normal training images.
 
   Args:
-    mode: 'auto' (whole image for MVTec textures, else `estimate_foreground`),
+    mode: 'auto' (whole image for MVTec textures and classes that
+      `looks_like_texture`, else `estimate_foreground`),
       'all' (whole image), or 'folder' (masks read from ``folder``: a file
       named like each image, any extension; white = foreground).
     names: the images' file names (needed for 'folder').
     size: side of the images (masks from a folder are resized to it).
   """
-  if mode == 'all' or (mode == 'auto' and category in MVTEC_TEXTURES):
+  if mode == 'all' or (mode == 'auto' and (category in MVTEC_TEXTURES
+                                           or looks_like_texture(images))):
     return [np.ones(img.shape[:2], bool) for img in images]
   if mode == 'auto':
     return [estimate_foreground(img) for img in images]
@@ -159,31 +193,46 @@ def _move_regions_into(mask: np.ndarray, foreground: np.ndarray, rng: np.random.
   return np.concatenate(src, axis=1), np.concatenate(dst, axis=1)
 
 
+PLACEMENTS = ('in_place', 'random', 'random_on_textures')
+
+
 def cut_paste(anomaly_image: np.ndarray, anomaly_mask: np.ndarray, normal_image: np.ndarray,
               foreground: Optional[np.ndarray], rng: np.random.Generator,
-              augmenters=None) -> Tuple[np.ndarray, np.ndarray]:
+              augmenters=None, placement: str = 'in_place') -> Tuple[np.ndarray, np.ndarray]:
   """Pastes the augmented defect region of a known anomaly onto a normal image.
 
   The anomaly image and its mask go through 3 random augmentations together.
-  If at least 2/3 of the augmented region lies in the normal image's
-  foreground it is pasted in place, otherwise each of its connected regions
-  is moved to a random foreground point first.
+  With ``placement='in_place'`` (the reference), if at least 2/3 of the
+  augmented region lies in the normal image's foreground it is pasted in
+  place, otherwise each of its connected regions is moved to a random
+  foreground point first; with 'random' each region is always moved so;
+  with 'random_on_textures' only when the foreground is the whole image (a
+  texture, where a defect's spot means nothing; on an object it may: a chip
+  sits on the rim).
 
   Args:
     anomaly_image, normal_image: uint8 [S, S, 3]; anomaly_mask: {0, 1} [S, S];
     foreground: bool [S, S] of the normal image, or None (anywhere).
+    placement: one of ``PLACEMENTS``.
 
   Returns:
     (image uint8 [S, S, 3], mask uint8 {0, 1} [S, S]); pixels outside the
     mask equal ``normal_image``.
   """
+  if placement not in PLACEMENTS:
+    raise ValueError(f'placement={placement!r}: one of {", ".join(PLACEMENTS)}')
   augmenters = augmenters or cutpaste_augmenters()
   out = _rand_augment(augmenters, rng)(image=anomaly_image, mask=anomaly_mask.astype(np.uint8) * 255)
   aug_image, aug_mask = out['image'], out['mask'] > 127
   result = normal_image.copy()
-  if foreground is None or (aug_mask & foreground).sum() >= 2 / 3 * aug_mask.sum():
+  if placement == 'random_on_textures':
+    placement = 'random' if foreground is None or foreground.all() else 'in_place'
+  if placement == 'in_place' and (
+      foreground is None or (aug_mask & foreground).sum() >= 2 / 3 * aug_mask.sum()):
     result[aug_mask] = aug_image[aug_mask]
     return result, aug_mask.astype(np.uint8)
+  if foreground is None:
+    foreground = np.ones(aug_mask.shape, bool)
   src, dst = _move_regions_into(aug_mask, foreground, rng)
   result[dst[0], dst[1]] = aug_image[src[0], src[1]]
   mask = np.zeros(aug_mask.shape, np.uint8)

@@ -33,6 +33,34 @@ def test_textures_are_all_foreground():
   assert estimated.mean() > 0.95   # border looks like the rest: whole image
 
 
+def _moon_crops(size=64, count=12):
+  """A cratered texture: some crops hold a bright crater on grey ground."""
+  photo = np.asarray(Image.fromarray(data.moon()).convert('RGB'))
+  rng = np.random.default_rng(0)
+  corners = rng.integers(0, photo.shape[0] - size, size=(count, 2))
+  return [photo[r:r + size, c:c + size] for r, c in corners]
+
+
+def test_a_cratered_texture_is_all_foreground_though_some_crops_look_like_objects():
+  crops = _moon_crops()
+  assert not all(synthesis.estimate_foreground(crop).all() for crop in crops)   # the trap
+  assert synthesis.looks_like_texture(crops)
+  assert all(mask.all() for mask in synthesis.foreground_masks(crops, 'moon_surface'))
+
+
+def test_coins_touching_the_border_keep_their_own_foreground():
+  """Neighbouring coins in the corners made the border's colour spread so wide
+  that only specks passed (recall 0.04 on some); the foreground is the coin
+  (its known mask), and the neighbours' edges in the corners."""
+  from bgad_jax.data import demo_data
+  pose = demo_data.coin_poser(64, np.random.default_rng(0))
+  images, coins = zip(*(pose(k) for k in range(12)))
+  assert not synthesis.looks_like_texture(images)
+  for mask, coin in zip(synthesis.foreground_masks(images, 'coins'), coins):
+    assert (mask & coin).sum() / coin.sum() >= 0.9
+    assert (mask & coin).sum() / (mask | coin).sum() >= 0.7
+
+
 def test_foreground_masks_from_folder(tmp_path):
   mask = np.zeros((32, 32), np.uint8)
   mask[8:24, 8:24] = 255
@@ -88,6 +116,53 @@ def test_cut_paste_is_deterministic():
   b = synthesis.cut_paste(anomaly, mask, normal, truth, np.random.default_rng(7))
   np.testing.assert_array_equal(a[0], b[0])
   np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_random_placement_moves_the_unchanged_defect_to_other_backgrounds():
+  import albumentations
+  anomaly, mask = _anomaly()
+  normal = np.full(anomaly.shape, 50, np.uint8)
+  identity = [albumentations.NoOp()] * 3   # no augmentation: the pasted pixels are known
+  in_place, in_place_mask = synthesis.cut_paste(anomaly, mask, normal, None,
+                                                np.random.default_rng(0), identity)
+  np.testing.assert_array_equal(in_place_mask, mask)   # the reference keeps it where it was
+  corners = set()
+  for seed in range(6):
+    out, out_mask = synthesis.cut_paste(anomaly, mask, normal, None, np.random.default_rng(seed),
+                                        identity, 'random')
+    rows, cols = np.nonzero(out_mask)
+    assert out_mask.sum() == mask.sum()   # the whole 12 x 30 block, inside the image
+    assert (rows.max() - rows.min(), cols.max() - cols.min()) == (11, 29)
+    assert (out[out_mask > 0] == (255, 0, 255)).all()
+    np.testing.assert_array_equal(out[out_mask == 0], normal[out_mask == 0])
+    corners.add((rows.min(), cols.min()))
+  assert len(corners) == 6 and (40, 30) not in corners
+
+
+def test_random_on_textures_moves_defects_on_textures_only():
+  import albumentations
+  anomaly, mask = _anomaly()
+  normal = np.full(anomaly.shape, 50, np.uint8)
+  identity = [albumentations.NoOp()] * 3
+  texture = np.ones(mask.shape, bool)
+  thing = np.zeros(mask.shape, bool)
+  thing[20:80, 10:90] = True   # an object that holds the defect where it is
+  for seed in range(3):
+    rng = lambda: np.random.default_rng(seed)   # noqa: E731
+    _, on_texture = synthesis.cut_paste(anomaly, mask, normal, texture, rng(), identity,
+                                        'random_on_textures')
+    _, randomly = synthesis.cut_paste(anomaly, mask, normal, texture, rng(), identity, 'random')
+    _, on_thing = synthesis.cut_paste(anomaly, mask, normal, thing, rng(), identity,
+                                      'random_on_textures')
+    np.testing.assert_array_equal(on_texture, randomly)
+    assert not np.array_equal(on_texture, mask)
+    np.testing.assert_array_equal(on_thing, mask)
+
+
+def test_unknown_placement_is_refused():
+  anomaly, mask = _anomaly()
+  with pytest.raises(ValueError, match='placement'):
+    synthesis.cut_paste(anomaly, mask, anomaly, None, np.random.default_rng(0), placement='near')
 
 
 def test_perlin_noise_any_shape():
