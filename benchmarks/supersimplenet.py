@@ -37,6 +37,8 @@ from typing import Dict
 
 import numpy as np
 
+from bgad_jax.data import synthesis
+
 # train.py's settings (run_sup / run_unsup for MVTec), less paths and logging.
 SUPERVISED = dict(backbone='tf_efficientnet_lite0', layers=['2', '3'], patch_size=3, noise=True,
                   perlin=True, no_anomaly='empty', bad=True, overlap=False, noise_std=0.015,
@@ -135,8 +137,8 @@ def _lookup(path: str, key: str) -> np.ndarray:
 def _arrays_dataset(mods, arrays, supervised: bool, split: str, flips: bool):
   """Their SSNDataset over preprocessed arrays: ``arrays['images']`` float32 [N, H, W, 3],
   ``masks`` [N, H, W] in {0, 1}, ``labels`` int [N]."""
-  import albumentations
   import pandas
+  albumentations = synthesis.albumentations_offline()
   from albumentations.pytorch import ToTensorV2
   from anomalib.data.utils import Split
 

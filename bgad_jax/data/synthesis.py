@@ -125,13 +125,25 @@ def foreground_masks(images: Sequence[np.ndarray], category: str, mode: str = 'a
   raise ValueError(f"foreground mode must be 'auto', 'all' or 'folder', got {mode!r}")
 
 
+def albumentations_offline():
+  """The albumentations module, imported without its update check.
+
+  Importing albumentations asks PyPI for its newest version unless
+  NO_ALBUMENTATIONS_UPDATE is set: a network call at run time, and a wait and
+  a warning on a machine without network. Every import here goes through this.
+  """
+  os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
+  import albumentations
+  return albumentations
+
+
 # ----------------------------------------------------------------------------
 # Strategy 1: RandAugmented CutPaste
 
 
 def cutpaste_augmenters():
   """The reference's augmentation list (albumentations; IAA ops mapped to their successors)."""
-  import albumentations as A
+  A = albumentations_offline()
   return [
       A.RandomRotate90(),
       A.OneOf([A.HorizontalFlip(p=1), A.VerticalFlip(p=1)]),
@@ -150,7 +162,7 @@ def cutpaste_augmenters():
 
 
 def _rand_augment(augmenters, rng: np.random.Generator, count: int = 3):
-  import albumentations as A
+  A = albumentations_offline()
   picks = rng.choice(len(augmenters), size=count, replace=False)
   return A.Compose([augmenters[i] for i in picks], seed=int(rng.integers(2 ** 31)))
 
@@ -274,7 +286,7 @@ def perlin_noise(shape: Tuple[int, int], res: Tuple[int, int],
 
 def pseudo_augmenters():
   """DRAEM's texture augmentations (imgaug in the reference), with albumentations."""
-  import albumentations as A
+  A = albumentations_offline()
   return [
       A.RandomGamma(gamma_limit=(50, 200), p=1),
       A.RandomBrightnessContrast(brightness_limit=0.12, contrast_limit=0.2, p=1),

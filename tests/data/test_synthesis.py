@@ -1,11 +1,18 @@
 """bgad_jax.data.synthesis: foreground, CutPaste and Perlin anomalies."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 from PIL import Image
 from skimage import data, draw
 
 from bgad_jax.data import synthesis
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _object_on_background(size=128, seed=0):
@@ -119,7 +126,7 @@ def test_cut_paste_is_deterministic():
 
 
 def test_random_placement_moves_the_unchanged_defect_to_other_backgrounds():
-  import albumentations
+  albumentations = synthesis.albumentations_offline()
   anomaly, mask = _anomaly()
   normal = np.full(anomaly.shape, 50, np.uint8)
   identity = [albumentations.NoOp()] * 3   # no augmentation: the pasted pixels are known
@@ -140,7 +147,7 @@ def test_random_placement_moves_the_unchanged_defect_to_other_backgrounds():
 
 
 def test_random_on_textures_moves_defects_on_textures_only():
-  import albumentations
+  albumentations = synthesis.albumentations_offline()
   anomaly, mask = _anomaly()
   normal = np.full(anomaly.shape, 50, np.uint8)
   identity = [albumentations.NoOp()] * 3
@@ -192,3 +199,26 @@ def test_texture_source_folder(tmp_path):
   assert texture.shape == (10, 12, 3)
   with pytest.raises(FileNotFoundError, match='anomaly_source_path'):
     synthesis.texture_sources(str(tmp_path / 'empty_missing'))
+
+
+def test_albumentations_is_imported_without_its_network_update_check():
+  """Its import would ask PyPI for a newer version: no network call at run time."""
+  probe = textwrap.dedent("""
+      import socket
+      attempts = []
+      def refuse(*args, **kwargs):
+        attempts.append(args[:1])
+        raise OSError('network call')
+      socket.getaddrinfo = refuse
+      socket.create_connection = refuse
+      from bgad_jax.data import synthesis
+      augmenters = synthesis.cutpaste_augmenters()
+      import os, sys
+      assert 'albumentations' in sys.modules and len(augmenters) == 10
+      print('attempts', attempts, os.environ['NO_ALBUMENTATIONS_UPDATE'])
+  """)
+  env = {k: v for k, v in os.environ.items() if k != 'NO_ALBUMENTATIONS_UPDATE'}
+  result = subprocess.run([sys.executable, '-c', probe], env=env, capture_output=True,
+                          text=True, cwd=_REPO, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert 'attempts [] 1' in result.stdout, result.stdout + result.stderr
