@@ -104,6 +104,26 @@ def sections(tiny: bool, scratch: str) -> List[Section]:
           Section('backbone', 50, backbone)]
 
 
+def chosen_sections(all_sections: List[Section], names: str, limits: Sequence[str]
+                    ) -> List[Section]:
+  """``all_sections`` narrowed to ``names`` (comma-separated; empty: all), in their order,
+  with the ``SECTION=SECONDS`` limits applied. Raises ValueError naming what is unknown."""
+  known = [section.name for section in all_sections]
+  wanted = [name for name in names.split(',') if name] or known
+  new_limits = {}
+  for item in limits:
+    name, _, seconds = item.partition('=')
+    try:
+      new_limits[name] = float(seconds)
+    except ValueError:
+      raise ValueError(f'--limit {item!r}: expected SECTION=SECONDS') from None
+  unknown = sorted(set(wanted) - set(known)) + sorted(set(new_limits) - set(known))
+  if unknown:
+    raise ValueError(f'unknown section(s) {", ".join(unknown)}: choose from {", ".join(known)}')
+  return [dataclasses.replace(section, limit_s=new_limits.get(section.name, section.limit_s))
+          for section in all_sections if section.name in wanted]
+
+
 def _run(argv: Sequence[str], env: Dict[str, str], log, timeout: float) -> Optional[int]:
   """Return code of ``argv``, or None if it ran out of time (its whole process group dies)."""
   log.write(f'$ {" ".join(argv)}\n')
@@ -261,8 +281,17 @@ def main(argv=None) -> int:
   parser.add_argument('--tiny', action='store_true', help='tiny sizes (CPU, tests)')
   parser.add_argument('--platform', default='auto',
                       help="JAX_PLATFORMS of the sections; auto: cuda with nvidia-smi, else cpu")
+  parser.add_argument('--sections', default='',
+                      help='comma-separated subset of device,tests,flow_step,end_to_end,backbone '
+                           '(default: all), e.g. to split the check over two calls')
+  parser.add_argument('--limit', action='append', default=[], metavar='SECTION=SECONDS',
+                      help="a section's time limit instead of its default (repeatable)")
   parser.add_argument('--dry_run', action='store_true')
   args = parser.parse_args(argv)
+  try:
+    chosen = chosen_sections(sections(args.tiny, ''), args.sections, args.limit)
+  except ValueError as error:
+    parser.error(str(error))
   if args.dry_run:
     print(dry_run(args.wheels))
     return 0
@@ -281,7 +310,7 @@ def main(argv=None) -> int:
   report = dict(date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), tiny=args.tiny,
                 platform=platform, sections={}, results={}, tests=[], device={})
   with tempfile.TemporaryDirectory() as scratch:
-    for section in sections(args.tiny, scratch):
+    for section in chosen_sections(sections(args.tiny, scratch), args.sections, args.limit):
       report['sections'][section.name] = run_section(section, env, args.out)
       if section.name == 'device':
         report['device'] = _device_line(os.path.join(args.out, 'device.log'))

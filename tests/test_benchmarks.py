@@ -73,6 +73,7 @@ def test_flow_step_benchmark_smoke(accelerator_check):
   assert row['ref_gflop'] > row['step_gflop']   # the factored condition does less work
   assert abs(row['ref_gflops'] / row['gflops'] - row['ref_gflop'] / row['step_gflop']) < 1e-9
   assert row['floor_ms'] > 0 and '% of floor' in stdout
+  assert 'level 0 (dim 6): ours' in stdout   # each row printed as measured, before the table
   assert abs(row['percent_of_floor'] - 100 * row['floor_ms'] / row['step_ms']) < 1e-9
 
 
@@ -545,3 +546,18 @@ def test_seed_statistics_of_single_runs_are_undefined_not_significant():
   from benchmarks import stats
   row = stats.compare([0.61], [0.60])
   assert math.isnan(row['p']) and math.isnan(row['low']) and row['differ'] is False
+
+
+def test_accelerator_check_runs_a_chosen_subset_under_new_limits():
+  from benchmarks import accelerator_check
+  every = accelerator_check.sections(False, '/scratch')
+  chosen = accelerator_check.chosen_sections(every, 'backbone,tests', ['tests=200'])
+  assert [(s.name, s.limit_s) for s in chosen] == [('tests', 200.0), ('backbone', 50.0)]
+  assert chosen[0].commands == every[1].commands
+  assert [s.name for s in accelerator_check.chosen_sections(every, '', [])] == [
+      'device', 'tests', 'flow_step', 'end_to_end', 'backbone']
+  for names, limits, message in (('tests,flow', [], 'unknown section(s) flow'),
+                                 ('', ['bench=9'], 'unknown section(s) bench'),
+                                 ('', ['tests'], "--limit 'tests': expected SECTION=SECONDS")):
+    with pytest.raises(ValueError, match=re.escape(message)):
+      accelerator_check.chosen_sections(every, names, limits)
