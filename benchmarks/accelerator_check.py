@@ -7,7 +7,10 @@
 Installs the wheels in ``--wheels`` (what the GPU machine lacks; fill the folder
 with ``python benchmarks/accelerator_wheels.py``), prints the device, then runs
 each section as its own process under its own time limit, so that one slow or
-broken section cannot eat the others' time (about 8 minutes in all):
+broken section cannot eat the others' time (470 s of limits in all; on the
+first H200 every section but ``device`` needed more, so ``--sections`` and
+``--limit SECTION=SECONDS`` split the check over two calls: README, "Checking
+a GPU in one command"):
 
   device      JAX's devices and versions, nvidia-smi
   tests       the numerical tests that matter on an accelerator, JAX on it:
@@ -270,7 +273,9 @@ def dry_run(wheels: str) -> str:
   return '\n'.join([
       f'Working tree: the repository (tracked files); carry: ["{wheels}"]  ({state})',
       f'Command: python3 benchmarks/accelerator_check.py --out "$OUT" --wheels {wheels}',
-      'timeout_s: 540 (the sections take at most 470 s, the wheels about 20 s)',
+      'timeout_s: 540 (the sections take at most 470 s, the wheels about 20 s); or two calls,',
+      '  --sections device,tests,backbone --limit tests=240 --limit backbone=100, then',
+      '  --sections flow_step,end_to_end --limit flow_step=260 --limit end_to_end=260',
       'Files back: accelerator_check.json, accelerator_check.md and one log per section.'])
 
 
