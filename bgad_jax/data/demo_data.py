@@ -275,11 +275,15 @@ def _chip(image, coin, rng):
   return out, mask
 
 
+_COIN_DEFECT_DRAWS = 200   # real coins need a few; more means the coin cannot hold one
+
+
 def add_coin_defect(image: np.ndarray, coin: np.ndarray, defect_type: str,
                     rng: np.random.Generator):
   """One defect on the coin (``coin``: bool [S, S]); the same contract as
-  `add_defect`. Redrawn until it covers at least 0.2% of the image."""
-  while True:
+  `add_defect`. Redrawn until it covers at least 0.2% of the image; a coin too
+  small for that raises ValueError instead of drawing for ever."""
+  for _ in range(_COIN_DEFECT_DRAWS):
     if defect_type == 'chip':
       out, mask = _chip(image, coin, rng)
     else:
@@ -288,6 +292,8 @@ def add_coin_defect(image: np.ndarray, coin: np.ndarray, defect_type: str,
       out = np.where(mask[..., None], out, image)
     if mask.sum() >= 0.002 * mask.size:
       return out, mask
+  raise ValueError(f'no {defect_type} of at least 0.2% of the image in {_COIN_DEFECT_DRAWS} '
+                   f'draws on a coin of {int(coin.sum())} px')
 
 
 def coin_poser(size: int, rng: np.random.Generator):

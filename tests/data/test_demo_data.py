@@ -124,3 +124,11 @@ def test_coin_defect_lies_on_the_coin_and_changes_exactly_its_mask(defect_type):
   assert not np.any(mask & ~coin)
   np.testing.assert_array_equal(out[~mask], image[~mask])
   assert np.any(out != image, axis=-1)[mask].mean() > 0.6
+
+
+def test_coin_too_small_for_a_defect_raises_instead_of_drawing_for_ever():
+  image, coin = _coin(seed=3)
+  speck = np.zeros_like(coin)
+  speck[30:32, 30:32] = True   # 4 px: under the 0.2% (8 px) every defect must cover
+  with pytest.raises(ValueError, match=r'no scratch of at least 0.2% .* on a coin of 4 px'):
+    demo_data.add_coin_defect(image, speck, 'scratch', np.random.default_rng(0))
