@@ -294,7 +294,7 @@ def main(argv=None) -> int:
   parser.add_argument('--dry_run', action='store_true')
   args = parser.parse_args(argv)
   try:
-    chosen = chosen_sections(sections(args.tiny, ''), args.sections, args.limit)
+    chosen_sections(sections(args.tiny, ''), args.sections, args.limit)   # fail before any work
   except ValueError as error:
     parser.error(str(error))
   if args.dry_run:
