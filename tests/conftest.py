@@ -9,7 +9,8 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Where a run picks an accelerator (benchmarks/accelerator_check.py sets
 # JAX_PLATFORMS=cuda), float32 matmuls would default to TF32 or bfloat16 there
 # and miss the float32 references by 1e-3; the CPU computes float32 either way.
-os.environ.setdefault('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
+if os.environ['JAX_PLATFORMS'] != 'cpu':
+  os.environ.setdefault('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
 
 # One compile cache per test session (inherited by the processes tests start):
 # what a test compiles and how long it takes never depends on the user's

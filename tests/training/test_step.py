@@ -60,9 +60,12 @@ def test_flow_matmul_precision_reaches_every_matmul(precision, expected):
   # On GPUs and TPUs the default float32 matmul is TF32 / one bfloat16 pass;
   # 'highest' must reach every forward and backward matmul of the training step.
   config, _, data, state = tiny_level(matmul_precision=precision)
-  text = step_lib.train_chunks.lower(
-      state.level(0), data, jnp.arange(16, dtype=jnp.int32)[None], jnp.array([1e-3]),
-      step_lib.LossSettings.from_config(config.loss), False).as_text()
+  # 'default' leaves the precision to JAX's own default, which conftest raises
+  # to 'highest' on accelerators: here it must be JAX's out-of-the-box one.
+  with jax.default_matmul_precision('default'):
+    text = step_lib.train_chunks.lower(
+        state.level(0), data, jnp.arange(16, dtype=jnp.int32)[None], jnp.array([1e-3]),
+        step_lib.LossSettings.from_config(config.loss), False).as_text()
   dots = [line for line in text.splitlines() if 'stablehlo.dot_general' in line]
   assert len(dots) > 2 * config.flow.coupling_layers
   for line in dots:
