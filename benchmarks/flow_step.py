@@ -33,7 +33,6 @@ and the floor columns read nan.
 
 import argparse
 import collections
-import json
 import math
 import os
 import re
@@ -288,8 +287,7 @@ def main(argv=None):
     print(f'{backbone} level {level} (dim {dim}): ours {ours:.0f} vec/s, FrEIA {freia:.0f} '
           f'vec/s, {ours / freia:.2f}x, {100 * gflops / peak_gflops:.1f}% of peak', flush=True)
     if args.json:
-      with open(args.json, 'w') as f:
-        json.dump(rows, f, indent=2)
+      table.write_rows(args.json, rows)
   table.report(rows, [('backbone', 'backbone', '19s'), ('level', 'level', '5d'),
                       ('dim', 'dim', '4d'), ('positions', 'positions', '9d'),
                       ('ours_vps', 'ours vec/s', '10.0f'), ('dense_vps', 'dense vec/s', '11.0f'),

@@ -96,8 +96,13 @@ def report(rows: List[Dict], columns: Sequence[Column], setting: str,
     print(' '.join(f'{row[key]:>{w}{spec.lstrip("0123456789")}}'
                    for (key, _, spec), w in zip(columns, widths)))
   if json_path:
-    with open(json_path, 'w') as f:
-      json.dump(rows, f, indent=2)
+    write_rows(json_path, rows)
+
+
+def write_rows(json_path: str, rows: List[Dict]) -> None:
+  """``rows`` as a JSON list (rewritten whole: a run cut short keeps what it finished)."""
+  with open(json_path, 'w') as f:
+    json.dump(rows, f, indent=2)
 
 
 def markdown(rows: List[Dict], columns: Sequence[Column]) -> str:

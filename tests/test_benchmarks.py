@@ -561,3 +561,43 @@ def test_accelerator_check_runs_a_chosen_subset_under_new_limits():
                                  ('', ['tests'], "--limit 'tests': expected SECTION=SECONDS")):
     with pytest.raises(ValueError, match=re.escape(message)):
       accelerator_check.chosen_sections(every, names, limits)
+
+
+def test_memory_bank_nearest_distances_are_the_brute_force_minimum():
+  from benchmarks import memory_bank
+  rng = np.random.default_rng(0)
+  bank = [rng.normal(size=(3, 2, 2, 5)).astype(np.float32),
+          rng.normal(size=(3, 1, 1, 7)).astype(np.float32)]
+  queries = [rng.normal(size=(2, 2, 2, 5)).astype(np.float32),
+             rng.normal(size=(2, 1, 1, 7)).astype(np.float32)]
+  queries[0][0, 1, 1] = bank[0][2, 0, 1]   # a bank vector itself: distance 0
+  got = memory_bank.nearest_distance_maps(bank, queries, chunk=3)   # padded last chunk
+  for b, q, d in zip(bank, queries, got):
+    flat_b, flat_q = b.reshape(-1, b.shape[-1]), q.reshape(-1, q.shape[-1])
+    want = np.linalg.norm(flat_q[:, None] - flat_b[None], axis=2).min(axis=1)
+    np.testing.assert_allclose(d.reshape(-1), want, atol=1e-4)
+    assert d.shape == q.shape[:3]
+  assert got[0][0, 1, 1] < 1e-3
+
+
+@pytest.mark.slow
+def test_memory_bank_benchmark_smoke(tmp_path):
+  """Its `best` row is the trained run's own evaluation; a second call reuses the run."""
+  _run('memory_bank.py', '--tiny', '--classes', 'surface', '--seeds', '0',
+       '--scratch', str(tmp_path), '--json', str(tmp_path / 'out.json'))
+  payload = json.loads((tmp_path / 'out.json').read_text())
+  rows = {row['variant']: row for row in payload['rows']}
+  assert list(rows) == ['best', 'knn', 'best+knn_image', 'best+knn_maps']
+  run = json.loads((tmp_path / 'runs' / 'surface_0' / 'results.json').read_text())
+  assert run['config']['maps']['image_score'] == 'top_k_mean'   # quality.py's best
+  for key, metric in (('img', 'img_auroc'), ('pix', 'pix_auroc'), ('aupro', 'aupro')):
+    assert rows['best'][key] == pytest.approx(100 * run[metric], abs=1e-6)
+  assert rows['best+knn_image']['pix'] == rows['best']['pix']   # image scores only
+  assert rows['knn']['pix'] != rows['best']['pix']
+  assert all(0 <= rows[v][k] <= 100 for v in rows for k in ('img', 'pix', 'aupro'))
+  assert [(e['variant'], e['seeds']) for e in payload['summary']] == [
+      (v, 1) for v in rows]
+  mtime = os.path.getmtime(tmp_path / 'runs' / 'surface_0' / 'results.json')
+  _run('memory_bank.py', '--tiny', '--classes', 'surface', '--seeds', '0',
+       '--scratch', str(tmp_path))
+  assert os.path.getmtime(tmp_path / 'runs' / 'surface_0' / 'results.json') == mtime

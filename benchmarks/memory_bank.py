@@ -1,0 +1,198 @@
+"""Normal-feature nearest-neighbour scores beside `best`'s flows, on the quality classes.
+
+  python benchmarks/memory_bank.py [--classes tissue,surface,coins] [--seeds 0,1,2]
+      [--scratch DIR] [--json out.json] [--tiny]
+
+A measurement, not a library option (nothing here is in bgad_jax's scoring
+path). For each class and seed it trains the `best` run of
+benchmarks/quality.py (the same config, images and known files; a finished
+run in ``--scratch`` is reused), then scores the same test images several
+ways with bgad_jax's metric code:
+
+  best             the flows' maps and image scores, as quality.py's `best`;
+  knn              memory bank alone: per level, each test feature vector's
+                   Euclidean distance to its nearest normal training vector
+                   (every vector of every normal training image; no coreset,
+                   no pooling), upsampled as the flows' maps, standardised
+                   over the test pixels, averaged over the levels; maps
+                   smoothed and images scored (top-k mean) as `best`'s;
+  best+knn_image   `best`'s maps; image score = the sum of the flows' and
+                   the bank's image scores, each standardised over the test
+                   images;
+  best+knn_maps    maps and image scores from the standardised flow map plus
+                   half the standardised bank map.
+
+Standardising over the test set is transductive, as the reference's
+test-set normalisation of the maps is; a deployable version would take its
+scales from normal images.
+"""
+
+import os
+os.environ.setdefault('TQDM_DISABLE', '1')
+
+import argparse
+import json
+import sys
+import time
+from typing import Dict, List
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import quality, table  # noqa: E402
+from bgad_jax import engine, settings  # noqa: E402
+from bgad_jax.detector import Detector  # noqa: E402
+from bgad_jax.evaluation import maps as maps_lib  # noqa: E402
+from bgad_jax.evaluation import metrics  # noqa: E402
+from bgad_jax.evaluation.inference import lp_maps  # noqa: E402
+from bgad_jax.evaluation.report import headline  # noqa: E402
+
+VARIANTS = ('best', 'knn', 'best+knn_image', 'best+knn_maps')
+COLUMNS = [('class', 'class', '8s'), ('seed', 'seed', '4d'), ('variant', 'variant', '15s'),
+           ('img', 'img', '5.1f'), ('pix', 'pix', '5.1f'), ('aupro', 'AUPRO', '5.1f'),
+           ('seen_img', 'seen img', '8.1f'), ('seen_pix', 'seen pix', '8.1f'),
+           ('unseen_img', 'unseen img', '10.1f'), ('unseen_pix', 'unseen pix', '10.1f')]
+
+
+@jax.jit
+def _nearest_distances(queries, bank, bank_sq_norms):
+  """[Q, C] queries, [B, C] bank -> [Q] Euclidean distance to the nearest bank row."""
+  sq = (jnp.sum(queries * queries, axis=1, keepdims=True) + bank_sq_norms[None]
+        - 2.0 * jnp.dot(queries, bank.T, precision='highest'))
+  return jnp.sqrt(jnp.maximum(jnp.min(sq, axis=1), 0.0))
+
+
+def nearest_distance_maps(bank_features: List[np.ndarray], features: List[np.ndarray],
+                          chunk: int = 2048) -> List[np.ndarray]:
+  """Per level: float32 [N, h, w] distance of each vector of ``features`` ([N, h, w, C])
+  to its nearest vector of ``bank_features`` ([M, h, w, C], all of them)."""
+  out = []
+  for bank, level in zip(bank_features, features):
+    n, h, w, c = level.shape
+    bank = jnp.asarray(bank.reshape(-1, c))
+    bank_sq = jnp.sum(bank * bank, axis=1)
+    queries = level.reshape(-1, c)
+    parts = []
+    for start in range(0, len(queries), chunk):   # fixed-size chunks: one compilation
+      part = queries[start:start + chunk]
+      padded = np.zeros((chunk, c), np.float32)
+      padded[:len(part)] = part
+      parts.append(np.asarray(_nearest_distances(jnp.asarray(padded), bank, bank_sq))[:len(part)])
+    out.append(np.concatenate(parts).reshape(n, h, w))
+  return out
+
+
+def _standardise(values: np.ndarray) -> np.ndarray:
+  return (values - values.mean()) / max(float(values.std()), 1e-12)
+
+
+def bank_map(distances: List[np.ndarray], size: int) -> np.ndarray:
+  """[N, size, size] float64: the levels' upsampled distance maps, each standardised
+  over all its test pixels, averaged."""
+  return np.mean([_standardise(maps_lib.upsample_align_corners(d.astype(np.float64), size, np))
+                  for d in distances], axis=0)
+
+
+def variant_outputs(lp: List[np.ndarray], distances: List[np.ndarray], size: int,
+                    options: maps_lib.MapOptions) -> Dict[str, tuple]:
+  """{variant: (maps [N, S, S], image scores [N])} for `VARIANTS`."""
+  flow_maps, flow_scores = maps_lib.test_set_outputs(lp, size, options)
+  flow_raw = maps_lib.test_set_anomaly_maps(lp, size, options.for_scores())
+  knn_raw = bank_map(distances, size)
+
+  def scored(raw):   # smoothed maps, images scored on the unsmoothed ones as `best`
+    return (maps_lib.smooth_maps(raw, options.smoothing_sigma, np),
+            maps_lib.image_scores(raw, options.image_score, options.top_k_fraction))
+
+  knn_maps, knn_scores = scored(knn_raw)
+  return {'best': (flow_maps, flow_scores),
+          'knn': (knn_maps, knn_scores),
+          'best+knn_image': (flow_maps, _standardise(flow_scores) + _standardise(knn_scores)),
+          'best+knn_maps': scored(_standardise(flow_raw) + 0.5 * knn_raw)}
+
+
+def _row(test: engine.TestSet, maps: np.ndarray, scores: np.ndarray) -> Dict:
+  arrays = test.arrays
+  result = metrics.detection_metrics(maps, arrays['masks'], arrays['labels'],
+                                     arrays['defect_types'], arrays['has_mask'],
+                                     test.known_types, image_scores=scores)
+  row = {key: 100 * value for key, value in zip(
+      ('img', 'pix', 'aupro'), (headline(result)[k] for k in ('img_auroc', 'pix_auroc', 'aupro')))}
+  for group in ('seen', 'unseen'):
+    for metric in ('img', 'pix'):
+      value = (result.get(group) or {}).get(metric + '_auroc')
+      row[f'{group}_{metric}'] = None if value is None else 100 * value
+  return row
+
+
+def measure(args, category: str, seed: int) -> List[Dict]:
+  """Trains (or reuses) `best` for CATEGORY and SEED and scores every variant."""
+  tmp = os.path.join(args.scratch, 'data')
+  defect_types = quality.class_defect_types(args, category, tmp)
+  config = settings.resolve(quality.run_config(args, category, tmp, 'best', defect_types, seed))
+  workdir = os.path.join(args.scratch, 'runs', f'{category}_{seed}')
+  if not os.path.isfile(os.path.join(workdir, 'results.json')):
+    engine.train_and_evaluate(config, workdir)
+  started = time.time()
+  train_examples, _, known, test_examples = engine.load_data(config)
+  detector = Detector.load(workdir, config)
+  bank = detector.backbone.extract(train_examples, config.data.inp_size)[1]
+  test = engine.build_test_set(config, detector.backbone, test_examples, len(known))
+  outputs = variant_outputs(lp_maps(detector.state, test.features, detector.backbone.mesh),
+                            nearest_distance_maps(bank, test.features), config.data.inp_size,
+                            maps_lib.MapOptions.of(config.maps))
+  print(f'{category} seed {seed}: scored in {time.time() - started:.0f} s', flush=True)
+  return [dict({'class': category, 'seed': seed, 'variant': name}, **_row(test, *outputs[name]))
+          for name in VARIANTS]
+
+
+def summary(rows: List[Dict]) -> List[Dict]:
+  """Mean and sd over the seeds per class and variant (sd as 'sd_<metric>')."""
+  out = []
+  for category in dict.fromkeys(r['class'] for r in rows):
+    for name in VARIANTS:
+      group = [r for r in rows if r['class'] == category and r['variant'] == name]
+      entry = {'class': category, 'seeds': len(group), 'variant': name}
+      for key, *_ in COLUMNS[3:]:
+        values = [r[key] for r in group if r[key] is not None]
+        entry[key] = float(np.mean(values)) if values else None
+        entry['sd_' + key] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+      out.append(entry)
+  return out
+
+
+def main(argv=None) -> Dict:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--classes', default='tissue,surface,coins')
+  parser.add_argument('--seeds', default='0,1,2')
+  parser.add_argument('--scratch', default='memory_bank_out',
+                      help='data and trained runs (finished runs are reused)')
+  parser.add_argument('--json', default='')
+  parser.add_argument('--tiny', action='store_true',
+                      help='48 px, few images, 2 meta-epochs (CI smoke run)')
+  args = parser.parse_args(argv)
+  # The fields quality.run_config reads, at quality.py's defaults.
+  args.data, args.inp_size, args.per_type, args.data_seed = '', 256, 2, 0
+  args.meta_epochs, args.long_meta_epochs = (2 if args.tiny else 0), 12
+  rows = [row for category in args.classes.split(',')
+          for seed in (int(s) for s in args.seeds.split(','))
+          for row in measure(args, category, seed)]
+  table.report(rows, COLUMNS, 'per run')
+  means = summary(rows)
+  print('\nmean +- sd over seeds')
+  for entry in means:
+    print(f"{entry['class']:8s} {entry['variant']:15s} " + '  '.join(
+        f"{key} {entry[key]:.1f}+-{entry['sd_' + key]:.1f}" for key, *_ in COLUMNS[3:]
+        if entry[key] is not None))
+  payload = dict(rows=rows, summary=means)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(payload, f, indent=2)
+  return payload
+
+
+if __name__ == '__main__':
+  main()
