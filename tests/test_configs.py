@@ -73,6 +73,8 @@ def test_best_preset_turns_on_the_options_and_faithful_configs_leave_them_off(mo
   assert (faithful.data.cutpaste_placement, best.data.cutpaste_placement) == (
       'in_place', 'random_on_textures')
   best.data.cutpaste_placement = faithful.data.cutpaste_placement
+  assert (faithful.loss.pos_beta, best.loss.pos_beta) == (0.01, 0.05)
+  best.loss.pos_beta = faithful.loss.pos_beta
   # Everything else is the faithful config; the demo's short schedule trains faster.
   if module is demo:
     assert (faithful.train.lr, best.train.lr) == (2e-4, 1e-3)
