@@ -119,8 +119,9 @@ def _row(test: engine.TestSet, maps: np.ndarray, scores: np.ndarray) -> Dict:
   result = metrics.detection_metrics(maps, arrays['masks'], arrays['labels'],
                                      arrays['defect_types'], arrays['has_mask'],
                                      test.known_types, image_scores=scores)
-  row = {key: 100 * value for key, value in zip(
-      ('img', 'pix', 'aupro'), (headline(result)[k] for k in ('img_auroc', 'pix_auroc', 'aupro')))}
+  headline_metrics = headline(result)
+  row = {key: 100 * headline_metrics[f'{key}_auroc' if key != 'aupro' else key]
+         for key in ('img', 'pix', 'aupro')}
   for group in ('seen', 'unseen'):
     for metric in ('img', 'pix'):
       value = (result.get(group) or {}).get(metric + '_auroc')
