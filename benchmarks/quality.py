@@ -7,6 +7,7 @@ against anomalib's PatchCore and SuperSimpleNet, on the same classes, in one run
       [--long_meta_epochs 12] [--supersimplenet_dir DIR [--supersimplenet_epochs N]]
       [--data_seed 0] [--known_seed K] [--set KEY=VALUE ...] [--out DIR] [--json out.json]
   python benchmarks/quality.py --tables_from a/quality.json,b/quality.json   # one table
+      (files of other classes or other seeds of the same runs combine)
   python benchmarks/quality.py --data ROOT --classes bottle   # any MVTec-layout folder
 
 Data: by default three demo classes made offline from real photographs that
@@ -491,16 +492,32 @@ def report(out: str, known_types: Dict[str, List[str]],
     print(f'\nlearning curves: {plot_path}')
 
 
+# Arguments that only say what one invocation ran or wrote, not how.
+_PER_INVOCATION_ARGS = ('classes', 'runs', 'seeds', 'out', 'json', 'tables_from')
+
+
 def merge_results(paths: List[str]):
-  """(known types, results) of several quality.json files, e.g. one per class; a
-  later file's runs of a class and method replace an earlier one's."""
-  known_types, all_results = {}, {}
+  """(known types, results) of several quality.json files, e.g. one per class or one
+  per seed: a class's runs of a method gather over the files, one per seed; a later
+  file's run of the same class, method and seed replaces an earlier one's."""
+  known_types, all_results, settings = {}, {}, {}
   for path in paths:
     with open(path) as f:
       payload = json.load(f)
+    for key, value in payload.get('args', {}).items():
+      if key not in _PER_INVOCATION_ARGS:
+        settings.setdefault(key, {}).setdefault(json.dumps(value), []).append(path)
     known_types.update(payload['known_types'])
     for category, results in payload['results'].items():
-      all_results.setdefault(category, {}).update(results)
+      for method, runs in results.items():
+        seeds = {run.get('seed') for run in runs}
+        earlier = all_results.setdefault(category, {}).get(method, [])
+        all_results[category][method] = (
+            [run for run in earlier if run.get('seed') not in seeds] + runs)
+  for key, values in settings.items():   # e.g. a --set in one file only: say so
+    if len(values) > 1:
+      print(f'note: the files differ in --{key}: ' +
+            '; '.join(f"{value} in {', '.join(files)}" for value, files in values.items()))
   return known_types, all_results
 
 

@@ -487,6 +487,27 @@ def test_quality_tables_from_saved_runs_merge_the_files(tmp_path, capsys):
   assert (tmp_path / 'out' / 'quality_curves.png').is_file()
 
 
+def test_quality_tables_from_gather_the_seeds_of_several_files(tmp_path, capsys):
+  from benchmarks import quality
+
+  def run(img, seed):
+    return dict(img_auroc=img, pix_auroc=0.9, aupro=0.8, seen=None, unseen=None,
+                per_type={}, wall_seconds=4, seconds=dict(train=2), history=[], seed=seed)
+  files = []
+  for name, runs, settings in (('a', [run(0.5, 0), run(0.6, 1)], []),
+                               ('b', [run(0.7, 2), run(0.9, 1)], ['loss.pos_beta=0.05'])):
+    files.append(str(tmp_path / f'{name}.json'))
+    with open(files[-1], 'w') as f:
+      json.dump(dict(args=dict(seeds=name, set=settings), known_types={'coins': []},
+                     results={'coins': {'best': runs}}), f)
+  merged = quality.main(['--tables_from', ','.join(files), '--out', str(tmp_path / 'out')])
+  # Seed 1 of the later file replaces the earlier one's; seeds 0 and 2 add up.
+  assert merged['results']['coins']['best'] == [run(0.5, 0), run(0.7, 2), run(0.9, 1)]
+  stdout = capsys.readouterr().out
+  assert '| coins | best | 70.0 ± 20.0 |' in stdout
+  assert 'note: the files differ in --set' in stdout and '--seeds' not in stdout
+
+
 def test_seed_statistics_known_answers():
   from scipy import stats as scipy_stats
   from benchmarks import stats
