@@ -177,6 +177,7 @@ def main(argv=None) -> Dict:
   args = parser.parse_args(argv)
   # The fields quality.run_config reads, at quality.py's defaults.
   args.data, args.inp_size, args.per_type, args.data_seed = '', 256, 2, 0
+  args.test_good = args.test_per_defect = 0   # the demo's test set, as quality.py's default
   args.meta_epochs, args.long_meta_epochs = (2 if args.tiny else 0), 12
   rows = [row for category in args.classes.split(',')
           for seed in (int(s) for s in args.seeds.split(','))

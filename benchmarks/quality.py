@@ -5,7 +5,8 @@ against anomalib's PatchCore and SuperSimpleNet, on the same classes, in one run
   python benchmarks/quality.py [--classes tissue,surface,coins] [--seeds 0,1,2]
       [--runs faithful,smooth,...,best,patchcore,supersimplenet,...] [--meta_epochs N]
       [--long_meta_epochs 12] [--supersimplenet_dir DIR [--supersimplenet_epochs N]]
-      [--data_seed 0] [--known_seed K] [--set KEY=VALUE ...] [--out DIR] [--json out.json]
+      [--data_seed 0] [--known_seed K] [--test_good 16] [--test_per_defect 8]
+      [--set KEY=VALUE ...] [--out DIR] [--json out.json]
   python benchmarks/quality.py --tables_from a/quality.json,b/quality.json   # one table
       (files of other classes or other seeds of the same runs combine)
   python benchmarks/quality.py --data ROOT --classes bottle   # any MVTec-layout folder
@@ -146,6 +147,10 @@ def base_config(args, category: str, tmp: str, seed: int, preset: str = ''):
     config.data.demo.num_train, config.data.demo.num_test_good = 8, 4
     config.data.demo.num_per_defect = 3
     config.train.sub_epochs, config.train.batch_size, config.train.num_vectors = 1, 4, 64
+  if args.test_good:   # a larger test set resolves finer differences (the demo's 16 normal
+    config.data.demo.num_test_good = args.test_good   # images: one image = 2+ AUROC points)
+  if args.test_per_defect:
+    config.data.demo.num_per_defect = args.test_per_defect
   return config
 
 
@@ -412,6 +417,11 @@ def main(argv=None) -> Dict:
   parser.add_argument('--seeds', default='0', help='comma-separated: one run per seed')
   parser.add_argument('--data_seed', type=int, default=0,
                       help="the demo classes' images and defects (-1: each run's seed)")
+  parser.add_argument('--test_good', type=int, default=0,
+                      help="the demo classes' normal test images (default: the config's 16)")
+  parser.add_argument('--test_per_defect', type=int, default=0,
+                      help="the demo classes' images per defect type, known ones included "
+                      "(default: the config's 8)")
   parser.add_argument('--known_seed', type=int, default=-1,
                       help="every seed trains with the known files this seed draws "
                       "(-1: each run's own draw)")

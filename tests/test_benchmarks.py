@@ -403,7 +403,7 @@ def test_quality_runs_share_the_images_across_seeds_and_differ_in_schedule(tmp_p
   import argparse
   from benchmarks import quality
   args = argparse.Namespace(data='', per_type=2, meta_epochs=0, tiny=False, data_seed=0,
-                            long_meta_epochs=12)
+                            long_meta_epochs=12, test_good=0, test_per_defect=0)
   types = ['chip', 'deformation', 'scratch', 'stain']
   best, short, faithful = (quality.run_config(args, 'coins', str(tmp_path), run, types, seed)
                            for run, seed in (('best', 1), ('best_short', 2), ('faithful', 0)))
@@ -416,6 +416,10 @@ def test_quality_runs_share_the_images_across_seeds_and_differ_in_schedule(tmp_p
   assert short.to_dict() == best.to_dict() | dict(seed=2)
   args.data_seed = -1
   assert quality.run_config(args, 'coins', str(tmp_path), 'best', types, 1).data.demo.seed == -1
+  args.test_good, args.test_per_defect = 48, 16   # a larger test set, every method alike
+  for run in ('best', 'faithful'):
+    demo = quality.run_config(args, 'coins', str(tmp_path), run, types, 1).data.demo
+    assert (demo.num_test_good, demo.num_per_defect, demo.num_train) == (48, 16, 64)
 
 
 def test_quality_known_seed_gives_every_seed_the_same_known_files(tmp_path):
@@ -425,7 +429,7 @@ def test_quality_known_seed_gives_every_seed_the_same_known_files(tmp_path):
   from bgad_jax import engine, settings
   from benchmarks import quality
   args = argparse.Namespace(data='', per_type=2, meta_epochs=0, tiny=True, data_seed=0,
-                            long_meta_epochs=12)
+                            long_meta_epochs=12, test_good=0, test_per_defect=0)
   types = ['chip', 'deformation', 'scratch', 'stain']
   fixed = quality.drawn_known_files(args, 'coins', str(tmp_path), types, seed=0)
   assert sorted(name.split('/')[1] for name in fixed) == [
