@@ -147,8 +147,10 @@ def base_config(args, category: str, tmp: str, seed: int, preset: str = ''):
     config.data.demo.num_train, config.data.demo.num_test_good = 8, 4
     config.data.demo.num_per_defect = 3
     config.train.sub_epochs, config.train.batch_size, config.train.num_vectors = 1, 4, 64
-  if args.test_good:   # a larger test set resolves finer differences (the demo's 16 normal
-    config.data.demo.num_test_good = args.test_good   # images: one image = 2+ AUROC points)
+  # A larger test set resolves finer differences: with the demo's 16 normal and 8
+  # images per type, one normal image above a type's every image costs it 6 points.
+  if args.test_good:
+    config.data.demo.num_test_good = args.test_good
   if args.test_per_defect:
     config.data.demo.num_per_defect = args.test_per_defect
   return config
