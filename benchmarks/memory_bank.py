@@ -174,11 +174,10 @@ def main(argv=None) -> Dict:
   parser.add_argument('--json', default='')
   parser.add_argument('--tiny', action='store_true',
                       help='48 px, few images, 2 meta-epochs (CI smoke run)')
-  args = parser.parse_args(argv)
-  # The fields quality.run_config reads, at quality.py's defaults.
-  args.data, args.inp_size, args.per_type, args.data_seed = '', 256, 2, 0
-  args.test_good = args.test_per_defect = 0   # the demo's test set, as quality.py's default
-  args.meta_epochs, args.long_meta_epochs = (2 if args.tiny else 0), 12
+  # quality.py's defaults for the fields its run_config reads, under our own flags.
+  args = argparse.Namespace(**{**vars(quality.build_parser().parse_args([])),
+                               **vars(parser.parse_args(argv))})
+  args.meta_epochs = 2 if args.tiny else 0
   rows = [row for category in args.classes.split(',')
           for seed in (int(s) for s in args.seeds.split(','))
           for row in measure(args, category, seed)]

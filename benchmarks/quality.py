@@ -406,7 +406,8 @@ def write_results(args, known_types, all_results) -> Dict:
   return payload
 
 
-def main(argv=None) -> Dict:
+def build_parser() -> argparse.ArgumentParser:
+  """The command line; its defaults are also the run settings other benchmarks reuse."""
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--classes', default='tissue,surface,coins')
   parser.add_argument('--runs', default=','.join(RUNS) + ',patchcore')
@@ -445,6 +446,11 @@ def main(argv=None) -> Dict:
   parser.add_argument('--tables_from', default='',
                       help='comma-separated quality.json files: print their tables and '
                       'curves (one table for all of them) instead of running')
+  return parser
+
+
+def main(argv=None) -> Dict:
+  parser = build_parser()
   args = parser.parse_args(argv)
   if args.tables_from:
     os.makedirs(args.out, exist_ok=True)
