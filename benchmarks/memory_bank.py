@@ -22,6 +22,10 @@ ways with bgad_jax's metric code:
   best+knn_maps    maps and image scores from the standardised flow map plus
                    half the standardised bank map.
 
+Data, known files and test set are quality.py's defaults (since 2026-12-05
+three known files per seen type and the 64 + 16 test set; the README's rows
+were measured with two per type on the demo config's 16 + 8).
+
 Standardising over the test set is transductive, as the reference's
 test-set normalisation of the maps is; a deployable version would take its
 scales from normal images.

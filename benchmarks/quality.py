@@ -5,7 +5,7 @@ against anomalib's PatchCore and SuperSimpleNet, on the same classes, in one run
   python benchmarks/quality.py [--classes tissue,surface,coins] [--seeds 0,1,2]
       [--runs faithful,smooth,...,best,patchcore,supersimplenet,...] [--meta_epochs N]
       [--long_meta_epochs 12] [--supersimplenet_dir DIR [--supersimplenet_epochs N]]
-      [--data_seed 0] [--known_seed K] [--test_good 16] [--test_per_defect 8]
+      [--data_seed 0] [--known_seed K] [--per_type 3] [--test_good 64] [--test_per_defect 16]
       [--set KEY=VALUE ...] [--out DIR] [--json out.json]
   python benchmarks/quality.py --tables_from a/quality.json,b/quality.json   # one table
       (files of other classes or other seeds of the same runs combine)
@@ -16,8 +16,10 @@ ship with scikit-image, 128 px: 'tissue' (colour, a stained-tissue
 photograph with cracks, holes, scratches and stains), 'surface' (grey, a
 cratered rock surface with contamination, deformation, discoloration and
 smudges) and 'coins' (grey, a product: one of 24 coins per image in a random
-pose, with chips, deformations, scratches and stains on the coin).
-``--data`` takes MVTec-layout folders instead.
+pose, with chips, deformations, scratches and stains on the coin). Their
+test set is four times configs/demo.py's: 64 normal images and 16 of each
+defect type (``--test_good``, ``--test_per_defect``; 0 keeps the config's 16
+and 8). ``--data`` takes MVTec-layout folders instead.
 
 Seeds: every method runs once per seed of ``--seeds``. The seed draws the
 known files (and so the test images that remain), the initialisation and the
@@ -36,11 +38,11 @@ every bgad_jax run, read as that field's type as main.py's
 repeats the README's 20-copy rows. The baselines keep their settings; the
 JSON's ``args`` records the overrides.
 
-Known anomalies: ``--per_type`` of each defect type but the last (sorted by
-name), which stays unseen: the table's seen / unseen columns. Every bgad_jax
-run uses the same files (its seeded draw); they leave the test set, and every
-method, PatchCore included, is scored on the images that remain, with
-bgad_jax's metric code (exact AUPRO up to FPR 0.3).
+Known anomalies: ``--per_type`` (default 3) of each defect type but the last
+(sorted by name), which stays unseen: the table's seen / unseen columns.
+Every bgad_jax run uses the same files (its seeded draw); they leave the test
+set, and every method, PatchCore included, is scored on the images that
+remain, with bgad_jax's metric code (exact AUPRO up to FPR 0.3).
 
 bgad_jax runs (`bgad_jax.engine.train_and_evaluate`, one workdir each):
   faithful   configs/demo.py's published model and loss settings (the reference);
@@ -142,13 +144,16 @@ def base_config(args, category: str, tmp: str, seed: int, preset: str = ''):
     config.train.meta_epochs = args.meta_epochs
   config.seed = seed
   config.report.num_overlays = 0
-  if args.tiny:   # CI smoke run: seconds, not minutes
+  if args.tiny:   # CI smoke run: seconds, not minutes; one test image per seen type
     config.data.inp_size = config.data.demo.size = 48
     config.data.demo.num_train, config.data.demo.num_test_good = 8, 4
-    config.data.demo.num_per_defect = 3
+    config.data.demo.num_per_defect = args.per_type + 1
     config.train.sub_epochs, config.train.batch_size, config.train.num_vectors = 1, 4, 64
-  # A larger test set resolves finer differences: with the demo's 16 normal and 8
-  # images per type, one normal image above a type's every image costs it 6 points.
+    return config
+  # The benchmark's test set is four times the demo config's (16 normal, 8 per type):
+  # there one normal image above a type's every image cost it 6 points, and the seed
+  # spread of the small set hid differences of a point (README, "How much a small
+  # test set moves").
   if args.test_good:
     config.data.demo.num_test_good = args.test_good
   if args.test_per_defect:
@@ -413,18 +418,18 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--runs', default=','.join(RUNS) + ',patchcore')
   parser.add_argument('--data', default='', help='MVTec-layout root (default: the demo classes)')
   parser.add_argument('--inp_size', type=int, default=256, help='with --data')
-  parser.add_argument('--per_type', type=int, default=2, help='known anomalies per seen type')
+  parser.add_argument('--per_type', type=int, default=3, help='known anomalies per seen type')
   parser.add_argument('--meta_epochs', type=int, default=0,
                       help="every run's meta-epochs (default: each config's own: 6, best 12)")
   parser.add_argument('--long_meta_epochs', type=int, default=12)
   parser.add_argument('--seeds', default='0', help='comma-separated: one run per seed')
   parser.add_argument('--data_seed', type=int, default=0,
                       help="the demo classes' images and defects (-1: each run's seed)")
-  parser.add_argument('--test_good', type=int, default=0,
-                      help="the demo classes' normal test images (default: the config's 16)")
-  parser.add_argument('--test_per_defect', type=int, default=0,
+  parser.add_argument('--test_good', type=int, default=64,
+                      help="the demo classes' normal test images (0: the config's 16)")
+  parser.add_argument('--test_per_defect', type=int, default=16,
                       help="the demo classes' images per defect type, known ones included "
-                      "(default: the config's 8)")
+                      "(0: the config's 8)")
   parser.add_argument('--known_seed', type=int, default=-1,
                       help="every seed trains with the known files this seed draws "
                       "(-1: each run's own draw)")
@@ -442,7 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
                       'default: after the last)')
   parser.add_argument('--out', default='quality_out', help='folder for the plot and JSON')
   parser.add_argument('--json', default='', help='also write all results here')
-  parser.add_argument('--tiny', action='store_true', help='48 px, few images (CI smoke run)')
+  parser.add_argument('--tiny', action='store_true',
+                      help='48 px, few images, whatever --test_good and --test_per_defect '
+                      'say (CI smoke run)')
   parser.add_argument('--tables_from', default='',
                       help='comma-separated quality.json files: print their tables and '
                       'curves (one table for all of them) instead of running')

@@ -331,7 +331,8 @@ def test_quality_benchmark_runs_patchcore(tmp_path):
       'patchcore']
   assert patchcore['memory_bank'] == int(0.1 * 8 * (48 // 8) ** 2)   # 10% of the stride-8 patches
   assert all(0 <= patchcore[k] <= 1 for k in ('img_auroc', 'pix_auroc', 'aupro'))
-  assert patchcore['test_images'] == 4 + 3 * (3 - 2) + 3   # the known anomalies left it
+  # 4 normal, 4 per type; the 3 known per seen type left it
+  assert patchcore['test_images'] == 4 + 3 * (4 - 3) + 4
 
 
 def test_supersimplenet_needs_a_checkout(tmp_path):
@@ -400,10 +401,8 @@ def test_supersimplenet_trains_and_returns_maps_in_our_order():
 
 
 def test_quality_runs_share_the_images_across_seeds_and_differ_in_schedule(tmp_path):
-  import argparse
   from benchmarks import quality
-  args = argparse.Namespace(data='', per_type=2, meta_epochs=0, tiny=False, data_seed=0,
-                            long_meta_epochs=12, test_good=0, test_per_defect=0)
+  args = quality.build_parser().parse_args([])
   types = ['chip', 'deformation', 'scratch', 'stain']
   best, short, faithful = (quality.run_config(args, 'coins', str(tmp_path), run, types, seed)
                            for run, seed in (('best', 1), ('best_short', 2), ('faithful', 0)))
@@ -412,28 +411,31 @@ def test_quality_runs_share_the_images_across_seeds_and_differ_in_schedule(tmp_p
   assert (best.train.sub_epochs, short.train.sub_epochs, faithful.train.sub_epochs) == (8, 2, 2)
   assert best.train.meta_epochs == short.train.meta_epochs == 12
   assert best.data.known_defect_types == ('chip', 'deformation', 'scratch')
+  assert best.data.num_anomalies == faithful.data.num_anomalies == 3   # per seen type
   short.train.sub_epochs = best.train.sub_epochs
   assert short.to_dict() == best.to_dict() | dict(seed=2)
   args.data_seed = -1
   assert quality.run_config(args, 'coins', str(tmp_path), 'best', types, 1).data.demo.seed == -1
-  args.test_good, args.test_per_defect = 48, 16   # a larger test set, every method alike
-  for run in ('best', 'faithful'):
-    demo = quality.run_config(args, 'coins', str(tmp_path), run, types, 1).data.demo
-    assert (demo.num_test_good, demo.num_per_defect, demo.num_train) == (48, 16, 64)
+  # Four times the demo config's test set by default, every method alike; 0: the config's.
+  for sizes, expected in (([], (64, 16)), (['--test_good', '48'], (48, 16)),
+                          (['--test_good', '0', '--test_per_defect', '0'], (16, 8))):
+    args = quality.build_parser().parse_args(sizes)
+    for run in ('best', 'faithful'):
+      demo = quality.run_config(args, 'coins', str(tmp_path), run, types, 1).data.demo
+      assert (demo.num_test_good, demo.num_per_defect, demo.num_train) == (*expected, 64)
 
 
 def test_quality_known_seed_gives_every_seed_the_same_known_files(tmp_path):
   """--known_seed: another run seed trains with the known files (and so is scored on
   the test set) of the fixed seed's draw, not of its own."""
-  import argparse
   from bgad_jax import engine, settings
   from benchmarks import quality
-  args = argparse.Namespace(data='', per_type=2, meta_epochs=0, tiny=True, data_seed=0,
-                            long_meta_epochs=12, test_good=0, test_per_defect=0)
+  args = quality.build_parser().parse_args(['--tiny'])
   types = ['chip', 'deformation', 'scratch', 'stain']
   fixed = quality.drawn_known_files(args, 'coins', str(tmp_path), types, seed=0)
   assert sorted(name.split('/')[1] for name in fixed) == [
-      'chip', 'chip', 'deformation', 'deformation', 'scratch', 'scratch']
+      'chip', 'chip', 'chip', 'deformation', 'deformation', 'deformation', 'scratch', 'scratch',
+      'scratch']
   assert quality.drawn_known_files(args, 'coins', str(tmp_path), types, seed=1) != fixed
   config = quality.run_config(args, 'coins', str(tmp_path), 'best', types, 1, fixed)
   assert config.seed == 1
