@@ -85,6 +85,10 @@ def _check_backbone(config, errors):
   _one_of(errors, 'backbone.normalization', backbone.normalization, ('imagenet', 'backbone'))
   _one_of(errors, 'backbone.dtype', backbone.dtype, ('float32', 'bfloat16'))
   _one_of(errors, 'backbone.depthwise_impl', backbone.depthwise_impl, ('auto', 'conv', 'shifted'))
+  neighbourhood = backbone.get('neighbourhood', 1)
+  if not (isinstance(neighbourhood, int) and neighbourhood >= 1 and neighbourhood % 2):
+    errors.append(f'backbone.neighbourhood={neighbourhood!r}: must be an odd integer >= 1 '
+                  '(a window centred on each vector)')
   if backbone.feature_levels != 3:   # the flows, positions and maps assume the three taps
     errors.append(f'backbone.feature_levels={backbone.feature_levels!r}: bgad_jax uses the '
                   'three levels of the reference (strides 4, 8, 16); only 3 is supported')

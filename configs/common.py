@@ -32,6 +32,9 @@ def get_config(arg=None):
   config.backbone.normalization = 'imagenet'    # reference; 'backbone': the weights' own
   config.backbone.dtype = 'float32'             # 'bfloat16' on accelerators
   config.backbone.depthwise_impl = 'auto'       # 'shifted' on CPU, 'conv' elsewhere
+  # 1 = the reference's taps; k: every feature vector averaged over its k x k
+  # neighbours before the flows see it (PatchCore's local aggregation).
+  config.backbone.neighbourhood = 1
 
   config.flow = ml_collections.ConfigDict()
   config.flow.conditional = True                # reference flow_arch 'conditional_flow_model'

@@ -9,6 +9,7 @@ from configs import test as test_config
 def test_published_defaults():
   config = common.get_config()
   assert config.backbone.name == 'tf_efficientnet_b6'
+  assert config.backbone.neighbourhood == 1   # the reference's taps, not averaged
   assert (config.flow.coupling_layers, config.flow.clamp_alpha,
           config.flow.pos_embed_dim, config.flow.conditional) == (8, 1.9, 128, True)
   assert dict(config.loss) == dict(pos_beta=0.01, margin_tau=0.1, normalizer=10.0,

@@ -109,6 +109,20 @@ def normalization(name: str, kind: str = 'imagenet') -> Tuple[Tuple[float, ...],
   raise ValueError(f"normalization must be 'imagenet' or 'backbone', got {kind!r}")
 
 
+def neighbourhood_mean(tap: jnp.ndarray, size: int) -> jnp.ndarray:
+  """Each feature vector averaged with its ``size`` x ``size`` neighbours.
+
+  [N, h, w, C] -> [N, h, w, C], same dtype; ``size`` 1 returns ``tap``. At the
+  border only the neighbours inside the map count (no zero padding), so border
+  vectors keep their scale. PatchCore's local aggregation (docs/METHOD.md,
+  "Quality options").
+  """
+  if size == 1:
+    return tap
+  return nn.avg_pool(tap, (size, size), strides=(1, 1), padding='SAME',
+                     count_include_pad=False)
+
+
 def _activation(name):
   return nn.swish if name == 'swish' else (lambda x: jnp.clip(x, 0.0, 6.0))
 

@@ -14,11 +14,12 @@ from bgad_jax.models import weight_conversion
 from bgad_jax.training.sharding import gather_rows, map_local_rows, process_share
 
 
-def _apply_taps(model, variables, images):
-  return [tap.astype(jnp.float32) for tap in model.apply(variables, images)]
+def _apply_taps(model, variables, images, neighbourhood: int = 1):
+  return [backbone_lib.neighbourhood_mean(tap.astype(jnp.float32), neighbourhood)
+          for tap in model.apply(variables, images)]
 
 
-_taps = jax.jit(_apply_taps, static_argnums=0)
+_taps = jax.jit(_apply_taps, static_argnums=(0, 3))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,8 @@ class FrozenBackbone:
     mean, std: per-channel input normalisation for pixels in [0, 1].
     mesh: the devices that batches are sharded over.
     batch_size: images per call.
+    neighbourhood: each tap's vectors averaged over this many x this many
+      neighbours (`backbone.neighbourhood_mean`); 1 = the taps as they are.
   """
   model: Any
   variables: Any
@@ -38,6 +41,7 @@ class FrozenBackbone:
   std: Tuple[float, ...]
   mesh: Mesh
   batch_size: int = 32
+  neighbourhood: int = 1
 
   @classmethod
   def load(cls, config, mesh: Mesh) -> 'FrozenBackbone':
@@ -48,7 +52,8 @@ class FrozenBackbone:
                                                        dtype=dtype)
     model = model.clone(depthwise_impl=settings.depthwise_impl)
     mean, std = backbone_lib.normalization(settings.name, settings.normalization)
-    return cls(model, variables, mean, std, mesh, config.train.batch_size)
+    return cls(model, variables, mean, std, mesh, config.train.batch_size,
+               settings.get('neighbourhood', 1))   # configs saved before the field: 1
 
   def tap_shapes(self, inp_size: int) -> List[Tuple[int, int, int]]:
     """(h, w, C) of each tap for ``inp_size`` inputs (shapes only: nothing runs)."""
@@ -61,13 +66,13 @@ class FrozenBackbone:
 
   def taps(self, images: np.ndarray) -> List[jnp.ndarray]:
     """The taps of normalised images, jitted: [N, S, S, 3] -> float32 [N, h_l, w_l, C_l]."""
-    return _taps(self.model, self.variables, images)
+    return _taps(self.model, self.variables, images, self.neighbourhood)
 
   def pixel_taps(self, pixels: jnp.ndarray) -> List[jnp.ndarray]:
     """`taps` of uint8 [N, S, S, 3] pixels, normalised as `preprocess` does, for use
     inside a traced function (an export's graph holds no nested jit)."""
     return _apply_taps(self.model, self.variables,
-                       pipeline.normalise(pixels, self.mean, self.std))
+                       pipeline.normalise(pixels, self.mean, self.std), self.neighbourhood)
 
   def preprocess(self, examples: Sequence[Dict], inp_size: int) -> Dict[str, np.ndarray]:
     """`pipeline.preprocess` with this backbone's normalisation."""

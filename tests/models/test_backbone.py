@@ -199,3 +199,15 @@ def test_depthwise_implementations_agree(kernel, stride):
   shifted = backbone_lib.DepthwiseConv(kernel, stride, impl='shifted').apply(variables, x)
   assert shifted.shape == expected.shape == (2, -(-13 // stride), -(-10 // stride), 6)
   np.testing.assert_allclose(shifted, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_neighbourhood_mean_averages_the_window_inside_the_map():
+  tap = np.random.default_rng(0).standard_normal((2, 5, 4, 3)).astype(np.float32)
+  np.testing.assert_array_equal(backbone_lib.neighbourhood_mean(tap, 1), tap)
+  pooled = np.asarray(backbone_lib.neighbourhood_mean(tap, 3))
+  expected = np.empty_like(tap)
+  for i in range(5):
+    for j in range(4):   # the 3 x 3 window clipped to the map: no zero padding at the border
+      expected[:, i, j] = tap[:, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2].mean(axis=(1, 2))
+  np.testing.assert_allclose(pooled, expected, rtol=1e-6, atol=1e-6)
+  assert pooled.shape == tap.shape and pooled.dtype == np.float32

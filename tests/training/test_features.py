@@ -1,0 +1,37 @@
+"""bgad_jax.training.features: the taps the flows see, with the neighbourhood option."""
+
+import numpy as np
+
+from bgad_jax.models import backbone as backbone_lib
+from bgad_jax.training.features import FrozenBackbone
+from bgad_jax.training.sharding import make_mesh
+from configs import test as test_config
+
+
+def _backbone(neighbourhood: int) -> FrozenBackbone:
+  config = test_config.get_config()
+  config.backbone.neighbourhood = neighbourhood
+  return FrozenBackbone.load(config, make_mesh())
+
+
+def test_neighbourhood_option_pools_every_path_the_same_way():
+  """taps (training, evaluation) and pixel_taps (exports) both pool: a model
+  exported with the option scores the features it was trained on."""
+  pixels = np.random.default_rng(0).integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)
+  plain, pooled = _backbone(1), _backbone(3)
+  assert pooled.neighbourhood == 3 and plain.neighbourhood == 1
+  raw = plain.pixel_features(pixels)
+  by_taps = pooled.pixel_features(pixels)
+  by_pixel_taps = pooled.pixel_taps(pixels)
+  assert len(raw) == len(by_taps) == 3
+  for level, (r, t, p) in enumerate(zip(raw, by_taps, by_pixel_taps)):
+    expected = np.asarray(backbone_lib.neighbourhood_mean(r, 3))
+    np.testing.assert_allclose(t, expected, rtol=1e-5, atol=1e-5, err_msg=f'level {level}')
+    np.testing.assert_allclose(np.asarray(p), expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(t, r)   # the option changes the features
+
+
+def test_configs_without_the_field_keep_the_reference_taps():
+  config = test_config.get_config()
+  del config.backbone['neighbourhood']   # a config saved before the option existed
+  assert FrozenBackbone.load(config, make_mesh()).neighbourhood == 1
