@@ -448,8 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--out', default='quality_out', help='folder for the plot and JSON')
   parser.add_argument('--json', default='', help='also write all results here')
   parser.add_argument('--tiny', action='store_true',
-                      help='48 px, few images, whatever --test_good and --test_per_defect '
-                      'say (CI smoke run)')
+                      help='48 px, few images; ignores --test_good and --test_per_defect '
+                      '(CI smoke run)')
   parser.add_argument('--tables_from', default='',
                       help='comma-separated quality.json files: print their tables and '
                       'curves (one table for all of them) instead of running')
