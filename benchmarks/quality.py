@@ -58,8 +58,10 @@ bgad_jax runs (`bgad_jax.engine.train_and_evaluate`, one workdir each):
   best       configs/demo.py:CLASS,best: own_norm + top_k + high_lr + cutpaste
              (10 copies per known anomaly, twice the published 5) + mean_log +
              smoothing (sigma 4 px; images scored before it) + the normal
-             boundary at the 5th percentile (loss.pos_beta 0.05), for twice
-             the meta-epochs, of the published 8 sub-epochs each;
+             boundary at the 5th percentile (loss.pos_beta 0.05) + on textures
+             each feature averaged over its 3 x 3 neighbours
+             (backbone.neighbourhood), for twice the meta-epochs, of the
+             published 8 sub-epochs each;
   best_short best with the demo's 2 sub-epochs per meta-epoch (best before
              the longer schedule).
 Each trains its config's meta-epochs (6, best 12, long ``--long_meta_epochs``;

@@ -141,7 +141,9 @@ class Detector:
     if config is None:
       with open(os.path.join(workdir, 'results.json')) as f:
         config = ml_collections.ConfigDict(json.load(f)['config'])
-    backbone = FrozenBackbone.load(config, make_mesh())
+    # The taps' neighbourhood as the training decided it for this class (runs
+    # saved before it was recorded: the config's).
+    backbone = FrozenBackbone.load(config, make_mesh(), constants.get('neighbourhood'))
     template = FlowTrainState.create(config, backbone.channels(config.data.inp_size),
                                      jax.random.key(config.seed))
     state, _ = checkpoint.restore_latest(checkpoint.manager(workdir), template)

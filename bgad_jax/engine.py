@@ -35,7 +35,7 @@ from bgad_jax.evaluation import metrics
 from bgad_jax.evaluation import report
 from bgad_jax.evaluation.inference import lp_maps
 from bgad_jax.training import checkpoint
-from bgad_jax.training.features import FrozenBackbone
+from bgad_jax.training.features import FrozenBackbone, class_neighbourhood
 from bgad_jax.training.loop import train_meta_epoch
 from bgad_jax.training.sharding import is_main_process, make_mesh, replicate, sync
 from bgad_jax.training.state import FlowTrainState
@@ -257,8 +257,10 @@ def _train_epochs(run: Run, training_set: TrainingSet, test: TestSet):
   return evaluation
 
 
-def _write_predict_constants(run: Run, normal_features, files, source: str) -> Dict[str, Any]:
-  """Map constants and thresholds for `predict` from normal images (`calibration`).
+def _write_predict_constants(run: Run, normal_features, files, source: str,
+                             neighbourhood: int) -> Dict[str, Any]:
+  """Map constants and thresholds for `predict` from normal images (`calibration`),
+  and the ``neighbourhood`` the run's taps got (`class_neighbourhood`).
 
   ``source``: 'held-out' (never trained on: ``data.val_fraction`` of the
   training images, or the dataset's validation split) or 'training' images.
@@ -269,6 +271,7 @@ def _write_predict_constants(run: Run, normal_features, files, source: str) -> D
       config.predict.threshold, config.predict.target_fpr, source,
       maps_lib.MapOptions.of(config.maps))
   constants['calibration']['files'] = list(files)
+  constants['neighbourhood'] = neighbourhood
   if is_main_process():
     report.write_json(os.path.join(run.workdir, 'predict_constants.json'), constants)
   return constants
@@ -293,7 +296,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   train_examples, calibration, known, test_examples = load_data(config)
   if known and is_main_process():
     print('Known anomalies used for training: ' + ', '.join(e['filename'] for e in known))
-  backbone = FrozenBackbone.load(config, mesh)
+  backbone = FrozenBackbone.load(config, mesh, class_neighbourhood(config, train_examples))
   t0 = time.time()
   training_set, train_features = build_training_set(config, backbone, train_examples, known)
   test = build_test_set(config, backbone, test_examples, len(known))
@@ -307,7 +310,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   result, maps, test_lp = evaluation or run.score_test_set(test)   # resumed after the last epoch
   calibration_files = [e['filename'] for e in (calibration or train_examples)]
   constants = _write_predict_constants(run, calibration_features, calibration_files,
-                                       'held-out' if calibration else 'training')
+                                       'held-out' if calibration else 'training',
+                                       backbone.neighbourhood)
   result['at_threshold'] = _at_threshold(config, test_lp, test, constants)
   return _write_outputs(run, (result, maps), test, known,
                         dict(features=feature_seconds, total=time.time() - started))
@@ -345,8 +349,8 @@ def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
   require_trained_model(workdir)   # before any data work
   use_compile_cache(config)
   mesh = make_mesh()
-  _, _, known, test_examples = load_data(config)
-  backbone = FrozenBackbone.load(config, mesh)
+  train_examples, _, known, test_examples = load_data(config)
+  backbone = FrozenBackbone.load(config, mesh, class_neighbourhood(config, train_examples))
   t0 = time.time()
   test = build_test_set(config, backbone, test_examples, len(known))
   feature_seconds = time.time() - t0

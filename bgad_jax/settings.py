@@ -24,6 +24,7 @@ from bgad_jax.evaluation.maps import IMAGE_SCORES, LEVEL_AGGREGATIONS
 from bgad_jax.export import FORMATS as EXPORT_FORMATS
 from bgad_jax.export import PLATFORMS as EXPORT_PLATFORMS
 from bgad_jax.models import backbone as backbone_lib
+from bgad_jax.training.features import NEIGHBOURHOOD_ON
 
 
 def as_list(value) -> List[str]:
@@ -89,6 +90,8 @@ def _check_backbone(config, errors):
   if not (isinstance(neighbourhood, int) and neighbourhood >= 1 and neighbourhood % 2):
     errors.append(f'backbone.neighbourhood={neighbourhood!r}: must be an odd integer >= 1 '
                   '(a window centred on each vector)')
+  _one_of(errors, 'backbone.neighbourhood_on', backbone.get('neighbourhood_on', 'all'),
+          NEIGHBOURHOOD_ON)
   if backbone.feature_levels != 3:   # the flows, positions and maps assume the three taps
     errors.append(f'backbone.feature_levels={backbone.feature_levels!r}: bgad_jax uses the '
                   'three levels of the reference (strides 4, 8, 16); only 3 is supported')

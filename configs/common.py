@@ -35,6 +35,8 @@ def get_config(arg=None):
   # 1 = the reference's taps; k: every feature vector averaged over its k x k
   # neighbours before the flows see it (PatchCore's local aggregation).
   config.backbone.neighbourhood = 1
+  # 'all' classes, or 'textures' only (objects keep 1; data.foreground's rule).
+  config.backbone.neighbourhood_on = 'all'
 
   config.flow = ml_collections.ConfigDict()
   config.flow.conditional = True                # reference flow_arch 'conditional_flow_model'

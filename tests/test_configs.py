@@ -10,6 +10,7 @@ def test_published_defaults():
   config = common.get_config()
   assert config.backbone.name == 'tf_efficientnet_b6'
   assert config.backbone.neighbourhood == 1   # the reference's taps, not averaged
+  assert config.backbone.neighbourhood_on == 'all'
   assert (config.flow.coupling_layers, config.flow.clamp_alpha,
           config.flow.pos_embed_dim, config.flow.conditional) == (8, 1.9, 128, True)
   assert dict(config.loss) == dict(pos_beta=0.01, margin_tau=0.1, normalizer=10.0,
@@ -76,6 +77,8 @@ def test_best_preset_turns_on_the_options_and_faithful_configs_leave_them_off(mo
   best.data.cutpaste_placement = faithful.data.cutpaste_placement
   assert (faithful.loss.pos_beta, best.loss.pos_beta) == (0.01, 0.05)
   best.loss.pos_beta = faithful.loss.pos_beta
+  assert (faithful.backbone.neighbourhood, faithful.backbone.neighbourhood_on) == (1, 'all')
+  assert (best.backbone.neighbourhood, best.backbone.neighbourhood_on) == (3, 'textures')
   # Everything else is the faithful config; the demo's short schedule trains faster.
   if module is demo:
     assert (faithful.train.lr, best.train.lr) == (2e-4, 1e-3)

@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -87,6 +88,22 @@ def test_map_has_the_input_size_and_ranks_a_blatant_defect_first(trained, detect
   # The defect's region holds the map's highest values.
   row, col = np.unravel_index(np.argmax(blatant.anomaly_map), (64, 96))
   assert 8 <= row < 56 and 32 <= col < 80
+
+
+def test_the_neighbourhood_the_training_saved_decides_the_taps(trained, tmp_path):
+  """A texture-only neighbourhood is decided on the training images; predict has
+  none of them, so it reads the training's decision from predict_constants.json."""
+  copy = tmp_path / 'run'
+  shutil.copytree(trained[0], copy)
+  path = copy / 'predict_constants.json'
+  constants = json.loads(path.read_text())
+  assert constants['neighbourhood'] == 1
+  assert Detector.load(str(copy)).backbone.neighbourhood == 1
+  path.write_text(json.dumps(dict(constants, neighbourhood=3)))
+  assert Detector.load(str(copy)).backbone.neighbourhood == 3
+  del constants['neighbourhood']   # a run saved before the field: the config's
+  path.write_text(json.dumps(constants))
+  assert Detector.load(str(copy)).backbone.neighbourhood == 1
 
 
 def test_to_input_size_fills_the_centre_square_and_extends_its_edges():

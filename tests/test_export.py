@@ -1,5 +1,6 @@
 """export: the StableHLO and ONNX files compute what the Detector computes, without bgad_jax."""
 
+import dataclasses
 import glob
 import subprocess
 import sys
@@ -97,6 +98,28 @@ def test_onnx_export_equals_the_jax_path_in_onnxruntime(trained, exported):
   namespace = {}
   exec(compile(snippet, 'README.md', 'exec'), namespace)   # pylint: disable=exec-used
   assert namespace['maps'].shape == (4, 48, 48) and namespace['nll_scores'].shape == (4,)
+
+
+@pytest.mark.slow
+def test_onnx_export_of_averaged_taps_equals_the_jax_path(trained, exported):
+  """`best` averages the taps of texture classes (backbone.neighbourhood): the
+  averaging converts to ONNX too."""
+  import onnxruntime
+  from bgad_jax import export as export_lib
+  _, reference = exported
+  detector = Detector(reference.config, dataclasses.replace(reference.backbone, neighbourhood=3),
+                      reference.state, reference.map_constants)
+  pixels, maps, scores, nll = _pixels(trained, detector)
+  assert not np.allclose(maps, _pixels(trained, reference)[1], atol=1e-3)   # the taps changed
+  options = onnxruntime.SessionOptions()
+  options.log_severity_level = 3
+  session = onnxruntime.InferenceSession(export_lib.export_onnx(detector), options,
+                                         providers=['CPUExecutionProvider'])
+  out_maps, out_scores, out_nll = session.run(None, {'images': pixels})
+  # Relative: the flows were not trained on averaged taps, so the maps reach -50.
+  np.testing.assert_allclose(out_maps, maps, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(out_nll, nll, rtol=1e-4)
+  np.testing.assert_allclose(out_scores, scores, rtol=1e-4, atol=1e-4)
 
 
 def test_onnx_without_its_extra_is_a_config_error(monkeypatch):

@@ -31,15 +31,17 @@ def test_one_error_names_every_bad_field():
   config.maps.level_aggregation = 'max'
   config.data.cutpaste_placement = 'anywhere'
   config.backbone.neighbourhood = 2
+  config.backbone.neighbourhood_on = 'objects'
   with pytest.raises(settings.ConfigError) as caught:
     settings.validate(config, num_devices=4)
   message = str(caught.value)
   for field in ('data.anomaly_strategy', 'glitter', 'train.num_vectors', 'flow.pos_embed_dim',
                 'backbone.name', 'loss.pos_beta', 'export.platforms', 'export.format',
                 'maps.image_score', 'maps.top_k_fraction', 'maps.level_aggregation',
-                'data.cutpaste_placement', 'backbone.neighbourhood=2'):
+                'data.cutpaste_placement', 'backbone.neighbourhood=2',
+                'backbone.neighbourhood_on'):
     assert field in message, field
-  assert len(message.splitlines()) == 13   # the header and one line per field
+  assert len(message.splitlines()) == 14   # the header and one line per field
 
 
 def test_fields_nothing_else_reads_are_checked_too():

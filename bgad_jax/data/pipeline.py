@@ -121,13 +121,17 @@ def preprocess(examples: Sequence[Dict], inp_size: int, mean: Sequence[float],
     labels int32 [N], has_mask bool [N], defect_types and filenames (object
     arrays [N]).
   """
-  pixels, masks = [], []
-  for example in examples:
-    pixels.append(resize_and_center_crop(example['image'], inp_size, Image.LANCZOS))
-    masks.append(resize_and_center_crop(example['mask'], inp_size, Image.NEAREST))
-  pixels = np.stack(pixels)
+  pixels = resized_pixels(examples, inp_size)
+  masks = [resize_and_center_crop(example['mask'], inp_size, Image.NEAREST)
+           for example in examples]
   return dict(images=normalise(pixels, mean, std), pixels=pixels,
               masks=np.stack(masks).astype(np.uint8), **metadata(examples))
+
+
+def resized_pixels(examples: Sequence[Dict], inp_size: int) -> np.ndarray:
+  """The examples' images as `preprocess` sizes them: uint8 [N, S, S, 3]."""
+  return np.stack([resize_and_center_crop(example['image'], inp_size, Image.LANCZOS)
+                   for example in examples])
 
 
 def metadata(examples: Sequence[Dict]) -> Dict[str, np.ndarray]:

@@ -93,6 +93,22 @@ def estimate_foreground(image: np.ndarray, border: float = 0.04) -> np.ndarray:
   return fg
 
 
+def treated_as_texture(images: Sequence[np.ndarray], category: str, mode: str = 'auto') -> bool:
+  """Whether a class is handled as a texture (its whole image is foreground).
+
+  ``mode`` is ``data.foreground``: 'all' is a texture, 'folder' (masks given)
+  an object, 'auto' a texture for MVTec's textures and classes that
+  `looks_like_texture`. `foreground_masks` and the texture-only options
+  (``backbone.neighbourhood_on``) decide by this one rule.
+
+  Args:
+    images: the normal training images, uint8 [H, W, 3] each.
+  """
+  if mode == 'auto':
+    return category in MVTEC_TEXTURES or looks_like_texture(images)
+  return mode == 'all'
+
+
 def foreground_masks(images: Sequence[np.ndarray], category: str, mode: str = 'auto',
                      names: Sequence[str] = (), folder: str = '',
                      size: Optional[int] = None) -> List[np.ndarray]:
@@ -106,8 +122,7 @@ def foreground_masks(images: Sequence[np.ndarray], category: str, mode: str = 'a
     names: the images' file names (needed for 'folder').
     size: side of the images (masks from a folder are resized to it).
   """
-  if mode == 'all' or (mode == 'auto' and (category in MVTEC_TEXTURES
-                                           or looks_like_texture(images))):
+  if treated_as_texture(images, category, mode):
     return [np.ones(img.shape[:2], bool) for img in images]
   if mode == 'auto':
     return [estimate_foreground(img) for img in images]

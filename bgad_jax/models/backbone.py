@@ -16,7 +16,9 @@ import math
 from typing import Any, List, Tuple
 
 import jax
+from jax import lax
 import jax.numpy as jnp
+import numpy as np
 import flax.linen as nn
 
 
@@ -119,8 +121,14 @@ def neighbourhood_mean(tap: jnp.ndarray, size: int) -> jnp.ndarray:
   """
   if size == 1:
     return tap
-  return nn.avg_pool(tap, (size, size), strides=(1, 1), padding='SAME',
-                     count_include_pad=False)
+  # flax's avg_pool(count_include_pad=False) spelled out in lax: the same
+  # numbers, and jax2onnx converts it (its avg_pool patch rejects those
+  # arguments).
+  window = (1, size, size, 1)
+  total = lax.reduce_window(tap, np.zeros((), tap.dtype), lax.add, window, (1,) * 4, 'SAME')
+  count = lax.reduce_window(jnp.ones((1,) + tap.shape[1:3] + (1,), tap.dtype),
+                            np.zeros((), tap.dtype), lax.add, window, (1,) * 4, 'SAME')
+  return total / count
 
 
 def _activation(name):

