@@ -12,15 +12,25 @@ ways with bgad_jax's metric code:
   best             the flows' maps and image scores, as quality.py's `best`;
   knn              memory bank alone: per level, each test feature vector's
                    Euclidean distance to its nearest normal training vector
-                   (every vector of every normal training image; no coreset,
-                   no pooling), upsampled as the flows' maps, standardised
+                   (every vector of every normal training image; no coreset;
+                   the flows' features, so averaged where `best` averages
+                   them), upsampled as the flows' maps, standardised
                    over the test pixels, averaged over the levels; maps
                    smoothed and images scored (top-k mean) as `best`'s;
   best+knn_image   `best`'s maps; image score = the sum of the flows' and
                    the bank's image scores, each standardised over the test
                    images;
   best+knn_maps    maps and image scores from the standardised flow map plus
-                   half the standardised bank map.
+                   half the standardised bank map;
+  patch_knn        PatchCore's patch features of the same backbone: the
+                   stride-8 and stride-16 taps (before any
+                   backbone.neighbourhood), each averaged over 3 x 3
+                   neighbours with zero padding as anomalib's pooling, the
+                   stride-16 one resized to stride 8, concatenated; a test
+                   patch's distance to the nearest normal training patch (all
+                   of them, no coreset), maps and scores as `knn`'s;
+  best+patch_knn   the standardised flow map plus the standardised
+                   patch_knn map, maps and image scores from the sum.
 
 Data, known files and test set are quality.py's defaults (since 2026-12-05
 three known files per seen type and the 64 + 16 test set; the README's rows
@@ -35,12 +45,14 @@ import os
 os.environ.setdefault('TQDM_DISABLE', '1')
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from typing import Dict, List
 
 import jax
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
@@ -54,7 +66,7 @@ from bgad_jax.evaluation import metrics  # noqa: E402
 from bgad_jax.evaluation.inference import lp_maps  # noqa: E402
 from bgad_jax.evaluation.report import headline  # noqa: E402
 
-VARIANTS = ('best', 'knn', 'best+knn_image', 'best+knn_maps')
+VARIANTS = ('best', 'knn', 'best+knn_image', 'best+knn_maps', 'patch_knn', 'best+patch_knn')
 COLUMNS = [('class', 'class', '8s'), ('seed', 'seed', '4d'), ('variant', 'variant', '15s'),
            ('img', 'img', '5.1f'), ('pix', 'pix', '5.1f'), ('aupro', 'AUPRO', '5.1f'),
            ('seen_img', 'seen img', '8.1f'), ('seen_pix', 'seen pix', '8.1f'),
@@ -100,12 +112,25 @@ def bank_map(distances: List[np.ndarray], size: int) -> np.ndarray:
                   for d in distances], axis=0)
 
 
-def variant_outputs(lp: List[np.ndarray], distances: List[np.ndarray], size: int,
+def patch_features(taps: List[np.ndarray]) -> np.ndarray:
+  """PatchCore's patch features of the raw taps (strides 4, 8, 16): float32
+  [N, h_8, w_8, C_8 + C_16] (see the module doc, `patch_knn`)."""
+  pooled = [nn.avg_pool(jnp.asarray(tap), (3, 3), strides=(1, 1), padding='SAME',
+                        count_include_pad=True) for tap in taps[1:]]
+  n, h, w, _ = pooled[0].shape
+  coarse = jax.image.resize(pooled[1], (n, h, w, pooled[1].shape[-1]), 'bilinear')
+  return np.concatenate([np.asarray(pooled[0]), np.asarray(coarse)], axis=-1)
+
+
+def variant_outputs(lp: List[np.ndarray], distances: List[np.ndarray],
+                    patch_distances: np.ndarray, size: int,
                     options: maps_lib.MapOptions) -> Dict[str, tuple]:
-  """{variant: (maps [N, S, S], image scores [N])} for `VARIANTS`."""
+  """{variant: (maps [N, S, S], image scores [N])} for `VARIANTS`; ``distances``
+  per level [N, h, w], ``patch_distances`` [N, h_8, w_8]."""
   flow_maps, flow_scores = maps_lib.test_set_outputs(lp, size, options)
   flow_raw = maps_lib.test_set_anomaly_maps(lp, size, options.for_scores())
   knn_raw = bank_map(distances, size)
+  patch_raw = bank_map([patch_distances], size)
 
   def scored(raw):   # smoothed maps, images scored on the unsmoothed ones as `best`
     return (maps_lib.smooth_maps(raw, options.smoothing_sigma, np),
@@ -115,7 +140,9 @@ def variant_outputs(lp: List[np.ndarray], distances: List[np.ndarray], size: int
   return {'best': (flow_maps, flow_scores),
           'knn': (knn_maps, knn_scores),
           'best+knn_image': (flow_maps, _standardise(flow_scores) + _standardise(knn_scores)),
-          'best+knn_maps': scored(_standardise(flow_raw) + 0.5 * knn_raw)}
+          'best+knn_maps': scored(_standardise(flow_raw) + 0.5 * knn_raw),
+          'patch_knn': scored(patch_raw),
+          'best+patch_knn': scored(_standardise(flow_raw) + patch_raw)}
 
 
 def _row(test: engine.TestSet, maps: np.ndarray, scores: np.ndarray) -> Dict:
@@ -146,9 +173,13 @@ def measure(args, category: str, seed: int) -> List[Dict]:
   detector = Detector.load(workdir, config)
   bank = detector.backbone.extract(train_examples, config.data.inp_size)[1]
   test = engine.build_test_set(config, detector.backbone, test_examples, len(known))
+  raw = dataclasses.replace(detector.backbone, neighbourhood=1)   # PatchCore pools its own
+  patch_bank, patch_test = (patch_features(raw.extract(examples, config.data.inp_size)[1])
+                            for examples in (train_examples, test_examples))
   outputs = variant_outputs(lp_maps(detector.state, test.features, detector.backbone.mesh),
-                            nearest_distance_maps(bank, test.features), config.data.inp_size,
-                            maps_lib.MapOptions.of(config.maps))
+                            nearest_distance_maps(bank, test.features),
+                            nearest_distance_maps([patch_bank], [patch_test])[0],
+                            config.data.inp_size, maps_lib.MapOptions.of(config.maps))
   print(f'{category} seed {seed}: scored in {time.time() - started:.0f} s', flush=True)
   return [dict({'class': category, 'seed': seed, 'variant': name}, **_row(test, *outputs[name]))
           for name in VARIANTS]

@@ -607,6 +607,20 @@ def test_memory_bank_nearest_distances_are_the_brute_force_minimum():
   assert got[0][0, 1, 1] < 1e-3
 
 
+def test_patch_features_pool_with_zero_padding_and_join_at_stride_8():
+  """anomalib's AvgPool2d(3, 1, 1) counts the padding: a corner of ones is 4/9."""
+  from benchmarks import memory_bank
+  taps = [np.ones((2, 8, 8, 3), np.float32), np.ones((2, 4, 4, 2), np.float32),
+          np.full((2, 2, 2, 5), 9.0, np.float32)]
+  patches = memory_bank.patch_features(taps)
+  assert patches.shape == (2, 4, 4, 7)
+  np.testing.assert_allclose(patches[0, :, :, 0], [[4 / 9, 6 / 9, 6 / 9, 4 / 9],
+                                                   [6 / 9, 1, 1, 6 / 9],
+                                                   [6 / 9, 1, 1, 6 / 9],
+                                                   [4 / 9, 6 / 9, 6 / 9, 4 / 9]], rtol=1e-6)
+  np.testing.assert_allclose(patches[..., 2:], 4.0, rtol=1e-6)   # 2 x 2: every cell a corner
+
+
 @pytest.mark.slow
 def test_memory_bank_benchmark_smoke(tmp_path):
   """Its `best` row is the trained run's own evaluation; a second call reuses the run."""
@@ -614,13 +628,15 @@ def test_memory_bank_benchmark_smoke(tmp_path):
        '--scratch', str(tmp_path), '--json', str(tmp_path / 'out.json'))
   payload = json.loads((tmp_path / 'out.json').read_text())
   rows = {row['variant']: row for row in payload['rows']}
-  assert list(rows) == ['best', 'knn', 'best+knn_image', 'best+knn_maps']
+  assert list(rows) == ['best', 'knn', 'best+knn_image', 'best+knn_maps', 'patch_knn',
+                        'best+patch_knn']
   run = json.loads((tmp_path / 'runs' / 'surface_0' / 'results.json').read_text())
   assert run['config']['maps']['image_score'] == 'top_k_mean'   # quality.py's best
   for key, metric in (('img', 'img_auroc'), ('pix', 'pix_auroc'), ('aupro', 'aupro')):
     assert rows['best'][key] == pytest.approx(100 * run[metric], abs=1e-6)
   assert rows['best+knn_image']['pix'] == rows['best']['pix']   # image scores only
   assert rows['knn']['pix'] != rows['best']['pix']
+  assert rows['patch_knn']['pix'] not in (rows['knn']['pix'], rows['best']['pix'])
   assert all(0 <= rows[v][k] <= 100 for v in rows for k in ('img', 'pix', 'aupro'))
   assert [(e['variant'], e['seeds']) for e in payload['summary']] == [
       (v, 1) for v in rows]
