@@ -350,7 +350,14 @@ def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
   use_compile_cache(config)
   mesh = make_mesh()
   train_examples, _, known, test_examples = load_data(config)
-  backbone = FrozenBackbone.load(config, mesh, class_neighbourhood(config, train_examples))
+  finished = os.path.isfile(os.path.join(workdir, 'predict_constants.json'))
+  constants = read_predict_constants(workdir) if finished else {}
+  # The taps the training decided on, as predict uses them; decided again for a
+  # run stopped before it saved them (or saved before they were recorded).
+  neighbourhood = constants.get('neighbourhood')
+  if neighbourhood is None:
+    neighbourhood = class_neighbourhood(config, train_examples)
+  backbone = FrozenBackbone.load(config, mesh, neighbourhood)
   t0 = time.time()
   test = build_test_set(config, backbone, test_examples, len(known))
   feature_seconds = time.time() - t0
@@ -360,9 +367,8 @@ def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
   run = Run(config, workdir, mesh, state, RunLog.from_meta(meta))
   run.log.eval_seconds = 0.0   # this evaluation's seconds only
   result, maps, test_lp = run.score_test_set(test)
-  if os.path.isfile(os.path.join(workdir, 'predict_constants.json')):
-    result['at_threshold'] = _at_threshold(config, test_lp, test,
-                                           read_predict_constants(workdir))
+  if finished:
+    result['at_threshold'] = _at_threshold(config, test_lp, test, constants)
   return _write_outputs(run, (result, maps), test, known,
                         dict(features=feature_seconds,
                              total=feature_seconds + run.log.eval_seconds))

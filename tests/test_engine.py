@@ -82,6 +82,19 @@ def test_eval_mode_reproduces_the_metrics(trained, tmp_path):
   assert after['at_threshold'] == pytest.approx(before['at_threshold'])
 
 
+def test_eval_scores_with_the_taps_the_training_saved(trained, tmp_path):
+  """Eval, like predict, takes the neighbourhood from predict_constants.json
+  (the config here says 1)."""
+  before = json.loads((trained[0] / 'results.json').read_text())
+  workdir = runs.copy_of_run(trained[0], tmp_path / 'run')
+  path = workdir / 'predict_constants.json'
+  path.write_text(json.dumps(dict(json.loads(path.read_text()), neighbourhood=3)))
+  _main(workdir, trained[1], '--mode=eval')
+  after = json.loads((workdir / 'results.json').read_text())
+  assert after['config']['backbone']['neighbourhood'] == 1
+  assert after['pix_auroc'] != pytest.approx(before['pix_auroc'], abs=1e-6)
+
+
 def test_eval_with_another_threshold_rule_uses_the_stored_calibration(trained, tmp_path):
   workdir = _trained_copy(trained, tmp_path / 'run')
   _main(workdir, trained[1], '--mode=eval', '--config.predict.threshold=val_fpr',
