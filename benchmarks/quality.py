@@ -6,6 +6,7 @@ against anomalib's PatchCore and SuperSimpleNet, on the same classes, in one run
       [--runs faithful,smooth,...,best,patchcore,supersimplenet,...] [--meta_epochs N]
       [--long_meta_epochs 12] [--supersimplenet_dir DIR [--supersimplenet_epochs N]]
       [--data_seed 0] [--known_seed K] [--per_type 3] [--test_good 64] [--test_per_defect 16]
+      [--defect_placement centre|anywhere]
       [--set KEY=VALUE ...] [--out DIR] [--json out.json]
   python benchmarks/quality.py --tables_from a/quality.json,b/quality.json   # one table
       (files of other classes or other seeds of the same runs combine)
@@ -19,7 +20,10 @@ smudges) and 'coins' (grey, a product: one of 24 coins per image in a random
 pose, with chips, deformations, scratches and stains on the coin). Their
 test set is four times configs/demo.py's: 64 normal images and 16 of each
 defect type (``--test_good``, ``--test_per_defect``; 0 keeps the config's 16
-and 8). ``--data`` takes MVTec-layout folders instead.
+and 8). Defects are centred in the middle of the image by default;
+``--defect_placement anywhere`` draws their centres over the whole image, so
+they also touch the border (PatchCore scores border pixels low: README,
+"Where the defects lie"). ``--data`` takes MVTec-layout folders instead.
 
 Seeds: every method runs once per seed of ``--seeds``. The seed draws the
 known files (and so the test images that remain), the initialisation and the
@@ -36,7 +40,8 @@ Overrides: ``--set KEY=VALUE`` (repeatable) changes one config field of
 every bgad_jax run, read as that field's type as main.py's
 ``--config.KEY=VALUE`` is; e.g. ``--runs best --set data.synthetic_repeats=20``
 repeats the README's 20-copy rows. The baselines keep their settings; the
-JSON's ``args`` records the overrides.
+JSON's ``args`` records the overrides. The demo images' fields (data.demo)
+are the flags above, never ``--set``: every method must see the same images.
 
 Known anomalies: ``--per_type`` (default 3) of each defect type but the last
 (sorted by name), which stays unseen: the table's seen / unseen columns.
@@ -114,6 +119,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import table  # noqa: E402
 from bgad_jax import cli, engine, settings  # noqa: E402
+from bgad_jax.data import demo_data  # noqa: E402
 from bgad_jax.data.pipeline import preprocess  # noqa: E402
 from bgad_jax.errors import ConfigError  # noqa: E402
 from bgad_jax.evaluation import metrics  # noqa: E402
@@ -139,6 +145,7 @@ def base_config(args, category: str, tmp: str, seed: int, preset: str = ''):
   else:
     config.data.root = os.path.join(tmp, 'demo_data')
     config.data.demo.seed = args.data_seed
+    config.data.demo.defect_placement = args.defect_placement
   config.data.val_fraction = 0.0   # as the reference: every normal image trains the flows
   config.data.anomaly_count_mode = 'per_type'
   config.data.num_anomalies = args.per_type
@@ -432,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--test_per_defect', type=int, default=16,
                       help="the demo classes' images per defect type, known ones included "
                       "(0: the config's 8)")
+  parser.add_argument('--defect_placement', default='centre', choices=demo_data.PLACEMENTS,
+                      help="where the demo classes' defects lie: 'centre' (the middle of "
+                      "the image) or 'anywhere' (centres over the whole image)")
   parser.add_argument('--known_seed', type=int, default=-1,
                       help="every seed trains with the known files this seed draws "
                       "(-1: each run's own draw)")
@@ -467,6 +477,9 @@ def main(argv=None) -> Dict:
     report(args.out, known_types, all_results)
     return dict(known_types=known_types, results=all_results)
   for assignment in args.set:   # a typo fails now, not after hours of runs
+    if assignment.startswith('data.demo.'):   # would change the images of bgad_jax runs only
+      parser.error(f'--set {assignment}: the demo images are the same for every method; '
+                   'use --data_seed, --test_good, --test_per_defect or --defect_placement')
     try:
       cli.set_field(demo.get_config('tissue'), assignment)
     except ConfigError as error:

@@ -15,8 +15,8 @@ from typing import Iterable, List, Tuple
 
 import jax
 
+from bgad_jax.data import demo_data, synthesis
 from bgad_jax.data import strategies as strategies_lib
-from bgad_jax.data import synthesis
 from bgad_jax.data.dataset import SOURCES, builder_dataset
 from bgad_jax.errors import ConfigError
 from bgad_jax.evaluation.calibration import THRESHOLD_RULES
@@ -185,6 +185,8 @@ def _check_demo(data, errors):
   if demo.get('seed', -1) < -1:
     errors.append(f"data.demo.seed={demo.seed}: the images' seed, >= 0, or -1 for the run's "
                   'seed (config.seed)')
+  _one_of(errors, 'data.demo.defect_placement', demo.get('defect_placement', 'centre'),
+          demo_data.PLACEMENTS)
 
 
 def _check_predict(config, errors):

@@ -21,7 +21,10 @@ def get_config(arg=None):
   config.data.anomaly_strategy = ('real',)
   config.data.demo = ml_collections.ConfigDict(dict(
       size=128, num_train=64, num_test_good=16, num_per_defect=8,
-      seed=-1))   # the images' seed; -1: the run's seed (config.seed)
+      seed=-1,   # the images' seed; -1: the run's seed (config.seed)
+      # Where defect centres fall: 'centre' (the middle of the image) or
+      # 'anywhere' (bgad_jax.data.demo_data.PLACEMENTS).
+      defect_placement='centre'))
   config.train.meta_epochs = 6
   config.train.sub_epochs = 2
   config.train.batch_size = 16

@@ -5,7 +5,9 @@ changes) of a texture photograph that ships with scikit-image; training crops
 come from the top 60% of the photograph and test crops from the rest, so test
 normals are unseen. Anomalous test images get one of four procedural defects,
 drawn here with numpy/scikit-image; the mask marks the defect's region (for
-cracks, holes, scratches and stains exactly the pixels it changed).
+cracks, holes, scratches and stains exactly the pixels it changed). A
+defect's centre lies in the middle of the image unless ``defect_placement``
+is 'anywhere' (`PLACEMENTS`).
 Generation is deterministic: the same arguments give byte-identical PNG files.
 
 The texture classes (tissue, brick, grass, gravel) get cracks, holes, scratches
@@ -43,6 +45,10 @@ TEXTURES: Dict[str, Callable[[], np.ndarray]] = {
 }
 DEFECT_TYPES = ('crack', 'hole', 'scratch', 'stain')
 _FORMAT_VERSION = 2   # 2: the surface class
+# Where a defect's centre is drawn: 'centre' (the middle of the image, as the
+# classes were made from the start) or 'anywhere' (uniform over the whole
+# image, so defects also touch and cross the border, as real ones may).
+PLACEMENTS = ('centre', 'anywhere')
 # Classes with their own photograph and defect types (not strategy 2's textures).
 SURFACE_DEFECT_TYPES = ('contamination', 'deformation', 'discoloration', 'smudge')
 PHOTO_CLASSES: Dict[str, Callable[[], np.ndarray]] = {'surface': skdata.moon}
@@ -75,15 +81,23 @@ def _normal_crop(texture, rng, size, row_range) -> np.ndarray:
   return np.clip(np.round(crop), 0, 255).astype(np.uint8)
 
 
+def _defect_centre(rng, size: int, centre_range: Tuple[float, float], placement: str):
+  """(row, col) float [2] of a defect: ``centre_range`` (fractions of the side,
+  the defect's own) with placement 'centre', the whole image with 'anywhere'.
+  Both draw the same numbers from ``rng``, so the rest of a class is unchanged."""
+  low, high = (0.0, 1.0) if placement == 'anywhere' else centre_range
+  return rng.uniform(low, high, size=2) * size
+
+
 def _thicken(mask: np.ndarray, radius: int) -> np.ndarray:
   return morphology.dilation(mask, morphology.disk(radius)) if radius > 0 else mask
 
 
-def _scratch(image, rng):
+def _scratch(image, rng, placement):
   size = image.shape[0]
   length = rng.uniform(0.4, 0.8) * size
   angle = rng.uniform(0, np.pi)
-  cy, cx = rng.uniform(0.3, 0.7, size=2) * size
+  cy, cx = _defect_centre(rng, size, (0.3, 0.7), placement)
   dy, dx = 0.5 * length * np.sin(angle), 0.5 * length * np.cos(angle)
   mask = np.zeros(image.shape[:2], bool)
   rr, cc = draw.line(*[int(np.clip(v, 0, size - 1)) for v in (cy - dy, cx - dx, cy + dy, cx + dx)])
@@ -94,10 +108,10 @@ def _scratch(image, rng):
   return out, mask
 
 
-def _stain(image, rng):
+def _stain(image, rng, placement):
   size = image.shape[0]
   mask = np.zeros(image.shape[:2], bool)
-  cy, cx = rng.uniform(0.3, 0.7, size=2) * size
+  cy, cx = _defect_centre(rng, size, (0.3, 0.7), placement)
   for _ in range(3):   # a blob of overlapping ellipses
     rr, cc = draw.ellipse(cy + rng.normal(0, 4), cx + rng.normal(0, 4),
                           rng.uniform(0.05, 0.12) * size, rng.uniform(0.05, 0.12) * size,
@@ -111,10 +125,10 @@ def _stain(image, rng):
   return np.clip(np.round(out), 0, 255).astype(np.uint8), mask
 
 
-def _hole(image, rng):
+def _hole(image, rng, placement):
   size = image.shape[0]
   radius = rng.uniform(0.04, 0.09) * size
-  cy, cx = rng.uniform(0.25, 0.75, size=2) * size
+  cy, cx = _defect_centre(rng, size, (0.25, 0.75), placement)
   mask = np.zeros(image.shape[:2], bool)
   rr, cc = draw.disk((cy, cx), radius, shape=mask.shape)
   mask[rr, cc] = True
@@ -124,10 +138,10 @@ def _hole(image, rng):
   return out, mask
 
 
-def _crack(image, rng):
+def _crack(image, rng, placement):
   size = image.shape[0]
   mask = np.zeros(image.shape[:2], bool)
-  y, x = rng.uniform(0.25, 0.75, size=2) * size
+  y, x = _defect_centre(rng, size, (0.25, 0.75), placement)
   heading = rng.uniform(0, 2 * np.pi)
   for _ in range(int(rng.integers(6, 10))):   # a jagged random walk
     heading += rng.normal(0, 0.6)
@@ -142,10 +156,10 @@ def _crack(image, rng):
   return out, mask
 
 
-def _blob(size: int, rng, low: float, high: float) -> np.ndarray:
+def _blob(size: int, rng, low: float, high: float, placement: str) -> np.ndarray:
   """A random blob of overlapping ellipses (radii low..high of the image side)."""
   mask = np.zeros((size, size), bool)
-  cy, cx = rng.uniform(0.3, 0.7, size=2) * size
+  cy, cx = _defect_centre(rng, size, (0.3, 0.7), placement)
   for _ in range(3):
     rr, cc = draw.ellipse(cy + rng.normal(0, 0.03 * size), cx + rng.normal(0, 0.03 * size),
                           rng.uniform(low, high) * size, rng.uniform(low, high) * size,
@@ -154,7 +168,7 @@ def _blob(size: int, rng, low: float, high: float) -> np.ndarray:
   return mask
 
 
-def _contamination(image, rng):
+def _contamination(image, rng, placement):
   """A patch of another photograph (a cat's fur) lying on the surface."""
   size = image.shape[0]
   fur = as_rgb(skdata.chelsea())
@@ -163,15 +177,15 @@ def _contamination(image, rng):
   patch = fur[top:top + size, left:left + size]
   if np.array_equal(image[..., 0], image[..., 1]):   # grey surface: grey debris
     patch = np.repeat(patch.mean(axis=2, keepdims=True), 3, axis=2)
-  mask = _blob(size, rng, 0.04, 0.09)
+  mask = _blob(size, rng, 0.04, 0.09, placement)
   out = image.copy()
   out[mask] = np.round(patch[mask]).astype(np.uint8)
   return out, mask
 
 
-def _discoloration(image, rng):
+def _discoloration(image, rng, placement):
   """A region darker or brighter by 25-45%."""
-  mask = _blob(image.shape[0], rng, 0.06, 0.12)
+  mask = _blob(image.shape[0], rng, 0.06, 0.12, placement)
   factor = rng.uniform(0.55, 0.75) if rng.random() < 0.5 else rng.uniform(1.25, 1.45)
   out = image.astype(np.float32)
   out[mask] *= factor
@@ -179,13 +193,13 @@ def _discoloration(image, rng):
   return out, mask
 
 
-def _deformation(image, rng):
+def _deformation(image, rng, placement):
   """A local swirl, as if the surface were pressed and twisted; the mask is
   where the swirl moves the surface by at least one pixel."""
   size = image.shape[0]
   radius = rng.uniform(0.2, 0.3) * size
   strength = rng.uniform(4, 7)
-  centre = rng.uniform(0.3, 0.7, size=2) * size
+  centre = _defect_centre(rng, size, (0.3, 0.7), placement)
   swirled = transform.swirl(image.astype(np.float64) / 255.0, center=centre[::-1],
                             strength=strength, radius=radius, mode='reflect')
   # scikit-image turns a point at distance rho by strength * exp(-rho / (radius
@@ -199,9 +213,9 @@ def _deformation(image, rng):
   return out, mask
 
 
-def _smudge(image, rng):
+def _smudge(image, rng, placement):
   """A blurred region, as if something were smeared over it."""
-  mask = _blob(image.shape[0], rng, 0.06, 0.12)
+  mask = _blob(image.shape[0], rng, 0.06, 0.12, placement)
   blurred = filters.gaussian(image.astype(np.float64), sigma=rng.uniform(3, 5),
                              channel_axis=2, preserve_range=True)
   out = image.copy()
@@ -214,10 +228,13 @@ _DEFECTS = {'crack': _crack, 'hole': _hole, 'scratch': _scratch, 'stain': _stain
             'discoloration': _discoloration, 'smudge': _smudge}
 
 
-def add_defect(image: np.ndarray, defect_type: str, rng: np.random.Generator):
-  """Draws one defect. Returns (image uint8 [S, S, 3], mask bool [S, S]); pixels
-  outside the mask are unchanged."""
-  return _DEFECTS[defect_type](image, rng)
+def add_defect(image: np.ndarray, defect_type: str, rng: np.random.Generator,
+               placement: str = 'centre'):
+  """Draws one defect, its centre placed by ``placement`` (`PLACEMENTS`). Returns
+  (image uint8 [S, S, 3], mask bool [S, S]); pixels outside the mask are unchanged."""
+  if placement not in PLACEMENTS:
+    raise ConfigError(f'data.demo.defect_placement must be one of {PLACEMENTS}, got {placement!r}')
+  return _DEFECTS[defect_type](image, rng, placement)
 
 
 # --- the coins product class ---
@@ -279,7 +296,7 @@ _COIN_DEFECT_DRAWS = 200   # real coins need a few; more means the coin cannot h
 
 
 def add_coin_defect(image: np.ndarray, coin: np.ndarray, defect_type: str,
-                    rng: np.random.Generator):
+                    rng: np.random.Generator, placement: str = 'centre'):
   """One defect on the coin (``coin``: bool [S, S]); the same contract as
   `add_defect`. Redrawn until it covers at least 0.2% of the image; a coin too
   small for that raises ValueError instead of drawing for ever."""
@@ -287,7 +304,7 @@ def add_coin_defect(image: np.ndarray, coin: np.ndarray, defect_type: str,
     if defect_type == 'chip':
       out, mask = _chip(image, coin, rng)
     else:
-      out, mask = _DEFECTS[defect_type](image, rng)
+      out, mask = add_defect(image, defect_type, rng, placement)
       mask = mask & coin
       out = np.where(mask[..., None], out, image)
     if mask.sum() >= 0.002 * mask.size:
@@ -324,7 +341,7 @@ def _texture_of_size(category: str, size: int) -> np.ndarray:
   return texture
 
 
-def _image_sources(category: str, size: int, rng: np.random.Generator):
+def _image_sources(category: str, size: int, rng: np.random.Generator, placement: str):
   """(normal(split) -> image, defective(defect_type) -> (image, mask)) of a class.
 
   Textures: training crops from the top 60% of the photograph, test crops
@@ -338,7 +355,7 @@ def _image_sources(category: str, size: int, rng: np.random.Generator):
       return pose()[0]
 
     def defective(defect_type):
-      return add_coin_defect(*pose(), defect_type, rng)
+      return add_coin_defect(*pose(), defect_type, rng, placement)
     return normal, defective
   texture = _texture_of_size(category, size)
   split_row = int(texture.shape[0] * 0.6)
@@ -348,7 +365,7 @@ def _image_sources(category: str, size: int, rng: np.random.Generator):
     return _normal_crop(texture, rng, size, rows[split])
 
   def defect_on_crop(defect_type):
-    return add_defect(crop('test'), defect_type, rng)
+    return add_defect(crop('test'), defect_type, rng, placement)
   return crop, defect_on_crop
 
 
@@ -368,8 +385,13 @@ def _write_class(category_dir, category, counts, normal, defective) -> None:
 
 
 def generate(root: str, category: str = 'tissue', size: int = 128, num_train: int = 60,
-             num_test_good: int = 16, num_per_defect: int = 8, seed: int = 0) -> str:
+             num_test_good: int = 16, num_per_defect: int = 8, seed: int = 0,
+             defect_placement: str = 'centre') -> str:
   """Writes ``<root>/<category>/{train,test,ground_truth}`` (MVTec layout).
+
+  ``defect_placement``: where defect centres are drawn (`PLACEMENTS`; the
+  coins' chips lie on the rim either way). The normal images and every other
+  draw are the same for both.
 
   Reuses an existing folder made with the same arguments (a stamp file records
   them). Returns the category folder.
@@ -379,12 +401,18 @@ def generate(root: str, category: str = 'tissue', size: int = 128, num_train: in
   category_dir = os.path.join(root, category)
   settings = dict(format=_FORMAT_VERSION, size=size, num_train=num_train,
                   num_test_good=num_test_good, num_per_defect=num_per_defect, seed=seed)
+  if defect_placement != 'centre':   # folders made before the option stay valid
+    settings['defect_placement'] = defect_placement
   stamp = os.path.join(category_dir, 'demo_settings.json')
   if os.path.isfile(stamp):
     with open(stamp) as f:
       if json.load(f) == settings:
         return category_dir
-  sources = _image_sources(category, size, np.random.default_rng(seed))   # checks the size
+  if defect_placement not in PLACEMENTS:
+    raise ConfigError(f'data.demo.defect_placement must be one of {PLACEMENTS}, '
+                      f'got {defect_placement!r}')
+  sources = _image_sources(category, size, np.random.default_rng(seed),   # checks the size
+                           defect_placement)
   shutil.rmtree(category_dir, ignore_errors=True)   # no files left from other settings
   _write_class(category_dir, category, (num_train, num_test_good, num_per_defect), *sources)
   with open(stamp, 'w') as f:

@@ -76,6 +76,10 @@ def test_demo_images_follow_the_run_seed_unless_data_demo_seed_fixes_them(tmp_pa
   assert by_run_seed[0] != by_run_seed[1]   # -1: the run's seed draws the images
   config.demo.seed = 1
   assert _demo_images(config, 0) == _demo_images(config, 5) == by_run_seed[1]
+  config.demo.defect_placement = 'anywhere'   # the defects move (a chip is on the rim
+  anywhere = _demo_images(config, 0)           # either way), the normal images stay
+  assert {k for k in anywhere if anywhere[k] != by_run_seed[1][k]} == {
+      k for k in anywhere if not k.startswith(('good', 'chip'))}
 
 
 def test_hold_out_normals_is_a_seeded_partition_above_the_minimum():

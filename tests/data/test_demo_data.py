@@ -46,6 +46,41 @@ def test_defect_changes_exactly_its_mask(defect_type):
   assert changed[mask].mean() > 0.9   # the mask is not larger than the defect
 
 
+def _touches_band(mask, band):
+  return bool(mask[:band].any() or mask[-band:].any() or mask[:, :band].any()
+              or mask[:, -band:].any())
+
+
+@pytest.mark.parametrize('defect_type', demo_data.DEFECT_TYPES + demo_data.SURFACE_DEFECT_TYPES)
+def test_anywhere_placement_reaches_the_border_and_keeps_the_defect(defect_type):
+  """'centre' keeps a defect's centre in the middle of the image; 'anywhere' draws
+  it over the whole image, so defects reach the outer eighth far more often."""
+  base = np.repeat(np.random.default_rng(1).integers(60, 200, size=(64, 64, 1)), 3, axis=2)
+  base = base.astype(np.uint8)
+  touching = {}
+  for placement in demo_data.PLACEMENTS:
+    rng = np.random.default_rng(0)
+    draws = [demo_data.add_defect(base, defect_type, rng, placement) for _ in range(40)]
+    for image, mask in draws:
+      assert mask.any()
+      np.testing.assert_array_equal(image[~mask], base[~mask])
+    touching[placement] = np.mean([_touches_band(mask, 8) for _, mask in draws])
+  assert touching['anywhere'] >= touching['centre'] + 0.3, touching
+
+
+def test_anywhere_placement_changes_only_the_defects(tmp_path):
+  centre = demo_data.generate(str(tmp_path / 'c'), 'tissue', **SMALL)
+  anywhere = demo_data.generate(str(tmp_path / 'a'), 'tissue', **SMALL,
+                                defect_placement='anywhere')
+  names = _files(centre)
+  _, mismatch, _ = filecmp.cmpfiles(centre, anywhere, names, shallow=False)
+  assert 'demo_settings.json' in mismatch
+  assert not [n for n in mismatch if n.startswith(('train', 'test/good'))]
+  assert [n for n in mismatch if n.startswith('ground_truth')]
+  with pytest.raises(ValueError, match="defect_placement must be one of"):
+    demo_data.generate(str(tmp_path / 'x'), 'tissue', **SMALL, defect_placement='edge')
+
+
 def test_unknown_category_is_an_error(tmp_path):
   with pytest.raises(ValueError, match='tissue'):
     demo_data.generate(str(tmp_path), 'marble')
