@@ -1,7 +1,7 @@
 """Normal-feature nearest-neighbour scores beside `best`'s flows, on the quality classes.
 
   python benchmarks/memory_bank.py [--classes tissue,surface,coins] [--seeds 0,1,2]
-      [--scratch DIR] [--json out.json] [--tiny]
+      [--scratch DIR] [--json out.json] [--tiny] [--defect_placement centre|anywhere]
 
 A measurement, not a library option (nothing here is in bgad_jax's scoring
 path). For each class and seed it trains the `best` run of
@@ -36,6 +36,14 @@ Data, known files and test set are quality.py's defaults (since 2026-12-05
 three known files per seen type and the 64 + 16 test set; the README's rows
 were measured with two per type on the demo config's 16 + 8).
 
+By distance to the border (a second table, for `best` and `patch_knn`):
+pixel AUROC over the pixels at least 0, 8 and 16 px from the image border,
+and the normal test images' map values in bands of distance (0-8, 8-16,
+16-32 px and the rest), as the mean z-score over all normal test pixels:
+zero padding lowers PatchCore's scores along the border, which helps when
+the defects lie inside (quality.py's default placement; README, "Where the
+defects lie").
+
 Standardising over the test set is transductive, as the reference's
 test-set normalisation of the maps is; a deployable version would take its
 scales from normal images.
@@ -49,7 +57,7 @@ import dataclasses
 import json
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import jax
 import flax.linen as nn
@@ -60,6 +68,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import quality, table  # noqa: E402
 from bgad_jax import engine, settings  # noqa: E402
+from bgad_jax.data import demo_data  # noqa: E402
 from bgad_jax.detector import Detector  # noqa: E402
 from bgad_jax.evaluation import maps as maps_lib  # noqa: E402
 from bgad_jax.evaluation import metrics  # noqa: E402
@@ -67,6 +76,14 @@ from bgad_jax.evaluation.inference import lp_maps  # noqa: E402
 from bgad_jax.evaluation.report import headline  # noqa: E402
 
 VARIANTS = ('best', 'knn', 'best+knn_image', 'best+knn_maps', 'patch_knn', 'best+patch_knn')
+BORDER_VARIANTS = ('best', 'patch_knn')
+# px from the image border: the pixel AUROC's cut-offs, and the bands of the normal profile.
+BORDER_CUTS = (0, 8, 16)
+BORDER_BANDS = ((0, 8), (8, 16), (16, 32), (32, None))
+BORDER_COLUMNS = ([('class', 'class', '8s'), ('seed', 'seed', '4d'), ('variant', 'variant', '10s')] +
+                  [(f'pix_from_{cut}', f'pix >= {cut} px', '11.1f') for cut in BORDER_CUTS] +
+                  [(f'normal_z_{lo}', f'normal z {lo}-{hi}' if hi else f'normal z {lo}+', '12.2f')
+                   for lo, hi in BORDER_BANDS])
 COLUMNS = [('class', 'class', '8s'), ('seed', 'seed', '4d'), ('variant', 'variant', '15s'),
            ('img', 'img', '5.1f'), ('pix', 'pix', '5.1f'), ('aupro', 'AUPRO', '5.1f'),
            ('seen_img', 'seen img', '8.1f'), ('seen_pix', 'seen pix', '8.1f'),
@@ -145,6 +162,38 @@ def variant_outputs(lp: List[np.ndarray], distances: List[np.ndarray],
           'best+patch_knn': scored(_standardise(flow_raw) + patch_raw)}
 
 
+def border_distance(size: int) -> np.ndarray:
+  """int [size, size]: each pixel's distance in px to the nearest image edge (0 on it)."""
+  index = np.arange(size)
+  to_edge = np.minimum(index, size - 1 - index)
+  return np.minimum(to_edge[:, None], to_edge[None, :])
+
+
+def border_row(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray) -> Dict:
+  """Pixel AUROC (x100) over the pixels at least each of `BORDER_CUTS` px from the
+  border ('pix_from_<cut>'), and the normal images' mean z-score (over all their
+  pixels) in each band of `BORDER_BANDS` ('normal_z_<low>'); NaN where there is
+  no such pixel (or only one class).
+
+  Args:
+    maps: float [N, S, S] anomaly maps; masks: [N, S, S] (> 0.5 = defect);
+    labels: int [N] (0 = normal image).
+  """
+  distance = border_distance(maps.shape[-1])
+  ranked = metrics.RankedScores(maps)
+  defect = np.asarray(masks) > 0.5
+  row = {}
+  for cut in BORDER_CUTS:
+    value = ranked.auroc(defect, np.broadcast_to(distance >= cut, maps.shape))
+    row[f'pix_from_{cut}'] = float('nan') if value is None else 100 * value
+  normal = maps[np.asarray(labels) == 0]
+  z = (normal - normal.mean()) / max(float(normal.std()), 1e-12)
+  for low, high in BORDER_BANDS:
+    band = (distance >= low) & (distance < (high or distance.max() + 1))
+    row[f'normal_z_{low}'] = float(z[:, band].mean()) if band.any() else float('nan')
+  return row
+
+
 def _row(test: engine.TestSet, maps: np.ndarray, scores: np.ndarray) -> Dict:
   arrays = test.arrays
   result = metrics.detection_metrics(maps, arrays['masks'], arrays['labels'],
@@ -160,8 +209,9 @@ def _row(test: engine.TestSet, maps: np.ndarray, scores: np.ndarray) -> Dict:
   return row
 
 
-def measure(args, category: str, seed: int) -> List[Dict]:
-  """Trains (or reuses) `best` for CATEGORY and SEED and scores every variant."""
+def measure(args, category: str, seed: int) -> Tuple[List[Dict], List[Dict]]:
+  """Trains (or reuses) `best` for CATEGORY and SEED and scores every variant:
+  (one `_row` per `VARIANTS`, one `border_row` per `BORDER_VARIANTS`)."""
   tmp = os.path.join(args.scratch, 'data')
   defect_types = quality.class_defect_types(args, category, tmp)
   config = settings.resolve(quality.run_config(args, category, tmp, 'best', defect_types, seed))
@@ -181,8 +231,12 @@ def measure(args, category: str, seed: int) -> List[Dict]:
                             nearest_distance_maps([patch_bank], [patch_test])[0],
                             config.data.inp_size, maps_lib.MapOptions.of(config.maps))
   print(f'{category} seed {seed}: scored in {time.time() - started:.0f} s', flush=True)
-  return [dict({'class': category, 'seed': seed, 'variant': name}, **_row(test, *outputs[name]))
-          for name in VARIANTS]
+  arrays = test.arrays
+  return ([dict({'class': category, 'seed': seed, 'variant': name}, **_row(test, *outputs[name]))
+           for name in VARIANTS],
+          [dict({'class': category, 'seed': seed, 'variant': name},
+                **border_row(outputs[name][0], arrays['masks'], arrays['labels']))
+           for name in BORDER_VARIANTS])
 
 
 def summary(rows: List[Dict]) -> List[Dict]:
@@ -209,21 +263,25 @@ def main(argv=None) -> Dict:
   parser.add_argument('--json', default='')
   parser.add_argument('--tiny', action='store_true',
                       help='48 px, few images, 2 meta-epochs (CI smoke run)')
+  parser.add_argument('--defect_placement', default='centre',
+                      choices=demo_data.PLACEMENTS, help="as quality.py's")
   # quality.py's defaults for the fields its run_config reads, under our own flags.
   args = argparse.Namespace(**{**vars(quality.build_parser().parse_args([])),
                                **vars(parser.parse_args(argv))})
   args.meta_epochs = 2 if args.tiny else 0
-  rows = [row for category in args.classes.split(',')
-          for seed in (int(s) for s in args.seeds.split(','))
-          for row in measure(args, category, seed)]
+  measured = [measure(args, category, seed) for category in args.classes.split(',')
+              for seed in (int(s) for s in args.seeds.split(','))]
+  rows = [row for variant_rows, _ in measured for row in variant_rows]
+  border = [row for _, border_rows in measured for row in border_rows]
   table.report(rows, COLUMNS, 'per run')
+  table.report(border, BORDER_COLUMNS, 'by distance to the border')
   means = summary(rows)
   print('\nmean +- sd over seeds')
   for entry in means:
     print(f"{entry['class']:8s} {entry['variant']:15s} " + '  '.join(
         f"{key} {entry[key]:.1f}+-{entry['sd_' + key]:.1f}" for key, *_ in COLUMNS[3:]
         if entry[key] is not None))
-  payload = dict(rows=rows, summary=means)
+  payload = dict(rows=rows, summary=means, border=border)
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(payload, f, indent=2)

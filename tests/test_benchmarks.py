@@ -400,7 +400,7 @@ def test_supersimplenet_trains_and_returns_maps_in_our_order():
     supersimplenet.run(mods, train, test, 64, seed=0, supervised=True)
 
 
-def test_quality_runs_share_the_images_across_seeds_and_differ_in_schedule(tmp_path):
+def test_quality_runs_share_the_images_across_seeds_and_differ_in_schedule(tmp_path, capsys):
   from benchmarks import quality
   args = quality.build_parser().parse_args([])
   types = ['chip', 'deformation', 'scratch', 'stain']
@@ -423,6 +423,19 @@ def test_quality_runs_share_the_images_across_seeds_and_differ_in_schedule(tmp_p
     for run in ('best', 'faithful'):
       demo = quality.run_config(args, 'coins', str(tmp_path), run, types, 1).data.demo
       assert (demo.num_test_good, demo.num_per_defect, demo.num_train) == (*expected, 64)
+  # Where defects lie: every method's images alike (baselines take the faithful config),
+  # a flag and never --set, which changes the bgad_jax runs only.
+  args = quality.build_parser().parse_args(['--defect_placement', 'anywhere'])
+  for run in ('best', 'faithful'):
+    demo = quality.run_config(args, 'coins', str(tmp_path), run, types, 1).data.demo
+    assert demo.defect_placement == 'anywhere'
+  assert quality.base_config(quality.build_parser().parse_args([]), 'coins', str(tmp_path),
+                             0).data.demo.defect_placement == 'centre'
+  with pytest.raises(SystemExit):   # (were it not refused: a tiny run)
+    quality.main(['--set', 'data.demo.defect_placement=anywhere', '--tiny', '--runs', 'faithful',
+                  '--classes', 'coins', '--out', str(tmp_path)])
+  assert 'use --data_seed, --test_good, --test_per_defect or --defect_placement' in (
+      capsys.readouterr().err)
 
 
 def test_quality_known_seed_gives_every_seed_the_same_known_files(tmp_path):
@@ -621,6 +634,29 @@ def test_patch_features_pool_with_zero_padding_and_join_at_stride_8():
   np.testing.assert_allclose(patches[..., 2:], 4.0, rtol=1e-6)   # 2 x 2: every cell a corner
 
 
+def test_memory_bank_border_row_known_answer():
+  """40 px maps: the normal image and the defective one's outer 8 px ring score high,
+  the defect (a 4 x 4 block at the centre) in between."""
+  from benchmarks import memory_bank
+  distance = memory_bank.border_distance(40)
+  assert distance[0, 17] == distance[39, 5] == 0 and distance[20, 19] == 19
+  assert distance.max() == 19 and (distance < 8).sum() == 40 ** 2 - 24 ** 2
+  ring = (distance < 8).astype(np.float64)
+  masks = np.zeros((2, 40, 40))
+  masks[1, 18:22, 18:22] = 1
+  maps = np.stack([ring, 3 * ring + 2 * masks[1]])
+  row = memory_bank.border_row(maps, masks, np.array([0, 1]))
+  # Everywhere: the 16 defect pixels (2) above the 576 + 560 zeros and the normal
+  # ring's 1024 ones, below the defective image's 1024 threes.
+  assert row['pix_from_0'] == pytest.approx(100 * 2160 / 3184)
+  assert row['pix_from_8'] == row['pix_from_16'] == 100.0   # the rings left out
+  # The normal image: 1024 of 1600 pixels are 1 (mean 0.64, sd 0.48).
+  assert row['normal_z_0'] == pytest.approx(0.75)
+  assert row['normal_z_8'] == pytest.approx(-0.64 / 0.48)
+  assert row['normal_z_16'] == pytest.approx(-0.64 / 0.48)
+  assert np.isnan(row['normal_z_32'])   # no pixel 32 px from the border of 40 px
+
+
 @pytest.mark.slow
 def test_memory_bank_benchmark_smoke(tmp_path):
   """Its `best` row is the trained run's own evaluation; a second call reuses the run."""
@@ -640,6 +676,8 @@ def test_memory_bank_benchmark_smoke(tmp_path):
   assert all(0 <= rows[v][k] <= 100 for v in rows for k in ('img', 'pix', 'aupro'))
   assert [(e['variant'], e['seeds']) for e in payload['summary']] == [
       (v, 1) for v in rows]
+  assert [row['variant'] for row in payload['border']] == ['best', 'patch_knn']
+  assert payload['border'][0]['pix_from_0'] == pytest.approx(rows['best']['pix'], abs=1e-6)
   mtime = os.path.getmtime(tmp_path / 'runs' / 'surface_0' / 'results.json')
   _run('memory_bank.py', '--tiny', '--classes', 'surface', '--seeds', '0',
        '--scratch', str(tmp_path))
