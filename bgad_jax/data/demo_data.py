@@ -81,6 +81,12 @@ def _normal_crop(texture, rng, size, row_range) -> np.ndarray:
   return np.clip(np.round(crop), 0, 255).astype(np.uint8)
 
 
+def _check_placement(placement: str) -> None:
+  if placement not in PLACEMENTS:
+    raise ConfigError(f'data.demo.defect_placement must be one of {PLACEMENTS}, '
+                      f'got {placement!r}')
+
+
 def _defect_centre(rng, size: int, centre_range: Tuple[float, float], placement: str):
   """(row, col) float [2] of a defect: ``centre_range`` (fractions of the side,
   the defect's own) with placement 'centre', the whole image with 'anywhere'.
@@ -232,8 +238,7 @@ def add_defect(image: np.ndarray, defect_type: str, rng: np.random.Generator,
                placement: str = 'centre'):
   """Draws one defect, its centre placed by ``placement`` (`PLACEMENTS`). Returns
   (image uint8 [S, S, 3], mask bool [S, S]); pixels outside the mask are unchanged."""
-  if placement not in PLACEMENTS:
-    raise ConfigError(f'data.demo.defect_placement must be one of {PLACEMENTS}, got {placement!r}')
+  _check_placement(placement)
   return _DEFECTS[defect_type](image, rng, placement)
 
 
@@ -408,9 +413,7 @@ def generate(root: str, category: str = 'tissue', size: int = 128, num_train: in
     with open(stamp) as f:
       if json.load(f) == settings:
         return category_dir
-  if defect_placement not in PLACEMENTS:
-    raise ConfigError(f'data.demo.defect_placement must be one of {PLACEMENTS}, '
-                      f'got {defect_placement!r}')
+  _check_placement(defect_placement)   # before the old folder is removed
   sources = _image_sources(category, size, np.random.default_rng(seed),   # checks the size
                            defect_placement)
   shutil.rmtree(category_dir, ignore_errors=True)   # no files left from other settings
