@@ -97,6 +97,9 @@ def get_config(arg=None):
   # point, so the copies land on other backgrounds) or 'random_on_textures'
   # (random where the foreground is the whole image; docs/METHOD.md).
   config.data.cutpaste_placement = 'in_place'
+  # A moved copy stays whole inside the image (reference); True: its centre may
+  # be any foreground point and the border cuts it (docs/METHOD.md).
+  config.data.cutpaste_reach_border = False
   config.data.foreground = 'auto'               # 'auto', 'all' or 'folder'
   config.data.foreground_dir = ''               # masks named like the images, for 'folder'
   config.data.anomaly_source_path = ''          # strategy 2 textures (e.g. DTD); '' = built-in

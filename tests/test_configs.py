@@ -74,7 +74,9 @@ def test_best_preset_turns_on_the_options_and_faithful_configs_leave_them_off(mo
   assert best.backbone.normalization == 'backbone'
   assert (faithful.data.cutpaste_placement, best.data.cutpaste_placement) == (
       'in_place', 'random_on_textures')
+  assert (faithful.data.cutpaste_reach_border, best.data.cutpaste_reach_border) == (False, True)
   best.data.cutpaste_placement = faithful.data.cutpaste_placement
+  best.data.cutpaste_reach_border = faithful.data.cutpaste_reach_border
   assert (faithful.loss.pos_beta, best.loss.pos_beta) == (0.01, 0.05)
   best.loss.pos_beta = faithful.loss.pos_beta
   assert (faithful.backbone.neighbourhood, faithful.backbone.neighbourhood_on) == (1, 'all')

@@ -63,6 +63,7 @@ class CutPasteAnomalies:
   foreground: object   # list of bool [S, S] per normal image, or None (paste anywhere)
   augmenters: object
   placement: str = 'in_place'   # synthesis.PLACEMENTS
+  reach_border: bool = False    # moved copies may be cut by the image border
   cached: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, int))
 
   @property
@@ -76,7 +77,7 @@ class CutPasteAnomalies:
       k, n = num_normal + j // self.repeats, int(rng.integers(num_normal))
       image, mask = synthesis.cut_paste(pixels[k], masks[k], pixels[n],
                                         None if self.foreground is None else self.foreground[n],
-                                        rng, self.augmenters, self.placement)
+                                        rng, self.augmenters, self.placement, self.reach_border)
       drawn_images.append(image)
       drawn_masks.append(mask)
     return drawn_images, drawn_masks
@@ -116,7 +117,8 @@ def _cutpaste(data_config, images: TrainingImages):
         images.pixels[normal], data_config.category, data_config.foreground,
         list(images.filenames[normal]), data_config.foreground_dir, data_config.inp_size)
   return CutPasteAnomalies(images, data_config.synthetic_repeats, foreground,
-                           synthesis.cutpaste_augmenters(), data_config.cutpaste_placement)
+                           synthesis.cutpaste_augmenters(), data_config.cutpaste_placement,
+                           data_config.cutpaste_reach_border)
 
 
 def _perlin(data_config, images: TrainingImages):

@@ -182,9 +182,13 @@ def _rand_augment(augmenters, rng: np.random.Generator, count: int = 3):
   return A.Compose([augmenters[i] for i in picks], seed=int(rng.integers(2 ** 31)))
 
 
-def _move_regions_into(mask: np.ndarray, foreground: np.ndarray, rng: np.random.Generator
-                       ) -> Tuple[np.ndarray, np.ndarray]:
+def _move_regions_into(mask: np.ndarray, foreground: np.ndarray, rng: np.random.Generator,
+                       reach_border: bool = False) -> Tuple[np.ndarray, np.ndarray]:
   """Moves each connected region of ``mask`` so its centre lands on a foreground point.
+
+  The point keeps the whole region inside the image where the foreground
+  allows; with ``reach_border`` it may be any foreground point, and the part
+  of the region that then falls outside the image is dropped.
 
   Returns:
     (source rows, source cols, destination rows, destination cols) stacked as
@@ -198,8 +202,9 @@ def _move_regions_into(mask: np.ndarray, foreground: np.ndarray, rng: np.random.
     half_h = (rows.max() - rows.min()) // 2
     half_w = (cols.max() - cols.min()) // 2
     allowed = foreground.copy()
-    allowed[:half_h], allowed[h - half_h:] = False, False
-    allowed[:, :half_w], allowed[:, w - half_w:] = False, False
+    if not reach_border:
+      allowed[:half_h], allowed[h - half_h:] = False, False
+      allowed[:, :half_w], allowed[:, w - half_w:] = False, False
     points = np.argwhere(allowed)
     if not len(points):
       points = np.argwhere(foreground)
@@ -225,7 +230,8 @@ PLACEMENTS = ('in_place', 'random', 'random_on_textures')
 
 def cut_paste(anomaly_image: np.ndarray, anomaly_mask: np.ndarray, normal_image: np.ndarray,
               foreground: Optional[np.ndarray], rng: np.random.Generator,
-              augmenters=None, placement: str = 'in_place') -> Tuple[np.ndarray, np.ndarray]:
+              augmenters=None, placement: str = 'in_place', reach_border: bool = False
+              ) -> Tuple[np.ndarray, np.ndarray]:
   """Pastes the augmented defect region of a known anomaly onto a normal image.
 
   The anomaly image and its mask go through 3 random augmentations together.
@@ -235,7 +241,10 @@ def cut_paste(anomaly_image: np.ndarray, anomaly_mask: np.ndarray, normal_image:
   foreground point first; with 'random' each region is always moved so;
   with 'random_on_textures' only when the foreground is the whole image (a
   texture, where a defect's spot means nothing; on an object it may: a chip
-  sits on the rim).
+  sits on the rim). A moved region stays whole inside the image, unless
+  ``reach_border`` (an option) and the placement is random: then its centre
+  may be any foreground point and the border cuts a region near it, as it
+  cuts real defects there.
 
   Args:
     anomaly_image, normal_image: uint8 [S, S, 3]; anomaly_mask: {0, 1} [S, S];
@@ -260,7 +269,8 @@ def cut_paste(anomaly_image: np.ndarray, anomaly_mask: np.ndarray, normal_image:
     return result, aug_mask.astype(np.uint8)
   if foreground is None:
     foreground = np.ones(aug_mask.shape, bool)
-  src, dst = _move_regions_into(aug_mask, foreground, rng)
+  # The reference's fallback move (in_place) keeps the region whole.
+  src, dst = _move_regions_into(aug_mask, foreground, rng, reach_border and placement == 'random')
   result[dst[0], dst[1]] = aug_image[src[0], src[1]]
   mask = np.zeros(aug_mask.shape, np.uint8)
   mask[dst[0], dst[1]] = 1

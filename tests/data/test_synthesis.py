@@ -99,6 +99,13 @@ def _anomaly(size=96):
   return anomaly, mask
 
 
+def _unaugmented():
+  """The magenta-block anomaly, a flat normal image and no augmentation (known pixels)."""
+  albumentations = synthesis.albumentations_offline()
+  anomaly, mask = _anomaly()
+  return anomaly, mask, np.full(anomaly.shape, 50, np.uint8), [albumentations.NoOp()] * 3
+
+
 @pytest.mark.parametrize('seed', range(4))
 def test_cut_paste_changes_only_its_mask(seed):
   anomaly, mask = _anomaly()
@@ -139,10 +146,7 @@ def test_cut_paste_is_deterministic():
 
 
 def test_random_placement_moves_the_unchanged_defect_to_other_backgrounds():
-  albumentations = synthesis.albumentations_offline()
-  anomaly, mask = _anomaly()
-  normal = np.full(anomaly.shape, 50, np.uint8)
-  identity = [albumentations.NoOp()] * 3   # no augmentation: the pasted pixels are known
+  anomaly, mask, normal, identity = _unaugmented()
   in_place, in_place_mask = synthesis.cut_paste(anomaly, mask, normal, None,
                                                 np.random.default_rng(0), identity)
   np.testing.assert_array_equal(in_place_mask, mask)   # the reference keeps it where it was
@@ -159,11 +163,36 @@ def test_random_placement_moves_the_unchanged_defect_to_other_backgrounds():
   assert len(corners) == 6 and (40, 30) not in corners
 
 
+def test_reach_border_lets_the_border_cut_moved_copies():
+  anomaly, mask, normal, identity = _unaugmented()
+  # A 1-px foreground ring at the border plus one inner point, where the whole
+  # 12 x 30 block fits centred.
+  foreground = np.zeros(mask.shape, bool)
+  foreground[[0, -1]], foreground[:, [0, -1]] = True, True
+  foreground[50, 50] = True
+  cut = 0
+  for seed in range(6):
+    paste = lambda reach: synthesis.cut_paste(   # noqa: E731
+        anomaly, mask, normal, foreground, np.random.default_rng(seed), identity, 'random', reach)
+    _, inside = paste(False)
+    rows, cols = np.nonzero(inside)   # the reference: only the inner point keeps it whole
+    assert inside.sum() == mask.sum() and (rows.min(), cols.min()) == (44, 36)
+    out, reaching = paste(True)       # a centre on the ring: the border cuts the block
+    rows, cols = np.nonzero(reaching)
+    assert 0 < reaching.sum() <= mask.sum()
+    assert {rows.min(), cols.min()} & {0} or {rows.max(), cols.max()} & {95}
+    assert (out[reaching > 0] == (255, 0, 255)).all()
+    np.testing.assert_array_equal(out[reaching == 0], normal[reaching == 0])
+    cut += reaching.sum() < mask.sum()
+    # The reference's own move (in_place, the defect off the foreground) keeps it whole.
+    np.testing.assert_array_equal(synthesis.cut_paste(
+        anomaly, mask, normal, foreground, np.random.default_rng(seed), identity, 'in_place',
+        True)[1], inside)
+  assert cut == 6
+
+
 def test_random_on_textures_moves_defects_on_textures_only():
-  albumentations = synthesis.albumentations_offline()
-  anomaly, mask = _anomaly()
-  normal = np.full(anomaly.shape, 50, np.uint8)
-  identity = [albumentations.NoOp()] * 3
+  anomaly, mask, normal, identity = _unaugmented()
   texture = np.ones(mask.shape, bool)
   thing = np.zeros(mask.shape, bool)
   thing[20:80, 10:90] = True   # an object that holds the defect where it is
