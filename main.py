@@ -28,6 +28,11 @@ def _user_error(message: str) -> None:
   sys.exit(cli.USER_ERROR_EXIT_CODE)
 
 
+if any(arg.startswith('--config.') and ',' in arg for arg in sys.argv):
+  # Before the flag is defined: without --config, overrides apply at definition.
+  from bgad_jax import cli
+  sys.argv = cli.quote_list_overrides(sys.argv)
+
 try:
   config_flags.DEFINE_config_file(
       'config', 'configs/demo.py', 'Config file, optionally with an argument: file.py:arg.',

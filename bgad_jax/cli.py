@@ -4,6 +4,7 @@ User errors (`bgad_jax.errors.UserError`) end here as one line on stderr and
 exit code 2; anything else keeps its traceback.
 """
 
+import ast
 import difflib
 import functools
 import importlib.util
@@ -243,6 +244,40 @@ def _parse_like(default: Any, text: str) -> Any:
     items = [item.strip() for item in text.split(',') if item.strip()]
     return tuple(_parse_like(default[0], item) if default else item for item in items)
   return text
+
+
+def _is_literal(text: str) -> bool:
+  try:
+    ast.literal_eval(text)
+    return True
+  except (ValueError, SyntaxError):
+    return False
+
+
+def quote_list_overrides(argv: Sequence[str]) -> List[str]:
+  """``argv`` with each ``--config.<key>=a,b`` of a list field written as a Python tuple.
+
+  ml_collections reads a list override as a Python literal, and a list of
+  paths (``test/crack/003.png,test/hole/010.png``) is not one: it would fail.
+  Items are read as `set_field` reads them; literals and other fields pass unchanged.
+  """
+  config, out = None, []
+  for option in argv:
+    key, equals, text = option.partition('=')
+    if key.startswith('--config.') and equals and ',' in text and not _is_literal(text):
+      config = config if config is not None else _load_config(argv)
+      try:
+        default = functools.reduce(lambda node, part: node[part],
+                                   key[len('--config.'):].split('.'), config)
+      except (KeyError, AttributeError, TypeError):   # unknown key: absl reports it
+        default = None
+      if isinstance(default, tuple):
+        try:
+          option = f'{key}={_parse_like(default, text)!r}'
+        except ValueError:   # a wrong item type: absl's error names the field
+          pass
+    out.append(option)
+  return out
 
 
 def set_field(config, assignment: str) -> None:

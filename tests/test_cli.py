@@ -174,6 +174,22 @@ def test_set_field_reads_the_value_as_the_field_type():
   assert config.maps.score_unsmoothed is False
 
 
+def test_a_list_of_paths_reaches_the_config_as_a_tuple():
+  """ml_collections reads list overrides as Python literals; paths are none."""
+  paths = '--config.data.known_anomaly_files=test/crack/001.png,test/hole/001.png'
+  unchanged = ['--config.data.anomaly_strategy=0,2', '--config.train.lr=1e-3',
+               '--config.data.root=/a,b', '--config.no_such_key=a/b,c']
+  argv = cli.quote_list_overrides(['main.py', '--config=configs/test.py', paths, *unchanged])
+  assert argv[2] == ("--config.data.known_anomaly_files=('test/crack/001.png', "
+                     "'test/hole/001.png')")
+  assert argv[3:] == unchanged   # a literal, not a list, a string field, an unknown key
+  from ml_collections.config_flags import tuple_parser
+  assert tuple_parser.TupleParser().parse(argv[2].split('=', 1)[1]) == (
+      'test/crack/001.png', 'test/hole/001.png')
+  with pytest.raises(ValueError):   # what absl made of the unquoted list
+    tuple_parser.TupleParser().parse(paths.split('=', 1)[1])
+
+
 @pytest.mark.parametrize('assignment, message', [
     ('data.synthetic_repeats', 'write KEY=VALUE'),
     ('data.synthetic_repets=3', 'unknown config key data.synthetic_repets .*data.synthetic_repeats'),
