@@ -221,6 +221,32 @@ def run_bgad(config, workdir: str) -> Dict:
   return result
 
 
+# Member i > 0 of seed s's ensemble trains with seed s + i * ENSEMBLE_SEED_STRIDE.
+ENSEMBLE_SEED_STRIDE = 1000
+
+
+def run_ensemble(config, workdir: str, first: Dict, size: int) -> Dict:
+  """SIZE runs of ``config`` as one detector (`engine.evaluate_ensemble`): ``first``
+  (the run in ``workdir``) and SIZE - 1 more on its known files with other seeds.
+
+  Seconds are the members' sums: training them one after the other.
+  """
+  config = config.copy_and_resolve_references()
+  config.data.known_anomaly_files = tuple(first['known_anomalies'])
+  members, wall, train = [workdir], first['wall_seconds'], first['seconds']['train']
+  for index in range(1, size):
+    member = config.copy_and_resolve_references()
+    member.seed = config.seed + index * ENSEMBLE_SEED_STRIDE
+    members.append(f'{workdir}_member{index}')
+    r = run_bgad(member, members[-1])
+    wall, train = wall + r['wall_seconds'], train + r['seconds']['train']
+  started = time.time()
+  result = engine.evaluate_ensemble(config, members)
+  wall += time.time() - started
+  return dict(result, wall_seconds=wall, seconds=dict(train=train, total=wall),
+              known_anomalies=first['known_anomalies'])
+
+
 def _return_freed_memory() -> None:
   """glibc: serve allocations of 1 MiB and more by mmap, so that freeing returns them.
 
@@ -445,6 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--known_seed', type=int, default=-1,
                       help="every seed trains with the known files this seed draws "
                       "(-1: each run's own draw)")
+  parser.add_argument('--ensemble', type=int, default=1,
+                      help="also score every bgad_jax run as one detector with N - 1 more "
+                      "runs on its known files and other seeds (the row RUN_xN; "
+                      "engine.evaluate_ensemble)")
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                       help='a config field of every bgad_jax run, e.g. '
                       'data.synthetic_repeats=20 (repeatable; baselines keep theirs)')
@@ -499,6 +529,7 @@ def main(argv=None) -> Dict:
       for run in runs:
         for seed in seeds:
           print(f'== {category}: {run}, seed {seed}', flush=True)
+          name = run   # the row; an ensemble's is RUN_xN
           if run in BASELINES:
             config = run_config(args, category, tmp, 'faithful', defect_types, seed, known_files)
             r = (run_patchcore(config, args, PATCHCORE_RUNS[run]) if run in PATCHCORE_RUNS
@@ -507,8 +538,12 @@ def main(argv=None) -> Dict:
             config = run_config(args, category, tmp, run, defect_types, seed, known_files)
             for assignment in args.set:
               cli.set_field(config, assignment)
-            r = run_bgad(config, os.path.join(tmp, 'runs', category, run, str(seed)))
-          results.setdefault(run, []).append(dict(r, seed=seed))
+            workdir = os.path.join(tmp, 'runs', category, run, str(seed))
+            r = run_bgad(config, workdir)
+            if args.ensemble > 1:
+              results.setdefault(run, []).append(dict(r, seed=seed))
+              name, r = f'{run}_x{args.ensemble}', run_ensemble(config, workdir, r, args.ensemble)
+          results.setdefault(name, []).append(dict(r, seed=seed))
           write_results(args, known_types, all_results)   # a long run keeps what it has
           print('   ' + '  '.join(f'{key} {100 * (r[key] or 0):.1f}'
                                     for key in ('img_auroc', 'pix_auroc', 'aupro')) +

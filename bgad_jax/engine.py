@@ -14,10 +14,11 @@ the helpers they call read list fields as the tuples resolve made them.
 
 import csv
 import dataclasses
+import json
 import logging
 import os
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -28,7 +29,7 @@ from bgad_jax.data.dataset import (expand_path, hold_out_normals, prepare_datase
                                    read_splits, read_validation_split)
 from bgad_jax.data.known_anomalies import split_known
 from bgad_jax.detector import Detector, read_predict_constants, require_trained_model
-from bgad_jax.errors import DataError, MissingFileError
+from bgad_jax.errors import ConfigError, DataError, MissingFileError
 from bgad_jax.evaluation import calibration as calibration_lib
 from bgad_jax.evaluation import maps as maps_lib
 from bgad_jax.evaluation import metrics
@@ -69,13 +70,18 @@ def score_test_set(config, state: FlowTrainState, test: TestSet,
   """Metrics (`metrics.detection_metrics`), [N, S, S] anomaly maps of ``test`` the
   reference's way and the per-level log-likelihood maps they came from."""
   lp = lp_maps(state, test.features, mesh)
+  return (*_metrics_of_lp(config, lp, test), lp)
+
+
+def _metrics_of_lp(config, lp: List[np.ndarray], test: TestSet) -> Tuple[Dict[str, Any], np.ndarray]:
+  """(metrics, [N, S, S] anomaly maps) of per-level log-likelihood maps of ``test``."""
   maps, scores = maps_lib.test_set_outputs(lp, config.data.inp_size,
                                            maps_lib.MapOptions.of(config.maps))
   arrays = test.arrays
   result = metrics.detection_metrics(maps, arrays['masks'], arrays['labels'],
                                      arrays['defect_types'], arrays['has_mask'], test.known_types,
                                      config.report.aupro_thresholds, scores)
-  return result, maps, lp
+  return result, maps
 
 
 def load_data(config) -> Tuple[List[Dict], List[Dict], List[Dict], List[Dict]]:
@@ -352,18 +358,12 @@ def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
   train_examples, _, known, test_examples = load_data(config)
   finished = os.path.isfile(os.path.join(workdir, 'predict_constants.json'))
   constants = read_predict_constants(workdir) if finished else {}
-  # The taps the training decided on, as predict uses them; decided again for a
-  # run stopped before it saved them (or saved before they were recorded).
-  neighbourhood = constants.get('neighbourhood')
-  if neighbourhood is None:
-    neighbourhood = class_neighbourhood(config, train_examples)
-  backbone = FrozenBackbone.load(config, mesh, neighbourhood)
+  backbone = FrozenBackbone.load(config, mesh,
+                                 _trained_neighbourhood(config, constants, train_examples))
   t0 = time.time()
   test = build_test_set(config, backbone, test_examples, len(known))
   feature_seconds = time.time() - t0
-  channels = [f.shape[-1] for f in test.features]
-  state, meta = checkpoint.restore_latest(checkpoint.manager(workdir),
-                                          _new_state(config, channels, mesh))
+  state, meta = _restore_flows(config, workdir, test, mesh)
   run = Run(config, workdir, mesh, state, RunLog.from_meta(meta))
   run.log.eval_seconds = 0.0   # this evaluation's seconds only
   result, maps, test_lp = run.score_test_set(test)
@@ -372,6 +372,74 @@ def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
   return _write_outputs(run, (result, maps), test, known,
                         dict(features=feature_seconds,
                              total=feature_seconds + run.log.eval_seconds))
+
+
+def _trained_neighbourhood(config, constants: Dict[str, Any], train_examples) -> int:
+  """The taps the training decided on (``constants``: its predict constants), as
+  predict uses them; decided again for a run stopped before it saved them (or
+  saved before they were recorded)."""
+  neighbourhood = constants.get('neighbourhood')
+  if neighbourhood is None:
+    neighbourhood = class_neighbourhood(config, train_examples)
+  return neighbourhood
+
+
+def _restore_flows(config, workdir: str, test: TestSet, mesh):
+  """(flows, log meta) of ``workdir``'s latest checkpoint, shaped for ``test``'s features."""
+  channels = [f.shape[-1] for f in test.features]
+  return checkpoint.restore_latest(checkpoint.manager(workdir),
+                                   _new_state(config, channels, mesh))
+
+
+def _ensemble_members(config, workdirs: Sequence[str], known_files: List[str]) -> int:
+  """Checks that every member is a finished run on the same known files; their taps."""
+  if not workdirs:
+    raise ConfigError('an ensemble needs at least one trained run')
+  neighbourhoods = set()
+  for workdir in workdirs:
+    neighbourhoods.add(read_predict_constants(workdir).get('neighbourhood'))
+    with open(os.path.join(workdir, 'results.json')) as f:
+      theirs = json.load(f)['known_anomalies']
+    if theirs != known_files:
+      raise ConfigError(f'{workdir} was trained on other known anomalies than '
+                        f'{config.data.category}\'s ensemble ({theirs} against {known_files}): '
+                        'set data.known_anomaly_files to the same files in every member')
+  if len(neighbourhoods) > 1:
+    raise ConfigError(f'the members of an ensemble averaged their taps differently '
+                      f'(backbone.neighbourhood {sorted(map(str, neighbourhoods))})')
+  return neighbourhoods.pop()
+
+
+def evaluate_ensemble(config, workdirs: Sequence[str]) -> Dict[str, Any]:
+  """Several trained runs scored as one detector on ``config``'s test set; writes nothing.
+
+  The members are finished runs of one configuration that differ in
+  ``seed`` only, trained on the same known anomalies (``data.known_anomaly_files``):
+  their per-level log-likelihood maps are averaged, then scored as one run's
+  (docs/METHOD.md, "Ensembles of runs").
+
+  Returns:
+    The metrics as results.json has them (the headline, ``per_type``, ``seen``,
+    ``unseen``) and ``members``, the workdirs.
+
+  Raises:
+    ConfigError: no members, or members trained on other known anomalies or taps.
+  """
+  config = settings.resolve(config)
+  use_compile_cache(config)
+  mesh = make_mesh()
+  train_examples, _, known, test_examples = load_data(config)
+  neighbourhood = _ensemble_members(config, workdirs, [e['filename'] for e in known])
+  backbone = FrozenBackbone.load(config, mesh, _trained_neighbourhood(
+      config, dict(neighbourhood=neighbourhood), train_examples))
+  test = build_test_set(config, backbone, test_examples, len(known))
+  member_lp = [lp_maps(_restore_flows(config, workdir, test, mesh)[0], test.features, mesh)
+               for workdir in workdirs]
+  lp = [np.mean(levels, axis=0) for levels in zip(*member_lp)]
+  result, _ = _metrics_of_lp(config, lp, test)
+  return dict(**report.headline(result), per_type=result['per_type'],
+              **{group: result[group] for group in ('seen', 'unseen') if group in result},
+              members=list(workdirs))
 
 
 def _read_predict_images(config) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:

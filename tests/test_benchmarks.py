@@ -323,6 +323,22 @@ def test_quality_benchmark_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_quality_ensemble_rows_train_members_on_the_first_runs_files(tmp_path):
+  stdout = _run('quality.py', '--tiny', '--classes', 'surface', '--runs', 'faithful',
+                '--meta_epochs', '1', '--ensemble', '2', '--out', str(tmp_path))
+  results = json.loads((tmp_path / 'quality.json').read_text())['results']['surface']
+  assert list(results) == ['faithful', 'faithful_x2']
+  (single,), (ensemble,) = results['faithful'], results['faithful_x2']
+  first, second = ensemble['members']
+  assert first.endswith(os.path.join('surface', 'faithful', '0')) and second == first + '_member1'
+  assert ensemble['known_anomalies'] == single['known_anomalies'] and ensemble['seed'] == 0
+  assert ensemble['wall_seconds'] > single['wall_seconds']   # both members' training
+  assert ensemble['per_type'].keys() == single['per_type'].keys()
+  assert ensemble['pix_auroc'] != single['pix_auroc']   # the second member counts
+  assert '| surface | faithful_x2 |' in stdout
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(__import__('importlib').util.find_spec('anomalib') is None,
                     reason='anomalib comes with the bench extra only')
 def test_quality_benchmark_runs_patchcore(tmp_path):

@@ -226,3 +226,52 @@ def test_notes_explain_metrics_left_n_a():
                 filenames=np.array(['good/0.png', 'a/0.png', 'a/1.png']))
   (note,) = engine.test_set_notes(config, arrays, num_known=2)
   assert note.startswith('None of the 2 anomalous test images has a ground-truth mask')
+
+
+def _ensemble_config(data_root, **data):
+  from configs import test as test_config
+  config = test_config.get_config('tissue')
+  config.data.root = str(data_root)
+  config.data.update(data)
+  return config
+
+
+def test_ensemble_of_one_run_twice_scores_as_the_run(trained):
+  """The mean of identical log-likelihood maps is the maps: the run's own metrics."""
+  from bgad_jax import engine
+  workdir, data_root, _ = trained
+  alone = json.loads((workdir / 'results.json').read_text())
+  ensemble = engine.evaluate_ensemble(_ensemble_config(data_root), [str(workdir)] * 2)
+  for key in ('img_auroc', 'pix_auroc', 'aupro'):
+    assert ensemble[key] == pytest.approx(alone[key], abs=1e-6)
+  for defect, scores in alone['per_type'].items():
+    assert ensemble['per_type'][defect] == pytest.approx(scores, abs=1e-6), defect
+  assert ensemble['members'] == [str(workdir)] * 2
+
+
+def test_ensemble_averages_its_members_in_any_order(trained, tmp_path):
+  from bgad_jax import engine
+  workdir, data_root, _ = trained
+  alone = json.loads((workdir / 'results.json').read_text())
+  files = alone['known_anomalies']
+  other = tmp_path / 'seed 1'
+  _main(other, data_root, '--config.seed=1', '--config.data.known_anomaly_files=' + ','.join(files))
+  second = json.loads((other / 'results.json').read_text())
+  assert second['known_anomalies'] == files
+  config = _ensemble_config(data_root, known_anomaly_files=tuple(files))
+  forward = engine.evaluate_ensemble(config, [str(workdir), str(other)])
+  backward = engine.evaluate_ensemble(config, [str(other), str(workdir)])
+  assert forward['pix_auroc'] == backward['pix_auroc'] and forward['aupro'] == backward['aupro']
+  # Neither member alone: the second run's maps count.
+  assert forward['pix_auroc'] not in (alone['pix_auroc'], second['pix_auroc'])
+
+
+def test_ensemble_refuses_members_trained_on_other_known_files(trained, tmp_path):
+  from bgad_jax import engine
+  from bgad_jax.errors import ConfigError
+  workdir, data_root, _ = trained
+  copy = runs.copy_of_run(workdir, tmp_path / 'other files')
+  results = json.loads((copy / 'results.json').read_text())
+  (copy / 'results.json').write_text(json.dumps(dict(results, known_anomalies=['test/x.png'])))
+  with pytest.raises(ConfigError, match='other files.*other known anomalies'):
+    engine.evaluate_ensemble(_ensemble_config(data_root), [str(workdir), str(copy)])
