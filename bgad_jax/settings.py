@@ -155,6 +155,11 @@ def _check_data(config, errors):
   _at_least(errors, 'data.val_min_images', data.val_min_images, 2)
   _one_of(errors, 'data.foreground', data.foreground, ('auto', 'all', 'folder'))
   _one_of(errors, 'data.cutpaste_placement', data.cutpaste_placement, synthesis.PLACEMENTS)
+  if data.get('cutpaste_reach_border', False) and data.cutpaste_placement == 'in_place':
+    # The reference's own move (a copy off an object's foreground) keeps its margin.
+    errors.append('data.cutpaste_reach_border=True acts on copies moved at random only, '
+                  "and data.cutpaste_placement='in_place' moves none: set it to "
+                  "'random_on_textures' (as best) or 'random', or the option to False")
   if data.foreground == 'folder' and not data.foreground_dir:
     errors.append("data.foreground_dir='': data.foreground=folder needs the mask folder")
   try:

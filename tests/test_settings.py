@@ -44,6 +44,17 @@ def test_one_error_names_every_bad_field():
   assert len(message.splitlines()) == 14   # the header and one line per field
 
 
+def test_copies_reaching_the_border_need_a_random_placement():
+  """With the reference's placement the option would do nothing, silently."""
+  config = test_config.get_config()
+  config.data.cutpaste_reach_border = True
+  with pytest.raises(settings.ConfigError, match="cutpaste_reach_border=True .*'in_place'"):
+    settings.validate(config)
+  for placement in ('random', 'random_on_textures'):
+    config.data.cutpaste_placement = placement
+    settings.validate(config)
+
+
 def test_fields_nothing_else_reads_are_checked_too():
   """feature_levels is fixed at 3 (an override used to do nothing); the demo's sizes."""
   config = demo.get_config()
