@@ -73,7 +73,8 @@ def score_test_set(config, state: FlowTrainState, test: TestSet,
   return (*_metrics_of_lp(config, lp, test), lp)
 
 
-def _metrics_of_lp(config, lp: List[np.ndarray], test: TestSet) -> Tuple[Dict[str, Any], np.ndarray]:
+def _metrics_of_lp(config, lp: List[np.ndarray],
+                   test: TestSet) -> Tuple[Dict[str, Any], np.ndarray]:
   """(metrics, [N, S, S] anomaly maps) of per-level log-likelihood maps of ``test``."""
   maps, scores = maps_lib.test_set_outputs(lp, config.data.inp_size,
                                            maps_lib.MapOptions.of(config.maps))
