@@ -155,6 +155,8 @@ def _check_data(config, errors):
   _at_least(errors, 'data.val_min_images', data.val_min_images, 2)
   _one_of(errors, 'data.foreground', data.foreground, ('auto', 'all', 'folder'))
   _one_of(errors, 'data.cutpaste_placement', data.cutpaste_placement, synthesis.PLACEMENTS)
+  if not 0.0 <= data.get('cutpaste_border_share', 1.0) <= 1.0:
+    errors.append(f'data.cutpaste_border_share={data.cutpaste_border_share}: a share in [0, 1]')
   if data.get('cutpaste_reach_border', False) and data.cutpaste_placement == 'in_place':
     # The reference's own move (a copy off an object's foreground) keeps its margin.
     errors.append('data.cutpaste_reach_border=True acts on copies moved at random only, '

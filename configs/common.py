@@ -100,6 +100,9 @@ def get_config(arg=None):
   # A moved copy stays whole inside the image (reference); True: its centre may
   # be any foreground point and the border cuts it (docs/METHOD.md).
   config.data.cutpaste_reach_border = False
+  # With it, the share of the copies moved at random that may reach the border
+  # (the rest keep the margin); 1.0 = every one.
+  config.data.cutpaste_border_share = 1.0
   config.data.foreground = 'auto'               # 'auto', 'all' or 'folder'
   config.data.foreground_dir = ''               # masks named like the images, for 'folder'
   config.data.anomaly_source_path = ''          # strategy 2 textures (e.g. DTD); '' = built-in

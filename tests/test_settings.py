@@ -53,6 +53,9 @@ def test_copies_reaching_the_border_need_a_random_placement():
   for placement in ('random', 'random_on_textures'):
     config.data.cutpaste_placement = placement
     settings.validate(config)
+  config.data.cutpaste_border_share = 1.5
+  with pytest.raises(settings.ConfigError, match=r'cutpaste_border_share=1.5: a share in \[0, 1\]'):
+    settings.validate(config)
 
 
 def test_fields_nothing_else_reads_are_checked_too():

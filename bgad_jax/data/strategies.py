@@ -63,7 +63,7 @@ class CutPasteAnomalies:
   foreground: object   # list of bool [S, S] per normal image, or None (paste anywhere)
   augmenters: object
   placement: str = 'in_place'   # synthesis.PLACEMENTS
-  reach_border: bool = False    # moved copies may be cut by the image border
+  reach_border: float = 0.0     # share of moved copies the image border may cut
   cached: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, int))
 
   @property
@@ -118,7 +118,8 @@ def _cutpaste(data_config, images: TrainingImages):
         list(images.filenames[normal]), data_config.foreground_dir, data_config.inp_size)
   return CutPasteAnomalies(images, data_config.synthetic_repeats, foreground,
                            synthesis.cutpaste_augmenters(), data_config.cutpaste_placement,
-                           data_config.cutpaste_reach_border)
+                           data_config.cutpaste_border_share
+                           if data_config.cutpaste_reach_border else 0.0)
 
 
 def _perlin(data_config, images: TrainingImages):

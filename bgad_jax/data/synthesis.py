@@ -183,12 +183,14 @@ def _rand_augment(augmenters, rng: np.random.Generator, count: int = 3):
 
 
 def _move_regions_into(mask: np.ndarray, foreground: np.ndarray, rng: np.random.Generator,
-                       reach_border: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+                       reach_border: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
   """Moves each connected region of ``mask`` so its centre lands on a foreground point.
 
   The point keeps the whole region inside the image where the foreground
-  allows; with ``reach_border`` it may be any foreground point, and the part
-  of the region that then falls outside the image is dropped.
+  allows. With probability ``reach_border`` (a share in [0, 1]; True = 1) it
+  may be any foreground point instead, and the part of the region that then
+  falls outside the image is dropped (only a share strictly between 0 and 1
+  draws a number for it).
 
   Returns:
     (source rows, source cols, destination rows, destination cols) stacked as
@@ -202,7 +204,7 @@ def _move_regions_into(mask: np.ndarray, foreground: np.ndarray, rng: np.random.
     half_h = (rows.max() - rows.min()) // 2
     half_w = (cols.max() - cols.min()) // 2
     allowed = foreground.copy()
-    if not reach_border:
+    if not (reach_border >= 1 or (reach_border > 0 and rng.random() < reach_border)):
       allowed[:half_h], allowed[h - half_h:] = False, False
       allowed[:, :half_w], allowed[:, w - half_w:] = False, False
     points = np.argwhere(allowed)
@@ -230,7 +232,7 @@ PLACEMENTS = ('in_place', 'random', 'random_on_textures')
 
 def cut_paste(anomaly_image: np.ndarray, anomaly_mask: np.ndarray, normal_image: np.ndarray,
               foreground: Optional[np.ndarray], rng: np.random.Generator,
-              augmenters=None, placement: str = 'in_place', reach_border: bool = False
+              augmenters=None, placement: str = 'in_place', reach_border: float = 0.0
               ) -> Tuple[np.ndarray, np.ndarray]:
   """Pastes the augmented defect region of a known anomaly onto a normal image.
 
@@ -241,10 +243,10 @@ def cut_paste(anomaly_image: np.ndarray, anomaly_mask: np.ndarray, normal_image:
   foreground point first; with 'random' each region is always moved so;
   with 'random_on_textures' only when the foreground is the whole image (a
   texture, where a defect's spot means nothing; on an object it may: a chip
-  sits on the rim). A moved region stays whole inside the image, unless
-  ``reach_border`` (an option) and the placement is random: then its centre
-  may be any foreground point and the border cuts a region near it, as it
-  cuts real defects there.
+  sits on the rim). A moved region stays whole inside the image, unless the
+  placement is random and ``reach_border`` (an option: the share of such
+  regions, True = all) lets it: then its centre may be any foreground point
+  and the border cuts a region near it, as it cuts real defects there.
 
   Args:
     anomaly_image, normal_image: uint8 [S, S, 3]; anomaly_mask: {0, 1} [S, S];
@@ -270,7 +272,8 @@ def cut_paste(anomaly_image: np.ndarray, anomaly_mask: np.ndarray, normal_image:
   if foreground is None:
     foreground = np.ones(aug_mask.shape, bool)
   # The reference's fallback move (in_place) keeps the region whole.
-  src, dst = _move_regions_into(aug_mask, foreground, rng, reach_border and placement == 'random')
+  src, dst = _move_regions_into(aug_mask, foreground, rng,
+                                float(reach_border) if placement == 'random' else 0.0)
   result[dst[0], dst[1]] = aug_image[src[0], src[1]]
   mask = np.zeros(aug_mask.shape, np.uint8)
   mask[dst[0], dst[1]] = 1

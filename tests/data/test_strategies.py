@@ -6,7 +6,7 @@ from bgad_jax.data import strategies
 from configs import demo
 
 
-def _copies(reach_border: bool, draws: int = 3):
+def _copies(reach_border: bool, draws: int = 3, share: float = 1.0):
   size, rng = 64, np.random.default_rng(0)
   normal = rng.integers(90, 110, size=(4, size, size, 3)).astype(np.uint8)
   anomaly = normal[0].copy()
@@ -20,6 +20,7 @@ def _copies(reach_border: bool, draws: int = 3):
   data = demo.get_config('').data
   data.inp_size, data.foreground = size, 'all'   # a texture: every copy moved
   data.cutpaste_placement, data.cutpaste_reach_border = 'random', reach_border
+  data.cutpaste_border_share = share
   data.synthetic_repeats = 10
   strategy = strategies.STRATEGIES['cutpaste'](data, images)
   masks = []
@@ -38,3 +39,6 @@ def test_reach_border_from_the_config_lets_copies_touch_the_border():
   # centroid, so a lopsided (distorted) copy can still touch the border: 6 of
   # 30 here, against 21 of 30 whose centres may lie anywhere.
   assert touching(reaching) >= touching(whole) + 10
+  # data.cutpaste_border_share: about half of them may.
+  assert touching(whole) + 3 <= touching(_copies(True, share=0.5)) <= touching(reaching) - 3
+  assert touching(_copies(False, share=0.5)) == touching(whole)   # the option off

@@ -191,6 +191,22 @@ def test_reach_border_lets_the_border_cut_moved_copies():
   assert cut == 6
 
 
+def test_a_share_of_the_moved_copies_reaches_the_border():
+  """reach_border as a share: 1 is True and 0 False, draw for draw; in between,
+  each region flips a coin (the ring foreground of the test above)."""
+  anomaly, mask, normal, identity = _unaugmented()
+  foreground = np.zeros(mask.shape, bool)
+  foreground[[0, -1]], foreground[:, [0, -1]] = True, True
+  foreground[50, 50] = True
+  paste = lambda reach, seed: synthesis.cut_paste(   # noqa: E731
+      anomaly, mask, normal, foreground, np.random.default_rng(seed), identity, 'random', reach)
+  for seed in range(3):
+    np.testing.assert_array_equal(paste(1.0, seed)[1], paste(True, seed)[1])
+    np.testing.assert_array_equal(paste(0.0, seed)[1], paste(False, seed)[1])
+  cut = [paste(0.5, seed)[1].sum() < mask.sum() for seed in range(40)]
+  assert 10 <= sum(cut) <= 30   # about half (the ring is nearly every allowed point)
+
+
 def test_random_on_textures_moves_defects_on_textures_only():
   anomaly, mask, normal, identity = _unaugmented()
   texture = np.ones(mask.shape, bool)
