@@ -167,6 +167,14 @@ _TYPE_NAMES = {bool: 'true or false', int: 'an integer', float: 'a number',
                str: 'a string', tuple: 'a comma-separated list'}
 
 
+def _field_value(config, key: str) -> Any:
+  """The value of dotted field ``key`` of ``config`` (None: no such field or no config)."""
+  try:
+    return functools.reduce(lambda section, name: section[name], key.split('.'), config)
+  except (KeyError, AttributeError, TypeError):
+    return None
+
+
 def wrong_value_type(argv: Sequence[str], error: str) -> Optional[str]:
   """A message naming the field, the value and the type wanted, when absl's ``error``
   is about the value of a ``--config.<key>`` override (else None)."""
@@ -175,9 +183,8 @@ def wrong_value_type(argv: Sequence[str], error: str) -> Optional[str]:
   if config is None:
     return None
   key, value = match.groups()
-  try:
-    default = functools.reduce(lambda section, name: section[name], key.split('.'), config)
-  except (KeyError, AttributeError):
+  default = _field_value(config, key)
+  if default is None:
     return None
   wanted = _TYPE_NAMES.get(type(default), type(default).__name__)
   return (f'--config.{key}={value}: {key} takes {wanted} (its default is {default!r}), '
@@ -266,11 +273,7 @@ def quote_list_overrides(argv: Sequence[str]) -> List[str]:
     key, equals, text = option.partition('=')
     if key.startswith('--config.') and equals and ',' in text and not _is_literal(text):
       config = config if config is not None else _load_config(argv)
-      try:
-        default = functools.reduce(lambda node, part: node[part],
-                                   key[len('--config.'):].split('.'), config)
-      except (KeyError, AttributeError, TypeError):   # unknown key: absl reports it
-        default = None
+      default = _field_value(config, key[len('--config.'):])   # None: absl reports it
       if isinstance(default, tuple):
         try:
           option = f'{key}={_parse_like(default, text)!r}'

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -359,8 +359,8 @@ def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
   train_examples, _, known, test_examples = load_data(config)
   finished = os.path.isfile(os.path.join(workdir, 'predict_constants.json'))
   constants = read_predict_constants(workdir) if finished else {}
-  backbone = FrozenBackbone.load(config, mesh,
-                                 _trained_neighbourhood(config, constants, train_examples))
+  backbone = FrozenBackbone.load(config, mesh, _trained_neighbourhood(
+      config, constants.get('neighbourhood'), train_examples))
   t0 = time.time()
   test = build_test_set(config, backbone, test_examples, len(known))
   feature_seconds = time.time() - t0
@@ -375,14 +375,11 @@ def evaluate_checkpoint(config, workdir: str) -> Dict[str, Any]:
                              total=feature_seconds + run.log.eval_seconds))
 
 
-def _trained_neighbourhood(config, constants: Dict[str, Any], train_examples) -> int:
-  """The taps the training decided on (``constants``: its predict constants), as
+def _trained_neighbourhood(config, saved: Optional[int], train_examples) -> int:
+  """The taps the training decided on (``saved``: from its predict constants), as
   predict uses them; decided again for a run stopped before it saved them (or
   saved before they were recorded)."""
-  neighbourhood = constants.get('neighbourhood')
-  if neighbourhood is None:
-    neighbourhood = class_neighbourhood(config, train_examples)
-  return neighbourhood
+  return class_neighbourhood(config, train_examples) if saved is None else saved
 
 
 def _restore_flows(config, workdir: str, test: TestSet, mesh):
@@ -431,8 +428,8 @@ def evaluate_ensemble(config, workdirs: Sequence[str]) -> Dict[str, Any]:
   mesh = make_mesh()
   train_examples, _, known, test_examples = load_data(config)
   neighbourhood = _ensemble_members(config, workdirs, [e['filename'] for e in known])
-  backbone = FrozenBackbone.load(config, mesh, _trained_neighbourhood(
-      config, dict(neighbourhood=neighbourhood), train_examples))
+  backbone = FrozenBackbone.load(config, mesh,
+                                 _trained_neighbourhood(config, neighbourhood, train_examples))
   test = build_test_set(config, backbone, test_examples, len(known))
   member_lp = [lp_maps(_restore_flows(config, workdir, test, mesh)[0], test.features, mesh)
                for workdir in workdirs]

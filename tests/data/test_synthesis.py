@@ -106,6 +106,15 @@ def _unaugmented():
   return anomaly, mask, np.full(anomaly.shape, 50, np.uint8), [albumentations.NoOp()] * 3
 
 
+def _border_ring_and_inner_point(shape):
+  """A 1-px foreground ring at the border plus one inner point, (50, 50), where
+  the whole 12 x 30 block of `_anomaly` fits centred."""
+  foreground = np.zeros(shape, bool)
+  foreground[[0, -1]], foreground[:, [0, -1]] = True, True
+  foreground[50, 50] = True
+  return foreground
+
+
 @pytest.mark.parametrize('seed', range(4))
 def test_cut_paste_changes_only_its_mask(seed):
   anomaly, mask = _anomaly()
@@ -165,11 +174,7 @@ def test_random_placement_moves_the_unchanged_defect_to_other_backgrounds():
 
 def test_reach_border_lets_the_border_cut_moved_copies():
   anomaly, mask, normal, identity = _unaugmented()
-  # A 1-px foreground ring at the border plus one inner point, where the whole
-  # 12 x 30 block fits centred.
-  foreground = np.zeros(mask.shape, bool)
-  foreground[[0, -1]], foreground[:, [0, -1]] = True, True
-  foreground[50, 50] = True
+  foreground = _border_ring_and_inner_point(mask.shape)
   cut = 0
   for seed in range(6):
     paste = lambda reach: synthesis.cut_paste(   # noqa: E731
@@ -193,11 +198,9 @@ def test_reach_border_lets_the_border_cut_moved_copies():
 
 def test_a_share_of_the_moved_copies_reaches_the_border():
   """reach_border as a share: 1 is True and 0 False, draw for draw; in between,
-  each region flips a coin (the ring foreground of the test above)."""
+  each region flips a coin."""
   anomaly, mask, normal, identity = _unaugmented()
-  foreground = np.zeros(mask.shape, bool)
-  foreground[[0, -1]], foreground[:, [0, -1]] = True, True
-  foreground[50, 50] = True
+  foreground = _border_ring_and_inner_point(mask.shape)
   paste = lambda reach, seed: synthesis.cut_paste(   # noqa: E731
       anomaly, mask, normal, foreground, np.random.default_rng(seed), identity, 'random', reach)
   for seed in range(3):
