@@ -436,9 +436,10 @@ def plot_curves(path: str, all_results: Dict[str, Dict[str, Dict]]) -> None:
   plt.close(fig)
 
 
-def write_results(args, known_types, all_results) -> Dict:
-  """quality.json in --out (and --json): the arguments, known types and every run."""
-  payload = dict(args=vars(args), known_types=known_types, results=all_results)
+def write_results(args, known_types, all_results, host: Dict) -> Dict:
+  """quality.json in --out (and --json): the arguments, the host (`table.host_facts`),
+  known types and every run."""
+  payload = dict(args=vars(args), host=host, known_types=known_types, results=all_results)
   for path in filter(None, (os.path.join(args.out, 'quality.json'), args.json)):
     with open(path, 'w') as f:
       json.dump(payload, f, indent=1, default=lambda v: v.tolist() if hasattr(v, 'tolist')
@@ -517,6 +518,7 @@ def main(argv=None) -> Dict:
   runs = [r for r in args.runs.split(',') if r]
   seeds = [int(seed) for seed in args.seeds.split(',') if seed]
   os.makedirs(args.out, exist_ok=True)
+  host = table.host_facts()   # the commit as the runs start, not as they end
   all_results: Dict[str, Dict[str, List[Dict]]] = {}   # class -> method -> one run per seed
   known_types: Dict[str, List[str]] = {}
   with tempfile.TemporaryDirectory() as tmp:
@@ -544,12 +546,12 @@ def main(argv=None) -> Dict:
               results.setdefault(run, []).append(dict(r, seed=seed))
               name, r = f'{run}_x{args.ensemble}', run_ensemble(config, workdir, r, args.ensemble)
           results.setdefault(name, []).append(dict(r, seed=seed))
-          write_results(args, known_types, all_results)   # a long run keeps what it has
+          write_results(args, known_types, all_results, host)   # a long run keeps what it has
           print('   ' + '  '.join(f'{key} {100 * (r[key] or 0):.1f}'
                                     for key in ('img_auroc', 'pix_auroc', 'aupro')) +
                 f"  {r['wall_seconds']:.0f} s", flush=True)
   report(args.out, known_types, all_results)
-  return write_results(args, known_types, all_results)
+  return write_results(args, known_types, all_results, host)
 
 
 def report(out: str, known_types: Dict[str, List[str]],
@@ -582,6 +584,11 @@ def merge_results(paths: List[str]):
     for key, value in payload.get('args', {}).items():
       if key not in _PER_INVOCATION_ARGS:
         settings.setdefault(key, {}).setdefault(json.dumps(value), []).append(path)
+    host = payload.get('host')   # files written before 2026-12-05 (night) have none
+    if host:   # another machine or commit may round a run differently: say so too
+      for key in ('cpu', 'simd', 'jax', 'jaxlib', 'commit'):
+        settings.setdefault(f'host {key}', {}).setdefault(
+            json.dumps(host.get(key)), []).append(path)
     known_types.update(payload['known_types'])
     for category, results in payload['results'].items():
       for method, runs in results.items():
@@ -591,7 +598,8 @@ def merge_results(paths: List[str]):
             [run for run in earlier if run.get('seed') not in seeds] + runs)
   for key, values in settings.items():   # e.g. a --set in one file only: say so
     if len(values) > 1:
-      print(f'note: the files differ in --{key}: ' +
+      name = key if key.startswith('host ') else f'--{key}'
+      print(f'note: the files differ in {name}: ' +
             '; '.join(f"{value} in {', '.join(files)}" for value, files in values.items()))
   return known_types, all_results
 

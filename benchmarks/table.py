@@ -1,8 +1,11 @@
-"""Shared by the benchmarks: best-of timing, the flow levels, and a device line, a table,
-optional JSON rows."""
+"""Shared by the benchmarks: best-of timing, the flow levels, the host's facts, and a
+device line, a table, optional JSON rows."""
 
 import json
 import os
+import platform
+import re
+import subprocess
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -32,6 +35,42 @@ def flow_levels(args) -> List[Tuple[str, int, int, int]]:
   if args.dims is None:
     return [row for row in FLOW_LEVELS if args.backbone in (None, row[0])]
   return [('-', 0, int(dim), args.side) for dim in args.dims.split(',')]
+
+
+# The vector extensions XLA's CPU compiler may target: two hosts that differ in
+# them may round a long training differently from the same inputs.
+_SIMD_FLAG = re.compile(r'^(sse4_\d|fma|avx\w*|amx\w*)$')
+
+
+def host_facts() -> Dict[str, Any]:
+  """Where a benchmark ran, for results that drift between machines: the CPU model and
+  its vector extensions (Linux's /proc/cpuinfo; '' / [] elsewhere), the core count,
+  the JAX device, the jax and jaxlib versions and this checkout's commit ('' outside
+  git; '+' marks uncommitted changes)."""
+  import jaxlib
+  cpu, flags = platform.processor(), []
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        key, _, value = line.partition(':')
+        if key.strip() == 'model name' and value.strip():
+          cpu = value.strip()
+        elif key.strip() == 'flags':
+          flags = sorted(flag for flag in value.split() if _SIMD_FLAG.match(flag))
+          break
+  except OSError:
+    pass
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=repo, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
+                           cwd=repo, capture_output=True, text=True, check=True).stdout
+    commit += '+' if dirty.strip() else ''
+  except (OSError, subprocess.CalledProcessError):
+    commit = ''
+  return dict(cpu=cpu, simd=flags, cores=os.cpu_count(), device=jax.devices()[0].device_kind,
+              jax=jax.__version__, jaxlib=jaxlib.__version__, commit=commit)
 
 
 def torch_device() -> str:

@@ -299,6 +299,7 @@ def test_quality_benchmark_smoke(tmp_path):
                 '--meta_epochs', '2', '--set', 'data.synthetic_repeats=1', '--out', str(tmp_path))
   payload = json.loads((tmp_path / 'quality.json').read_text())
   assert payload['args']['set'] == ['data.synthetic_repeats=1']
+  assert payload['host']['cores'] == os.cpu_count()
   assert payload['known_types'] == {'surface': ['contamination', 'deformation', 'discoloration']}
   results = {name: runs[0] for name, runs in payload['results']['surface'].items()}
   assert list(results) == ['faithful', 'top_k', 'mean_log', 'best']
@@ -529,11 +530,13 @@ def test_quality_tables_from_gather_the_seeds_of_several_files(tmp_path, capsys)
     return dict(img_auroc=img, pix_auroc=0.9, aupro=0.8, seen=None, unseen=None,
                 per_type={}, wall_seconds=4, seconds=dict(train=2), history=[], seed=seed)
   files = []
-  for name, runs, settings in (('a', [run(0.5, 0), run(0.6, 1)], []),
-                               ('b', [run(0.7, 2), run(0.9, 1)], ['loss.pos_beta=0.05'])):
+  for name, runs, settings, cpu in (('a', [run(0.5, 0), run(0.6, 1)], [], 'cpu A'),
+                                    ('b', [run(0.7, 2), run(0.9, 1)], ['loss.pos_beta=0.05'],
+                                     'cpu B')):
     files.append(str(tmp_path / f'{name}.json'))
     with open(files[-1], 'w') as f:
       json.dump(dict(args=dict(seeds=name, set=settings), known_types={'coins': []},
+                     host=dict(cpu=cpu, simd=['avx2'], jax='0.4', jaxlib='0.4', commit='c'),
                      results={'coins': {'best': runs}}), f)
   merged = quality.main(['--tables_from', ','.join(files), '--out', str(tmp_path / 'out')])
   # Seed 1 of the later file replaces the earlier one's; seeds 0 and 2 add up.
@@ -541,6 +544,24 @@ def test_quality_tables_from_gather_the_seeds_of_several_files(tmp_path, capsys)
   stdout = capsys.readouterr().out
   assert '| coins | best | 70.0 ± 20.0 |' in stdout
   assert 'note: the files differ in --set' in stdout and '--seeds' not in stdout
+  assert 'note: the files differ in host cpu: "cpu A" in' in stdout
+  assert 'host simd' not in stdout and 'host commit' not in stdout
+
+
+def test_host_facts_name_this_machine_and_checkout():
+  import jax
+  import jaxlib
+  from benchmarks import table
+  host = table.host_facts()
+  assert (host['cores'], host['jax'], host['jaxlib']) == (
+      os.cpu_count(), jax.__version__, jaxlib.__version__)
+  assert host['device'] == jax.devices()[0].device_kind
+  if os.path.exists('/proc/cpuinfo'):
+    assert host['cpu'] and host['simd'] == sorted(host['simd'])
+    assert all(flag.startswith(('sse4', 'fma', 'avx', 'amx')) for flag in host['simd'])
+  git = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True, text=True)
+  if git.returncode == 0:
+    assert host['commit'].rstrip('+') == git.stdout.strip()
 
 
 def test_seed_statistics_known_answers():
