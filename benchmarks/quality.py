@@ -584,7 +584,7 @@ def merge_results(paths: List[str]):
     for key, value in payload.get('args', {}).items():
       if key not in _PER_INVOCATION_ARGS:
         settings.setdefault(key, {}).setdefault(json.dumps(value), []).append(path)
-    host = payload.get('host')   # files written before 2026-12-05 (night) have none
+    host = payload.get('host')   # files written before 580f617 have none
     if host:   # another machine or commit may round a run differently: say so too
       for key in ('cpu', 'simd', 'jax', 'jaxlib', 'commit'):
         settings.setdefault(f'host {key}', {}).setdefault(
