@@ -577,18 +577,19 @@ def merge_results(paths: List[str]):
   """(known types, results) of several quality.json files, e.g. one per class or one
   per seed: a class's runs of a method gather over the files, one per seed; a later
   file's run of the same class, method and seed replaces an earlier one's."""
+  # what the files say, as printed ('--set', 'host cpu') -> value -> the files
   known_types, all_results, settings = {}, {}, {}
   for path in paths:
     with open(path) as f:
       payload = json.load(f)
-    for key, value in payload.get('args', {}).items():
-      if key not in _PER_INVOCATION_ARGS:
-        settings.setdefault(key, {}).setdefault(json.dumps(value), []).append(path)
+    said = {f'--{key}': value for key, value in payload.get('args', {}).items()
+            if key not in _PER_INVOCATION_ARGS}
     host = payload.get('host')   # files written before 580f617 have none
     if host:   # another machine or commit may round a run differently: say so too
-      for key in ('cpu', 'simd', 'jax', 'jaxlib', 'commit'):
-        settings.setdefault(f'host {key}', {}).setdefault(
-            json.dumps(host.get(key)), []).append(path)
+      said.update({f'host {key}': host.get(key)
+                   for key in ('cpu', 'simd', 'jax', 'jaxlib', 'commit')})
+    for name, value in said.items():
+      settings.setdefault(name, {}).setdefault(json.dumps(value), []).append(path)
     known_types.update(payload['known_types'])
     for category, results in payload['results'].items():
       for method, runs in results.items():
@@ -596,9 +597,8 @@ def merge_results(paths: List[str]):
         earlier = all_results.setdefault(category, {}).get(method, [])
         all_results[category][method] = (
             [run for run in earlier if run.get('seed') not in seeds] + runs)
-  for key, values in settings.items():   # e.g. a --set in one file only: say so
+  for name, values in settings.items():   # e.g. a --set in one file only: say so
     if len(values) > 1:
-      name = key if key.startswith('host ') else f'--{key}'
       print(f'note: the files differ in {name}: ' +
             '; '.join(f"{value} in {', '.join(files)}" for value, files in values.items()))
   return known_types, all_results
