@@ -115,6 +115,7 @@ def _check_flow_and_loss(config, errors):
     errors.append(f'loss.normalizer={loss.normalizer!r}: must be > 0')
   _at_least(errors, 'loss.margin_tau', loss.margin_tau, 0)
   _at_least(errors, 'loss.bgspp_lambda', loss.bgspp_lambda, 0)
+  _one_of(errors, 'loss.push_average', loss.push_average, ('vector', 'image'))
 
 
 def _check_train(config, errors, num_devices):

@@ -58,6 +58,10 @@ def get_config(arg=None):
   config.loss.normalizer = 10.0
   config.loss.bgspp_lambda = 1.0
   config.loss.focal_weighting = True
+  # How the push term averages the abnormal vectors it pushes: 'vector' (the
+  # reference: a large defect outweighs a small one by its area) or 'image'
+  # (each abnormal image's mean first, then the mean over images).
+  config.loss.push_average = 'vector'
 
   config.train = ml_collections.ConfigDict()
   config.train.meta_epochs = 25

@@ -14,7 +14,8 @@ def test_published_defaults():
   assert (config.flow.coupling_layers, config.flow.clamp_alpha,
           config.flow.pos_embed_dim, config.flow.conditional) == (8, 1.9, 128, True)
   assert dict(config.loss) == dict(pos_beta=0.01, margin_tau=0.1, normalizer=10.0,
-                                   bgspp_lambda=1.0, focal_weighting=True)
+                                   bgspp_lambda=1.0, focal_weighting=True,
+                                   push_average='vector')
   train = config.train
   assert (train.meta_epochs, train.sub_epochs, train.batch_size, train.lr,
           train.num_vectors, train.lr_warm_epochs) == (25, 8, 32, 2e-4, 4096, 2)

@@ -32,6 +32,7 @@ def test_one_error_names_every_bad_field():
   config.data.cutpaste_placement = 'anywhere'
   config.backbone.neighbourhood = 2
   config.backbone.neighbourhood_on = 'objects'
+  config.loss.push_average = 'pixel'
   with pytest.raises(settings.ConfigError) as caught:
     settings.validate(config, num_devices=4)
   message = str(caught.value)
@@ -39,9 +40,9 @@ def test_one_error_names_every_bad_field():
                 'backbone.name', 'loss.pos_beta', 'export.platforms', 'export.format',
                 'maps.image_score', 'maps.top_k_fraction', 'maps.level_aggregation',
                 'data.cutpaste_placement', 'backbone.neighbourhood=2',
-                'backbone.neighbourhood_on'):
+                'backbone.neighbourhood_on', "loss.push_average='pixel'"):
     assert field in message, field
-  assert len(message.splitlines()) == 14   # the header and one line per field
+  assert len(message.splitlines()) == 15   # the header and one line per field
 
 
 def test_copies_reaching_the_border_need_a_random_placement():

@@ -7,7 +7,8 @@ selects by boolean indexing are masks here; a mean over an empty set is 0 with
 zero gradient (the reference produces NaN there but no gradient).
 
 ``config`` is any object with the attributes ``pos_beta``, ``margin_tau``,
-``normalizer``, ``bgspp_lambda`` and ``focal_weighting`` (e.g. ``config.loss``).
+``normalizer``, ``bgspp_lambda``, ``focal_weighting`` and ``push_average``
+(e.g. ``config.loss``).
 """
 
 from typing import Any, Dict, Tuple
@@ -21,6 +22,25 @@ def masked_mean(values: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
   mask = mask.astype(bool)
   total = jnp.sum(jnp.where(mask, values, 0.0))
   return total / jnp.maximum(jnp.sum(mask), 1).astype(values.dtype)
+
+
+def group_mean(values: jnp.ndarray, mask: jnp.ndarray, groups: jnp.ndarray,
+               num_groups: int) -> jnp.ndarray:
+  """Mean over the groups holding a masked element of each group's masked mean.
+
+  Every such group weighs the same however many of its elements are masked;
+  0 (and zero gradient) when the mask is empty.
+
+  Args:
+    values: [N] float.
+    mask: [N] bool or {0, 1}.
+    groups: [N] int32 group of each element, in [0, num_groups).
+    num_groups: static number of groups.
+  """
+  mask = mask.astype(bool)
+  sums = jax.ops.segment_sum(jnp.where(mask, values, 0.0), groups, num_segments=num_groups)
+  counts = jax.ops.segment_sum(mask.astype(values.dtype), groups, num_segments=num_groups)
+  return masked_mean(sums / jnp.maximum(counts, 1.0), counts > 0)
 
 
 def max_likelihood_terms(lp: jnp.ndarray) -> jnp.ndarray:
@@ -81,14 +101,17 @@ def logp_boundaries(lp, abnormal_mask, pos_beta=0.01, margin_tau=0.1,
   return b_n, b_n - margin_tau
 
 
-def semi_push_pull_terms(lp, abnormal_mask, b_n, b_a, normalizer=10.0,
-                         weights=None) -> Tuple[jnp.ndarray, jnp.ndarray]:
+def semi_push_pull_terms(lp, abnormal_mask, b_n, b_a, normalizer=10.0, weights=None,
+                         images=None, num_images=0) -> Tuple[jnp.ndarray, jnp.ndarray]:
   """Boundary-guided semi-push-pull terms (loss_n, loss_a), scalars.
 
   With v = lp / normalizer: loss_n = mean over normal vectors with v <= b_n of
   w * (b_n - v) (pulls low-likelihood normals up to the boundary);
   loss_a = mean over abnormal vectors with v >= b_a of w * (v - b_a) (pushes
-  abnormals below the margin). ``weights`` defaults to 1.
+  abnormals below the margin). ``weights`` defaults to 1. Given ``images``
+  ([N] int32 image of each vector, in [0, num_images)), loss_a is instead the
+  mean over images of each image's mean (`group_mean`): every abnormal image
+  pushes as hard as any other, whatever its defect's area.
   """
   abnormal = abnormal_mask.astype(bool)
   v = lp / normalizer
@@ -97,7 +120,10 @@ def semi_push_pull_terms(lp, abnormal_mask, b_n, b_a, normalizer=10.0,
   pull = ~abnormal & (v <= b_n)
   push = abnormal & (v >= b_a)
   loss_n = masked_mean(weights * (b_n - v), pull)
-  loss_a = masked_mean(weights * (v - b_a), push)
+  if images is None:
+    loss_a = masked_mean(weights * (v - b_a), push)
+  else:
+    loss_a = group_mean(weights * (v - b_a), push, images, num_images)
   return loss_n, loss_a
 
 
@@ -112,17 +138,23 @@ def normal_only_loss(lp, abnormal_mask) -> Tuple[jnp.ndarray, jnp.ndarray]:
   return jnp.mean(max_likelihood_terms(lp)), skip
 
 
-def bgad_loss(lp, abnormal_mask, config: Any) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+def bgad_loss(lp, abnormal_mask, config: Any, images=None,
+              num_images: int = 0) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
   """Full loss of one chunk after the first meta-epoch.
 
   Chunk without abnormal vectors: mean(w_n * ml). Chunk with abnormal vectors:
   masked mean of w_n * ml over normal vectors + bgspp_lambda * (loss_n + loss_a).
-  Focal weights are 1 when ``config.focal_weighting`` is off.
+  Focal weights are 1 when ``config.focal_weighting`` is off. With
+  ``config.push_average == 'image'`` loss_a averages per image first
+  (`semi_push_pull_terms`), which needs ``images``; 'vector' is the reference.
 
   Args:
     lp: [N] float32 per-dimension log-likelihoods.
     abnormal_mask: [N] bool or {0, 1}.
     config: loss settings (see module docstring).
+    images: [N] int32 image of each vector, in [0, num_images) (only read
+      when ``config.push_average == 'image'``).
+    num_images: static number of images.
 
   Returns:
     (loss, aux): scalar loss and a dict of its scalar terms (``ml``,
@@ -137,8 +169,14 @@ def bgad_loss(lp, abnormal_mask, config: Any) -> Tuple[jnp.ndarray, Dict[str, jn
   ml = masked_mean(weights * max_likelihood_terms(lp), ~abnormal)
   b_n, b_a = logp_boundaries(lp, abnormal, config.pos_beta, config.margin_tau,
                              config.normalizer)
-  loss_n, loss_a = semi_push_pull_terms(lp, abnormal, b_n, b_a,
-                                        config.normalizer, weights)
+  if config.push_average == 'image':
+    if images is None:
+      raise ValueError("loss.push_average='image' needs each vector's image")
+    loss_n, loss_a = semi_push_pull_terms(lp, abnormal, b_n, b_a, config.normalizer,
+                                          weights, images, num_images)
+  else:
+    loss_n, loss_a = semi_push_pull_terms(lp, abnormal, b_n, b_a,
+                                          config.normalizer, weights)
   contrastive = jnp.where(has_abnormal,
                           config.bgspp_lambda * (loss_n + loss_a), 0.0)
   aux = dict(ml=ml, loss_n=loss_n, loss_a=loss_a, b_n=b_n, b_a=b_a,

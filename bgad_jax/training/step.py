@@ -33,20 +33,23 @@ class LossSettings:
   normalizer: float = 10.0
   bgspp_lambda: float = 1.0
   focal_weighting: bool = True
+  push_average: str = 'vector'
 
   @classmethod
   def from_config(cls, loss_config) -> 'LossSettings':
     return cls(**{f.name: loss_config[f.name] for f in dataclasses.fields(cls)})
 
 
-def _loss_of_lp(lp, abnormal, loss: LossSettings, normal_only: bool):
-  """(loss, (skip, terms)) of one chunk's per-dimension log-likelihoods lp [N]."""
+def _loss_of_lp(lp, abnormal, images, num_images: int, loss: LossSettings,
+                normal_only: bool):
+  """(loss, (skip, terms)) of one chunk's per-dimension log-likelihoods lp [N]
+  (images: [N] int32 image of each vector, in [0, num_images))."""
   if normal_only:
     value, skip = losses.normal_only_loss(lp, abnormal)
     zero = jnp.zeros((), value.dtype)
     terms = dict(ml=value, loss_n=zero, loss_a=zero, b_n=zero, b_a=zero, has_abnormal=skip)
     return value, (skip, terms)
-  value, terms = losses.bgad_loss(lp, abnormal, loss)
+  value, terms = losses.bgad_loss(lp, abnormal, loss, images, num_images)
   return value, (jnp.zeros((), bool), terms)
 
 
@@ -88,8 +91,10 @@ def _device_step(state: LevelState, data: LevelData, ids: jnp.ndarray, lr: jnp.n
   lp_local, pullback = jax.vjp(local_lp, state.params)
   lp = jax.lax.all_gather(lp_local, AXIS, tiled=True)
   abnormal = jax.lax.all_gather(data.masks[ids], AXIS, tiled=True)
+  images = jax.lax.all_gather(ids // data.positions, AXIS, tiled=True)
+  num_images = data.features.shape[0] // data.positions
   (value, (skip, terms)), lp_grad = jax.value_and_grad(_loss_of_lp, has_aux=True)(
-      lp, abnormal, loss, normal_only)
+      lp, abnormal, images, num_images, loss, normal_only)
   share = ids.shape[0]
   (grads,) = pullback(jax.lax.dynamic_slice_in_dim(
       lp_grad, jax.lax.axis_index(AXIS) * share, share))

@@ -78,6 +78,7 @@ from tests.training.test_loop import _CachedOnly
 config = test_config.get_config()
 config.train.num_vectors = 64
 config.train.batch_size = 2
+config.loss.push_average = sys.argv[1]
 mesh = make_mesh()
 rng = np.random.default_rng(0)
 feats = rng.normal(size=(6, 8, 8, 5)).astype(np.float32)
@@ -95,12 +96,12 @@ print(json.dumps(dict(devices=jax.device_count(), losses=history, params=leaves)
 '''
 
 
-def _start_parallel(devices, platform='cpu'):
+def _start_parallel(devices, platform='cpu', push_average='vector'):
   env = dict(os.environ, JAX_PLATFORMS=platform)
   if platform == 'cpu':
     env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  return subprocess.Popen([sys.executable, '-c', _PARALLEL_SCRIPT], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen([sys.executable, '-c', _PARALLEL_SCRIPT, push_average], cwd=REPO,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _parallel_result(process):
@@ -114,9 +115,11 @@ def _run_parallel(devices, platform='cpu'):
 
 
 @pytest.mark.slow
-def test_eight_devices_match_one_device():
+@pytest.mark.parametrize('push_average', ['vector', 'image'])   # 'image' gathers image ids
+def test_eight_devices_match_one_device(push_average):
   # Both at once: each process mostly compiles, on one core.
-  starting = _start_parallel(1), _start_parallel(8)
+  starting = _start_parallel(1, push_average=push_average), _start_parallel(
+      8, push_average=push_average)
   one, eight = map(_parallel_result, starting)
   assert one['devices'] == 1 and eight['devices'] == 8
   np.testing.assert_allclose(eight['losses'], one['losses'], rtol=1e-5)

@@ -18,7 +18,7 @@ CHANNELS, COND_DIM, N = 24, 128, 512
 def _loss_config(**overrides):
   config = ml_collections.ConfigDict(dict(
       pos_beta=0.01, margin_tau=0.1, normalizer=10.0, bgspp_lambda=1.0,
-      focal_weighting=True))
+      focal_weighting=True, push_average='vector'))
   config.update(overrides)
   return config
 
@@ -134,6 +134,37 @@ def test_semi_push_pull_known_value():
   loss_n, loss_a = losses.semi_push_pull_terms(lp, mask, b_n=-1.0, b_a=-1.1)
   assert float(loss_n) == pytest.approx((0.0 + 2.0) / 2)   # normals with v <= -1
   assert float(loss_a) == pytest.approx(0.6)               # abnormal -0.5 >= -1.1
+
+
+def test_push_averaged_per_image_known_value():
+  # Image 0: one pushed vector (0.6 above b_a); image 2: three (0.1, 0.2, 0.3
+  # above b_a); image 1 holds only normals. Per vector the mean is 1.2 / 4,
+  # per image (0.6 + 0.2) / 2: the small defect weighs as much as the large.
+  lp = jnp.array([-5.0, -10.0, -30.0, -10.0, -9.0, -8.0, -40.0])   # v = lp / 10
+  mask = jnp.array([1, 0, 0, 1, 1, 1, 1])
+  images = jnp.array([0, 1, 1, 2, 2, 2, 2], jnp.int32)
+  _, per_vector = losses.semi_push_pull_terms(lp, mask, b_n=-1.0, b_a=-1.1)
+  loss_n, per_image = losses.semi_push_pull_terms(lp, mask, b_n=-1.0, b_a=-1.1,
+                                                  images=images, num_images=3)
+  assert float(per_vector) == pytest.approx(1.2 / 4)
+  assert float(per_image) == pytest.approx((0.6 + 0.2) / 2)
+  assert float(loss_n) == pytest.approx(2.0 / 2)   # the pull term is unchanged
+  # One image per vector is the reference's mean again; no pushed vector gives 0.
+  assert float(losses.semi_push_pull_terms(lp, mask, -1.0, -1.1, images=jnp.arange(7),
+                                           num_images=7)[1]) == pytest.approx(1.2 / 4)
+  assert float(losses.group_mean(lp, jnp.zeros(7), images, 3)) == 0.0
+
+
+def test_per_image_push_needs_the_images():
+  config = _loss_config(push_average='image')
+  lp, mask = jnp.array([-5.0, -10.0]), jnp.array([1, 0])
+  with pytest.raises(ValueError, match="needs each vector's image"):
+    losses.bgad_loss(lp, mask, config)
+  loss, aux = losses.bgad_loss(lp, mask, config, jnp.array([0, 1]), 2)
+  reference, reference_aux = losses.bgad_loss(lp, mask, _loss_config())
+  # One abnormal vector: its image's mean is the vector mean.
+  np.testing.assert_allclose(float(loss), float(reference), rtol=1e-6)
+  assert float(aux['loss_a']) == float(reference_aux['loss_a'])
 
 
 def test_normal_only_loss_skips_chunks_with_anomalies():

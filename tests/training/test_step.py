@@ -10,6 +10,7 @@ from bgad_jax.models import flow as flow_lib
 from bgad_jax.models.pos_embed import positional_encoding_2d
 from bgad_jax.training import losses
 from bgad_jax.training import step as step_lib
+from bgad_jax.training.training_set import level_data
 from tests.training.helpers import tiny_level
 
 
@@ -53,6 +54,36 @@ def test_chunk_step_equals_one_manual_adam_step(first, factored, reduction):
   assert bool(metrics['has_abnormal'][0])
   for a, b in zip(jax.tree.leaves(new_level.params), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_per_image_push_reaches_the_step():
+  # Two abnormal images of different areas in one chunk: the step's loss is
+  # bgad_loss with each vector's image (flat id // positions), and differs
+  # from the reference's per-vector mean.
+  config, mesh, _, state = tiny_level()
+  rng = np.random.default_rng(0)
+  masks = np.zeros((4, 8, 8), np.uint8)
+  masks[2, :2] = 1   # one row of 4 vectors
+  masks[3, :6] = 1   # three rows
+  data = level_data(rng.normal(size=(4, 4, 4, 5)).astype(np.float32), masks,
+                    config.flow.pos_embed_dim, mesh)
+  config.loss.push_average = 'image'
+  chunk = np.arange(16, 64, dtype=np.int32)[None]   # images 1 (normal), 2 and 3
+  level = state.level(0)
+  _, metrics = step_lib.train_chunks(
+      _copy(level), data, jnp.asarray(chunk), jnp.array([1e-3]),
+      step_lib.LossSettings.from_config(config.loss), False)
+
+  x, m = data.features[chunk[0]], data.masks[chunk[0]]
+  c = positional_encoding_2d(config.flow.pos_embed_dim, 4, 4).reshape(16, -1)[chunk[0] % 16]
+  z, logdet = state.flow.apply({'params': level.params, flow_lib.CONSTANTS: level.constants},
+                               x, c)
+  lp = flow_lib.per_dim_log_likelihood(z, logdet)
+  per_image, _ = losses.bgad_loss(lp, m, config.loss, jnp.asarray(chunk[0] // 16), 4)
+  config.loss.push_average = 'vector'
+  per_vector, _ = losses.bgad_loss(lp, m, config.loss)
+  np.testing.assert_allclose(float(metrics['loss'][0]), float(per_image), rtol=1e-6)
+  assert abs(float(per_image) - float(per_vector)) > 1e-4
 
 
 @pytest.mark.parametrize('precision,expected', [('highest', 'HIGHEST'), ('default', 'DEFAULT')])
