@@ -168,7 +168,7 @@ def build_training_set(config, backbone: FrozenBackbone, train_examples,
                                          num_normal=len(train_examples))
   chosen = strategies_lib.build(config.data.anomaly_strategy, config.data, images)
   training_set = TrainingSet(backbone, images, features, chosen, config.flow.pos_embed_dim,
-                             config.seed)
+                             config.seed, config.data.mask_pooling)
   return training_set, features
 
 

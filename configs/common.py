@@ -94,6 +94,10 @@ def get_config(arg=None):
   config.data.anomaly_strategy = ('real', 'cutpaste')   # aliases 0, 1 (and perlin: 2)
   config.data.anomaly_count_mode = 'total'      # 'total' (spread over types) or 'per_type'
   config.data.anomaly_repeats = 5               # strategy 0: each known anomaly repeated
+  # How a pixel mask marks the feature vectors of a level: 'nearest' (the
+  # reference: one pixel per cell, so a thin defect crossing a cell may leave
+  # its vector normal) or 'max' (abnormal when any pixel of the cell is).
+  config.data.mask_pooling = 'nearest'
   config.data.synthetic_repeats = 5             # strategies 1/2: synthetic images per anomaly
   config.data.in_fg_region = True               # strategy 1 pastes inside the foreground
   # Strategy 1: 'in_place' (reference: where the defect was, moved only when

@@ -16,6 +16,31 @@ def test_downsample_masks_equals_torch_nearest(size, out):
   np.testing.assert_array_equal(training_set.downsample_masks(masks, out, out), ref)
 
 
+@pytest.mark.parametrize('size,out', [(48, 12), (50, 7), (32, 32)])
+def test_max_pooled_masks_equal_torch_adaptive_max_pool(size, out):
+  masks = (np.random.default_rng(1).random((2, size, size)) > 0.97).astype(np.uint8)
+  ref = F.adaptive_max_pool2d(torch.from_numpy(masks[:, None].astype(np.float32)),
+                              (out, out))[:, 0].numpy()
+  pooled = training_set.downsample_masks(masks, out, out, 'max')
+  np.testing.assert_array_equal(pooled, ref)
+  # Every pixel of a defect reaches a vector; nearest sampling loses some.
+  nearest = training_set.downsample_masks(masks, out, out)
+  assert np.all(pooled >= nearest)
+  if out < size:
+    assert pooled.sum() > nearest.sum()
+
+
+def test_a_thin_line_marks_every_cell_it_crosses_only_when_max_pooled():
+  masks = np.zeros((1, 16, 16), np.uint8)
+  masks[0, 5, :] = 1   # a one-pixel line through row 1 of 4 x 4 cells, off the sampled pixel
+  assert training_set.downsample_masks(masks, 4, 4).sum() == 0
+  expected = np.zeros((4, 4), np.uint8)
+  expected[1] = 1
+  np.testing.assert_array_equal(training_set.downsample_masks(masks, 4, 4, 'max')[0], expected)
+  with pytest.raises(ValueError, match="mask pooling 'mean'"):
+    training_set.downsample_masks(masks, 4, 4, 'mean')
+
+
 class _FakeBackbone:
   """Features = the mean pixel value per 2x2 cell (one channel); records its calls."""
 
@@ -74,3 +99,18 @@ def test_levels_order_normal_cached_synthetic_and_redraw_per_sub_epoch():
   assert np.asarray(later[0].masks).reshape(7, 16)[5:].sum() == 2   # one cell each
   again = data.levels(1, 0)
   np.testing.assert_array_equal(np.asarray(again[0].features), np.asarray(later[0].features))
+
+
+@pytest.mark.parametrize('pooling,abnormal_vectors', [('nearest', 0), ('max', 4)])
+def test_training_set_pools_the_masks_as_configured(pooling, abnormal_vectors):
+  from bgad_jax.data.strategies import RealAnomalies, TrainingImages
+  from bgad_jax.training.sharding import make_mesh
+  pixels = np.random.default_rng(0).integers(0, 200, (2, 8, 8, 3)).astype(np.uint8)
+  masks = np.zeros((2, 8, 8), np.uint8)
+  masks[1, 3, :] = 1   # a thin line off the pixels nearest sampling reads
+  images = TrainingImages(pixels, masks, ['0.png', '1.png'], num_normal=1)
+  backbone = _FakeBackbone(make_mesh())
+  data = training_set.TrainingSet(backbone, images, backbone.pixel_features(pixels),
+                                  [RealAnomalies(cached=np.array([1]))], pos_embed_dim=8,
+                                  seed=0, mask_pooling=pooling)
+  assert float(np.asarray(data.levels(0, 0)[0].masks).sum()) == abnormal_vectors
