@@ -25,6 +25,7 @@ from bgad_jax.export import FORMATS as EXPORT_FORMATS
 from bgad_jax.export import PLATFORMS as EXPORT_PLATFORMS
 from bgad_jax.models import backbone as backbone_lib
 from bgad_jax.training.features import NEIGHBOURHOOD_ON
+from bgad_jax.training.losses import PUSH_AVERAGES
 from bgad_jax.training.training_set import MASK_POOLINGS
 
 
@@ -116,7 +117,7 @@ def _check_flow_and_loss(config, errors):
     errors.append(f'loss.normalizer={loss.normalizer!r}: must be > 0')
   _at_least(errors, 'loss.margin_tau', loss.margin_tau, 0)
   _at_least(errors, 'loss.bgspp_lambda', loss.bgspp_lambda, 0)
-  _one_of(errors, 'loss.push_average', loss.push_average, ('vector', 'image'))
+  _one_of(errors, 'loss.push_average', loss.push_average, PUSH_AVERAGES)
 
 
 def _check_train(config, errors, num_devices):

@@ -41,7 +41,8 @@ def test_one_error_names_every_bad_field():
                 'backbone.name', 'loss.pos_beta', 'export.platforms', 'export.format',
                 'maps.image_score', 'maps.top_k_fraction', 'maps.level_aggregation',
                 'data.cutpaste_placement', 'backbone.neighbourhood=2',
-                'backbone.neighbourhood_on', "loss.push_average='pixel'", "data.mask_pooling='mean'"):
+                'backbone.neighbourhood_on', "loss.push_average='pixel'",
+                "data.mask_pooling='mean'"):
     assert field in message, field
   assert len(message.splitlines()) == 16   # the header and one line per field
 

@@ -16,6 +16,8 @@ from typing import Any, Dict, Tuple
 import jax
 import jax.numpy as jnp
 
+PUSH_AVERAGES = ('vector', 'image')   # `bgad_loss`'s config.push_average
+
 
 def masked_mean(values: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
   """Mean of ``values`` where ``mask``; 0 (and zero gradient) when the mask is empty."""
@@ -169,14 +171,11 @@ def bgad_loss(lp, abnormal_mask, config: Any, images=None,
   ml = masked_mean(weights * max_likelihood_terms(lp), ~abnormal)
   b_n, b_a = logp_boundaries(lp, abnormal, config.pos_beta, config.margin_tau,
                              config.normalizer)
-  if config.push_average == 'image':
-    if images is None:
-      raise ValueError("loss.push_average='image' needs each vector's image")
-    loss_n, loss_a = semi_push_pull_terms(lp, abnormal, b_n, b_a, config.normalizer,
-                                          weights, images, num_images)
-  else:
-    loss_n, loss_a = semi_push_pull_terms(lp, abnormal, b_n, b_a,
-                                          config.normalizer, weights)
+  per_image = config.push_average == 'image'
+  if per_image and images is None:
+    raise ValueError("loss.push_average='image' needs each vector's image")
+  loss_n, loss_a = semi_push_pull_terms(lp, abnormal, b_n, b_a, config.normalizer, weights,
+                                        images if per_image else None, num_images)
   contrastive = jnp.where(has_abnormal,
                           config.bgspp_lambda * (loss_n + loss_a), 0.0)
   aux = dict(ml=ml, loss_n=loss_n, loss_a=loss_a, b_n=b_n, b_a=b_a,

@@ -43,7 +43,7 @@ class LossSettings:
 def _loss_of_lp(lp, abnormal, images, num_images: int, loss: LossSettings,
                 normal_only: bool):
   """(loss, (skip, terms)) of one chunk's per-dimension log-likelihoods lp [N]
-  (images: [N] int32 image of each vector, in [0, num_images))."""
+  (images: None, or [N] int32 image of each vector, in [0, num_images))."""
   if normal_only:
     value, skip = losses.normal_only_loss(lp, abnormal)
     zero = jnp.zeros((), value.dtype)
@@ -91,7 +91,9 @@ def _device_step(state: LevelState, data: LevelData, ids: jnp.ndarray, lr: jnp.n
   lp_local, pullback = jax.vjp(local_lp, state.params)
   lp = jax.lax.all_gather(lp_local, AXIS, tiled=True)
   abnormal = jax.lax.all_gather(data.masks[ids], AXIS, tiled=True)
-  images = jax.lax.all_gather(ids // data.positions, AXIS, tiled=True)
+  # Each vector's image, gathered only for the loss that reads it.
+  images = (jax.lax.all_gather(ids // data.positions, AXIS, tiled=True)
+            if loss.push_average == 'image' else None)
   num_images = data.features.shape[0] // data.positions
   (value, (skip, terms)), lp_grad = jax.value_and_grad(_loss_of_lp, has_aux=True)(
       lp, abnormal, images, num_images, loss, normal_only)

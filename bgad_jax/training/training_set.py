@@ -37,7 +37,8 @@ MASK_POOLINGS = ('nearest', 'max')
 
 
 def _cell_max(masks: np.ndarray, axis: int, cells: int) -> np.ndarray:
-  """torch ``adaptive_max_pool`` along one axis: cell i spans [floor(i S / n), ceil((i + 1) S / n))."""
+  """torch ``adaptive_max_pool`` along one axis of size S cut into n = ``cells``:
+  cell i spans [floor(i S / n), ceil((i + 1) S / n))."""
   size = masks.shape[axis]
   starts = np.arange(cells) * size // cells
   ends = -((-(np.arange(cells) + 1) * size) // cells)
