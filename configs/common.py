@@ -96,7 +96,8 @@ def get_config(arg=None):
   config.data.anomaly_repeats = 5               # strategy 0: each known anomaly repeated
   # How a pixel mask marks the feature vectors of a level: 'nearest' (the
   # reference: one pixel per cell, so a thin defect crossing a cell may leave
-  # its vector normal) or 'max' (abnormal when any pixel of the cell is).
+  # its vector normal), 'max' (abnormal when any pixel of the cell is) or 'thin'
+  # (abnormal when half the cell is, or a part narrower than half a cell crosses it).
   config.data.mask_pooling = 'nearest'
   config.data.synthetic_repeats = 5             # strategies 1/2: synthetic images per anomaly
   config.data.in_fg_region = True               # strategy 1 pastes inside the foreground

@@ -33,17 +33,37 @@ class LevelData(flax.struct.PyTreeNode):
   positions: int = flax.struct.field(pytree_node=False)   # h * w
 
 
-MASK_POOLINGS = ('nearest', 'max')
+MASK_POOLINGS = ('nearest', 'max', 'thin')
 
 
-def _cell_max(masks: np.ndarray, axis: int, cells: int) -> np.ndarray:
-  """torch ``adaptive_max_pool`` along one axis of size S cut into n = ``cells``:
+def _cell_reduce(masks: np.ndarray, axis: int, cells: int, reduce=np.max) -> np.ndarray:
+  """torch ``adaptive_{max,avg}_pool`` along one axis of size S cut into n = ``cells``:
   cell i spans [floor(i S / n), ceil((i + 1) S / n))."""
   size = masks.shape[axis]
   starts = np.arange(cells) * size // cells
   ends = -((-(np.arange(cells) + 1) * size) // cells)
-  return np.stack([masks.take(np.arange(a, b), axis=axis).max(axis=axis)
+  return np.stack([reduce(masks.take(np.arange(a, b), axis=axis), axis=axis)
                    for a, b in zip(starts, ends)], axis=axis)
+
+
+def _box_sums(masks: np.ndarray, rows: int, cols: int) -> np.ndarray:
+  """[N, H, W] -> [N, H - rows + 1, W - cols + 1]: the sum of every rows x cols window."""
+  integral = np.pad(masks.astype(np.int32).cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
+  return (integral[:, rows:, cols:] - integral[:, :-rows, cols:]
+          - integral[:, rows:, :-cols] + integral[:, :-rows, :-cols])
+
+
+def thin_parts(masks: np.ndarray, rows: int, cols: int) -> np.ndarray:
+  """[N, H, W] 0/1 masks -> the defect pixels that no rows x cols rectangle lying
+  wholly inside the defect covers (the mask less its morphological opening):
+  the parts of a defect narrower than such a rectangle."""
+  masks = masks > 0
+  rows, cols = min(rows, masks.shape[1]), min(cols, masks.shape[2])
+  if rows * cols <= 1:
+    return np.zeros_like(masks)
+  inside = _box_sums(masks, rows, cols) == rows * cols   # top-left corners of rectangles
+  padded = np.pad(inside, ((0, 0), (rows - 1, rows - 1), (cols - 1, cols - 1)))
+  return masks & (_box_sums(padded, rows, cols) == 0)
 
 
 def downsample_masks(masks: np.ndarray, height: int, width: int,
@@ -53,12 +73,33 @@ def downsample_masks(masks: np.ndarray, height: int, width: int,
   'nearest': torch ``F.interpolate(mode='nearest')``, the reference: each vector
   takes one pixel of its cell, so a thin defect crossing a cell may leave it
   normal. 'max': a vector is abnormal when any pixel of its cell is (torch
-  ``adaptive_max_pool2d``).
+  ``adaptive_max_pool2d``), which also marks the mostly normal cells on a large
+  defect's edge. 'thin': abnormal when the defect covers at least half of the
+  cell, or when a part of it narrower than half a cell (too narrow to cover
+  half of any) crosses the cell (docs/METHOD.md, "Quality options").
   """
-  if pooling == 'max':
-    return _cell_max(_cell_max(masks, 1, height), 2, width)
-  if pooling != 'nearest':
+  if pooling not in MASK_POOLINGS:
     raise ValueError(f'mask pooling {pooling!r}: one of {MASK_POOLINGS}')
+  # Only images with a defect pixel need pooling: normal images make most of a run.
+  defective = masks.reshape(len(masks), -1).any(axis=1)
+  vector_masks = np.zeros((len(masks), height, width), masks.dtype)
+  if defective.any():
+    vector_masks[defective] = _pool_masks(masks[defective], height, width, pooling)
+  return vector_masks
+
+
+def _pool_masks(masks: np.ndarray, height: int, width: int, pooling: str) -> np.ndarray:
+  if pooling == 'max':
+    return _cell_reduce(_cell_reduce(masks, 1, height), 2, width)
+  if pooling == 'thin':
+    # A part narrower than half a cell can never cover half of one.
+    half_rows = -(-masks.shape[1] // (2 * height))
+    half_cols = -(-masks.shape[2] // (2 * width))
+    share = _cell_reduce(_cell_reduce(masks.astype(np.float32), 1, height, np.mean),
+                         2, width, np.mean)
+    thin = thin_parts(masks, half_rows, half_cols)
+    crossed = _cell_reduce(_cell_reduce(thin, 1, height), 2, width)
+    return (share >= 0.5) | crossed
   rows = np.floor(np.arange(height) * (masks.shape[1] / height)).astype(int)
   cols = np.floor(np.arange(width) * (masks.shape[2] / width)).astype(int)
   return masks[:, rows][:, :, cols]
@@ -68,9 +109,16 @@ def level_data(features: np.ndarray, masks: np.ndarray, pos_embed_dim: int,
                mesh: Mesh, mask_pooling: str = 'nearest') -> LevelData:
   """Flattens one level's features [N, h, w, C] and pixel masks [N, S, S]
   (``mask_pooling``: see `downsample_masks`)."""
+  _, h, w, _ = features.shape
+  return _on_devices(features, downsample_masks(masks, h, w, mask_pooling), pos_embed_dim,
+                     mesh)
+
+
+def _on_devices(features: np.ndarray, vector_masks: np.ndarray, pos_embed_dim: int,
+                mesh: Mesh) -> LevelData:
+  """`level_data` from features [N, h, w, C] and vector masks [N, h, w]."""
   n, h, w, c = features.shape
   on_devices = replicated(mesh)
-  vector_masks = downsample_masks(masks, h, w, mask_pooling)
   return LevelData(
       features=jax.device_put(features.reshape(n * h * w, c), on_devices),
       masks=jax.device_put(vector_masks.reshape(-1).astype(np.float32), on_devices),
@@ -103,9 +151,13 @@ class TrainingSet:
     order = np.concatenate([np.arange(images.num_normal)]
                            + [s.cached for s in strategies]).astype(int)
     self._cached_features = [f[order] for f in features]
-    self._cached_masks = images.masks[order]
-    self._cached = [level_data(f, self._cached_masks, pos_embed_dim, backbone.mesh,
-                               mask_pooling) for f in self._cached_features]
+    cached_masks = images.masks[order]
+    # Pooled once: every sub-epoch appends only its synthetic images' masks.
+    self._cached_vector_masks = [downsample_masks(cached_masks, f.shape[1], f.shape[2],
+                                                  mask_pooling)
+                                 for f in self._cached_features]
+    self._cached = [_on_devices(f, m, pos_embed_dim, backbone.mesh)
+                    for f, m in zip(self._cached_features, self._cached_vector_masks)]
     self.num_images = len(order) + sum(s.num_synthetic for s in self._strategies)
 
   @property
@@ -123,7 +175,10 @@ class TrainingSet:
       images += drawn_images
       masks += drawn_masks
     features = self._backbone.pixel_features(np.stack(images))
-    all_masks = np.concatenate([self._cached_masks, np.stack(masks)])
-    return [level_data(np.concatenate([cached, new]), all_masks, self._pos_embed_dim,
-                       self._backbone.mesh, self._mask_pooling)
-            for cached, new in zip(self._cached_features, features)]
+    masks = np.stack(masks)
+    return [_on_devices(np.concatenate([cached, new]),
+                        np.concatenate([cached_masks, downsample_masks(
+                            masks, new.shape[1], new.shape[2], self._mask_pooling)]),
+                        self._pos_embed_dim, self._backbone.mesh)
+            for cached, new, cached_masks in zip(self._cached_features, features,
+                                                 self._cached_vector_masks)]

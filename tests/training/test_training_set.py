@@ -41,6 +41,43 @@ def test_a_thin_line_marks_every_cell_it_crosses_only_when_max_pooled():
     training_set.downsample_masks(masks, 4, 4, 'mean')
 
 
+@pytest.mark.parametrize('rows,cols', [(2, 2), (4, 3), (1, 6), (6, 6)])
+def test_thin_parts_are_the_mask_less_its_opening(rows, cols):
+  from scipy import ndimage
+  field = ndimage.gaussian_filter(np.random.default_rng(rows * 7 + cols).random((40, 37)), 2)
+  masks = field > 0.52
+  opened = ndimage.binary_opening(masks, structure=np.ones((rows, cols), bool))
+  thin = training_set.thin_parts(masks[None], rows, cols)[0]
+  assert thin.any() and not thin.all()
+  np.testing.assert_array_equal(thin, masks & ~opened)
+
+
+def test_thin_pooling_marks_a_line_everywhere_and_a_blob_by_its_covered_share():
+  line = np.zeros((1, 16, 16), np.uint8)
+  line[0, 5, :] = 1   # one pixel wide: every cell it crosses, as with max pooling
+  np.testing.assert_array_equal(training_set.downsample_masks(line, 4, 4, 'thin'),
+                                training_set.downsample_masks(line, 4, 4, 'max'))
+  blob = np.zeros((1, 16, 16), np.uint8)
+  blob[0, 3:13, 2:13] = 1   # 10 x 11 pixels: covers cells by 1/4, 1/2 or all
+  expected = np.zeros((4, 4), np.uint8)
+  expected[1:3, 1:3] = 1    # wholly covered
+  expected[1:3, 0] = 1      # columns 2-3 of 0-3: half covered
+  np.testing.assert_array_equal(training_set.downsample_masks(blob, 4, 4, 'thin')[0], expected)
+  assert training_set.downsample_masks(blob, 4, 4, 'max').sum() == 16
+  # Two pixels wide is half a cell: judged by the share it covers, here a quarter
+  # of each of the two rows of cells it straddles.
+  wide_line = np.zeros((1, 16, 16), np.uint8)
+  wide_line[0, 3:5, :] = 1
+  assert training_set.downsample_masks(wide_line, 4, 4, 'thin').sum() == 0
+  wide_line[0, 4:6, :] = 1   # rows 3-5: half of row 1 of cells
+  np.testing.assert_array_equal(training_set.downsample_masks(wide_line, 4, 4, 'thin'),
+                                training_set.downsample_masks(line, 4, 4, 'max'))
+  both = np.concatenate([line, blob])   # images are pooled independently
+  np.testing.assert_array_equal(training_set.downsample_masks(both, 4, 4, 'thin'),
+                                np.stack([training_set.downsample_masks(line, 4, 4, 'max')[0],
+                                          expected]))
+
+
 class _FakeBackbone:
   """Features = the mean pixel value per 2x2 cell (one channel); records its calls."""
 
@@ -101,7 +138,7 @@ def test_levels_order_normal_cached_synthetic_and_redraw_per_sub_epoch():
   np.testing.assert_array_equal(np.asarray(again[0].features), np.asarray(later[0].features))
 
 
-@pytest.mark.parametrize('pooling,abnormal_vectors', [('nearest', 0), ('max', 4)])
+@pytest.mark.parametrize('pooling,abnormal_vectors', [('nearest', 0), ('max', 4), ('thin', 4)])
 def test_training_set_pools_the_masks_as_configured(pooling, abnormal_vectors):
   from bgad_jax.data.strategies import RealAnomalies, TrainingImages
   from bgad_jax.training.sharding import make_mesh
@@ -114,3 +151,27 @@ def test_training_set_pools_the_masks_as_configured(pooling, abnormal_vectors):
                                   [RealAnomalies(cached=np.array([1]))], pos_embed_dim=8,
                                   seed=0, mask_pooling=pooling)
   assert float(np.asarray(data.levels(0, 0)[0].masks).sum()) == abnormal_vectors
+
+
+@pytest.mark.parametrize('pooling', training_set.MASK_POOLINGS)
+def test_every_sub_epoch_pools_its_synthetic_masks_beside_the_cached_ones(pooling):
+  from bgad_jax.data.strategies import RealAnomalies, TrainingImages
+  from bgad_jax.training.plan import plan_rng
+  from bgad_jax.training.sharding import make_mesh
+  pixels = np.random.default_rng(0).integers(0, 200, (3, 8, 8, 3)).astype(np.uint8)
+  masks = np.zeros((3, 8, 8), np.uint8)
+  masks[2, 3, :] = 1
+  masks[2, 4:8, 4:7] = 1
+  images = TrainingImages(pixels, masks, ['0.png', '1.png', '2.png'], num_normal=2)
+  backbone = _FakeBackbone(make_mesh())
+  stamp = _Stamp(images)
+  data = training_set.TrainingSet(backbone, images, backbone.pixel_features(pixels),
+                                  [RealAnomalies(cached=np.array([2])), stamp],
+                                  pos_embed_dim=8, seed=3, mask_pooling=pooling)
+  for epoch, sub_epoch in [(1, 0), (2, 1)]:
+    _, drawn = stamp.draw(plan_rng(3, epoch, sub_epoch, training_set.SYNTHESIS_STREAM))
+    expected = training_set.downsample_masks(np.concatenate([masks, np.stack(drawn)]),
+                                             4, 4, pooling)
+    assert expected[3:].sum() > 0
+    np.testing.assert_array_equal(np.asarray(data.levels(epoch, sub_epoch)[0].masks),
+                                  expected.reshape(-1))
