@@ -89,8 +89,8 @@ def apply_best(config, short_schedule: bool = False):
   # A feature vector is abnormal when the defect covers half its cell or a part
   # narrower than half a cell crosses it, instead of the reference's one sampled
   # pixel per cell, which leaves most of a thin scratch labelled normal: coins'
-  # weak seeds +4.9 and +5.4 image AUROC, surface within the run-to-run
-  # difference of a host (README, "Masks by covered share").
+  # weak seeds +4.9 and +5.4 image AUROC, tissue's thin scratches +3.2, surface
+  # within a host's run-to-run difference (README, "Masks by covered share").
   config.data.mask_pooling = 'thin'
   if short_schedule:
     # About 50x fewer optimiser steps than the published schedule on an MVTec

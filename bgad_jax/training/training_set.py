@@ -95,7 +95,7 @@ def _pool_masks(masks: np.ndarray, height: int, width: int, pooling: str) -> np.
     # A part narrower than half a cell can never cover half of one.
     half_rows = -(-masks.shape[1] // (2 * height))
     half_cols = -(-masks.shape[2] // (2 * width))
-    share = _cell_reduce(_cell_reduce(masks.astype(np.float32), 1, height, np.mean),
+    share = _cell_reduce(_cell_reduce((masks > 0).astype(np.float32), 1, height, np.mean),
                          2, width, np.mean)
     thin = thin_parts(masks, half_rows, half_cols)
     crossed = _cell_reduce(_cell_reduce(thin, 1, height), 2, width)
