@@ -46,6 +46,11 @@ def _cell_reduce(masks: np.ndarray, axis: int, cells: int, reduce=np.max) -> np.
                    for a, b in zip(starts, ends)], axis=axis)
 
 
+def _pool_cells(masks: np.ndarray, height: int, width: int, reduce=np.max) -> np.ndarray:
+  """[N, S, S] -> [N, height, width]: ``reduce`` over each adaptive-pooling cell."""
+  return _cell_reduce(_cell_reduce(masks, 1, height, reduce), 2, width, reduce)
+
+
 def _box_sums(masks: np.ndarray, rows: int, cols: int) -> np.ndarray:
   """[N, H, W] -> [N, H - rows + 1, W - cols + 1]: the sum of every rows x cols window."""
   integral = np.pad(masks.astype(np.int32).cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
@@ -90,15 +95,13 @@ def downsample_masks(masks: np.ndarray, height: int, width: int,
 
 def _pool_masks(masks: np.ndarray, height: int, width: int, pooling: str) -> np.ndarray:
   if pooling == 'max':
-    return _cell_reduce(_cell_reduce(masks, 1, height), 2, width)
+    return _pool_cells(masks, height, width)
   if pooling == 'thin':
     # A part narrower than half a cell can never cover half of one.
     half_rows = -(-masks.shape[1] // (2 * height))
     half_cols = -(-masks.shape[2] // (2 * width))
-    share = _cell_reduce(_cell_reduce((masks > 0).astype(np.float32), 1, height, np.mean),
-                         2, width, np.mean)
-    thin = thin_parts(masks, half_rows, half_cols)
-    crossed = _cell_reduce(_cell_reduce(thin, 1, height), 2, width)
+    share = _pool_cells((masks > 0).astype(np.float32), height, width, np.mean)
+    crossed = _pool_cells(thin_parts(masks, half_rows, half_cols), height, width)
     return (share >= 0.5) | crossed
   rows = np.floor(np.arange(height) * (masks.shape[1] / height)).astype(int)
   cols = np.floor(np.arange(width) * (masks.shape[2] / width)).astype(int)
