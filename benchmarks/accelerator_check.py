@@ -273,9 +273,10 @@ def dry_run(wheels: str) -> str:
   return '\n'.join([
       f'Working tree: the repository (tracked files); carry: ["{wheels}"]  ({state})',
       f'Command: python3 benchmarks/accelerator_check.py --out "$OUT" --wheels {wheels}',
-      'timeout_s: 540 (the sections take at most 470 s, the wheels about 20 s); or two calls,',
-      '  --sections device,tests,backbone --limit tests=240 --limit backbone=100, then',
-      '  --sections flow_step,end_to_end --limit flow_step=260 --limit end_to_end=260',
+      'timeout_s: 540 (the sections take at most 470 s, the wheels about 20 s); or, as on',
+      '  the H100 (compiles eat the limits; benchmarks/RESULTS.md), two calls in 15 minutes:',
+      '  --sections device,tests,backbone --limit tests=240 --limit backbone=150, then at once',
+      '  --sections flow_step,end_to_end --limit flow_step=190 --limit end_to_end=190',
       'Files back: accelerator_check.json, accelerator_check.md and one log per section.'])
 
 
