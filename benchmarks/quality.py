@@ -360,6 +360,20 @@ def _mean_sd(values) -> str:
   return f'{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}'
 
 
+def sd_interval(values, level: float = 0.9) -> str:
+  """The ``level`` confidence interval of the seeds' sd, in percent, for normally
+  distributed runs (chi-square with n - 1 degrees of freedom): how far a few seeds'
+  sd may be from the spread of all seeds. '-' below 3 defined values."""
+  from scipy import stats   # scikit-learn's dependency
+  values = [100 * v for v in values if v is not None]
+  if len(values) < 3:
+    return '-'
+  sd, dof = np.std(values, ddof=1), len(values) - 1
+  tail = (1 - level) / 2
+  low, high = (sd * np.sqrt(dof / stats.chi2.ppf(q, dof)) for q in (1 - tail, tail))
+  return f'{low:.1f}-{high:.1f}'
+
+
 SUMMARY_COLUMNS = [('class', 'class', 's'), ('run', 'run', 's'), ('img', 'img AUROC', 's'),
                    ('pix', 'pix AUROC', 's'), ('aupro', 'AUPRO', 's'),
                    ('seen_img', 'seen img', 's'), ('seen_pix', 'seen pix', 's'),
@@ -367,6 +381,9 @@ SUMMARY_COLUMNS = [('class', 'class', 's'), ('run', 'run', 's'), ('img', 'img AU
                    ('seconds', 'seconds', 's')]
 PER_TYPE_COLUMNS = [('class', 'class', 's'), ('run', 'run', 's'), ('type', 'defect type', 's'),
                     ('img', 'img AUROC', 's'), ('pix', 'pix AUROC', 's')]
+PER_SEED_COLUMNS = [('class', 'class', 's'), ('run', 'run', 's'), ('metric', 'metric', 's'),
+                    ('seeds', 'seeds', 's'), ('values', 'per seed', 's'),
+                    ('mean', 'mean ± sd', 's'), ('sd_90', '90% interval of the sd', 's')]
 
 
 def _seconds(name: str, runs: List[Dict]) -> str:
@@ -400,6 +417,29 @@ def per_type_rows(category: str, results: Dict[str, List[Dict]], known: List[str
            'img': _mean_sd([r['per_type'][defect]['img_auroc'] for r in runs]),
            'pix': _mean_sd([r['per_type'][defect]['pix_auroc'] for r in runs])}
           for name, runs in results.items() for defect in runs[0]['per_type']]
+
+
+def per_seed_rows(category: str, results: Dict[str, List[Dict]], known: List[str]) -> List[Dict]:
+  """For each method run on 3 or more seeds: every metric (overall, then per defect
+  type) seed by seed, its mean +- sd and the 90% interval of the sd (`sd_interval`)."""
+  rows = []
+  for name, runs in results.items():
+    if len(runs) < 3:
+      continue
+    runs = sorted(runs, key=lambda r: r.get('seed', -1))
+    metrics_by_name = {'img AUROC': [r['img_auroc'] for r in runs],
+                       'pix AUROC': [r['pix_auroc'] for r in runs],
+                       'AUPRO': [r['aupro'] for r in runs]}
+    for defect in runs[0]['per_type']:
+      label = defect + ('' if defect in known else ' (unseen)')
+      for key, short in (('img_auroc', 'img'), ('pix_auroc', 'pix')):
+        metrics_by_name[f'{label} {short}'] = [r['per_type'][defect][key] for r in runs]
+    seeds = ' '.join(str(r.get('seed', '?')) for r in runs)
+    for metric, values in metrics_by_name.items():
+      rows.append({'class': category, 'run': name, 'metric': metric, 'seeds': seeds,
+                   'values': ' '.join('-' if v is None else f'{100 * v:.1f}' for v in values),
+                   'mean': _mean_sd(values), 'sd_90': sd_interval(values)})
+  return rows
 
 
 def plot_curves(path: str, all_results: Dict[str, Dict[str, Dict]]) -> None:
@@ -563,6 +603,11 @@ def report(out: str, known_types: Dict[str, List[str]],
   per_type = [row for c, r in all_results.items()
               for row in per_type_rows(c, r, known_types[c])]
   print(table.markdown(per_type, PER_TYPE_COLUMNS))
+  per_seed = [row for c, r in all_results.items()
+              for row in per_seed_rows(c, r, known_types[c])]
+  if per_seed:   # how far the seeds spread, where there are enough of them
+    print()
+    print(table.markdown(per_seed, PER_SEED_COLUMNS))
   if any(name in r for r in all_results.values() for name in CURVES):
     plot_path = os.path.join(out, 'quality_curves.png')
     plot_curves(plot_path, all_results)

@@ -494,6 +494,18 @@ def test_quality_tables_give_mean_and_sd_over_the_seeds():
   assert per_type['type'] == 'dent (unseen)' and per_type['img'] == '70.0 ± 10.0'
   (single,) = quality.summary_rows('coins', {'best': runs['best'][:1]})
   assert single['img'] == '80.0'
+  # Seed by seed, in seed order; chi-square 90% interval of the sd with 2 degrees of
+  # freedom: 5.0 * sqrt(2 / 5.991) and 5.0 * sqrt(2 / 0.1026).
+  seeded = {'best': [dict(r, seed=seed) for r, seed in zip(runs['best'], (4, 0, 2))],
+            'patchcore': runs['best'][:2]}   # under 3 seeds: no rows
+  rows = {row['metric']: row for row in quality.per_seed_rows('coins', seeded, known=[])}
+  assert list(rows) == ['img AUROC', 'pix AUROC', 'AUPRO', 'dent (unseen) img',
+                        'dent (unseen) pix']
+  assert rows['img AUROC']['seeds'] == '0 2 4'
+  assert rows['img AUROC']['values'] == '90.0 85.0 80.0'
+  assert rows['img AUROC']['mean'] == '85.0 ± 5.0' and rows['img AUROC']['sd_90'] == '2.9-22.1'
+  assert rows['AUPRO']['values'] == '- - -' and rows['AUPRO']['sd_90'] == '-'
+  assert quality.sd_interval([0.5, 0.6]) == '-'
 
 
 def test_quality_tables_from_saved_runs_merge_the_files(tmp_path, capsys):
