@@ -34,7 +34,10 @@ mostly the data's (benchmarks/RESULTS.md). ``--known_seed K`` fixes the
 known files too (the draw of seed K, so also the test set): the seeds then
 differ only in initialisation and synthetic anomalies, which separates the
 run-to-run spread from the spread of which anomalies are labelled. The
-tables give the mean +- sd over the seeds, the JSON every run.
+tables give the mean +- sd over the seeds, the JSON every run; a method run
+on 3 or more seeds also gets a per-seed table with the 90% interval of its sd
+(a few seeds' sd is a rough estimate: with 3 seeds the interval spans 0.6x to
+4.4x the sd measured).
 
 Overrides: ``--set KEY=VALUE`` (repeatable) changes one config field of
 every bgad_jax run, read as that field's type as main.py's
