@@ -353,9 +353,18 @@ def _pct(value):
   return None if value is None else 100 * value
 
 
+def _defined_percents(values) -> List[float]:
+  """The seeds' values in percent, less those where the metric is undefined (None)."""
+  return [100 * v for v in values if v is not None]
+
+
+def _type_label(defect: str, known: Sequence[str]) -> str:
+  return defect + ('' if defect in known else ' (unseen)')
+
+
 def _mean_sd(values) -> str:
   """'mean +- sd' in percent over the seeds ('-' where a metric is undefined)."""
-  values = [100 * v for v in values if v is not None]
+  values = _defined_percents(values)
   if not values:
     return '-'
   if len(values) == 1:
@@ -368,7 +377,7 @@ def sd_interval(values, level: float = 0.9) -> str:
   distributed runs (chi-square with n - 1 degrees of freedom): how far a few seeds'
   sd may be from the spread of all seeds. '-' below 3 defined values."""
   from scipy import stats   # scikit-learn's dependency
-  values = [100 * v for v in values if v is not None]
+  values = _defined_percents(values)
   if len(values) < 3:
     return '-'
   sd, dof = np.std(values, ddof=1), len(values) - 1
@@ -416,7 +425,7 @@ def summary_rows(category: str, results: Dict[str, List[Dict]]) -> List[Dict]:
 
 def per_type_rows(category: str, results: Dict[str, List[Dict]], known: List[str]) -> List[Dict]:
   return [{'class': category, 'run': name,
-           'type': defect + ('' if defect in known else ' (unseen)'),
+           'type': _type_label(defect, known),
            'img': _mean_sd([r['per_type'][defect]['img_auroc'] for r in runs]),
            'pix': _mean_sd([r['per_type'][defect]['pix_auroc'] for r in runs])}
           for name, runs in results.items() for defect in runs[0]['per_type']]
@@ -434,9 +443,9 @@ def per_seed_rows(category: str, results: Dict[str, List[Dict]], known: List[str
                        'pix AUROC': [r['pix_auroc'] for r in runs],
                        'AUPRO': [r['aupro'] for r in runs]}
     for defect in runs[0]['per_type']:
-      label = defect + ('' if defect in known else ' (unseen)')
       for key, short in (('img_auroc', 'img'), ('pix_auroc', 'pix')):
-        metrics_by_name[f'{label} {short}'] = [r['per_type'][defect][key] for r in runs]
+        metrics_by_name[f'{_type_label(defect, known)} {short}'] = [
+            r['per_type'][defect][key] for r in runs]
     seeds = ' '.join(str(r.get('seed', '?')) for r in runs)
     for metric, values in metrics_by_name.items():
       rows.append({'class': category, 'run': name, 'metric': metric, 'seeds': seeds,
