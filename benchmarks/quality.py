@@ -34,7 +34,8 @@ mostly the data's (benchmarks/RESULTS.md). ``--known_seed K`` fixes the
 known files too (the draw of seed K, so also the test set): the seeds then
 differ only in initialisation and synthetic anomalies, which separates the
 run-to-run spread from the spread of which anomalies are labelled. The
-tables give the mean +- sd over the seeds, the JSON every run; a method run
+tables give the mean +- sd over the seeds, the JSON every run (with each test
+image's score: ``test_scores``, as a run's test_scores.csv); a method run
 on 3 or more seeds also gets a per-seed table with the 90% interval of its sd
 (a few seeds' sd is a rough estimate: with 3 seeds the interval spans 0.6x to
 4.4x the sd measured).
@@ -126,7 +127,7 @@ from bgad_jax.data import demo_data  # noqa: E402
 from bgad_jax.data.pipeline import preprocess  # noqa: E402
 from bgad_jax.errors import ConfigError  # noqa: E402
 from bgad_jax.evaluation import metrics  # noqa: E402
-from bgad_jax.evaluation.report import headline  # noqa: E402
+from bgad_jax.evaluation.report import headline, test_score_rows  # noqa: E402
 from bgad_jax.models import backbone as backbone_lib  # noqa: E402
 from bgad_jax.models import weight_conversion  # noqa: E402
 from configs import demo  # noqa: E402
@@ -326,7 +327,9 @@ def _baseline_result(result: Dict, test: Dict, fit_seconds: float, test_seconds:
   """A baseline's run as the tables and the JSON read it."""
   return dict(**headline(result), per_type=result['per_type'], seen=result.get('seen'),
               unseen=result.get('unseen'), fit_seconds=fit_seconds, test_seconds=test_seconds,
-              wall_seconds=fit_seconds + test_seconds, test_images=len(test['labels']), **extra)
+              wall_seconds=fit_seconds + test_seconds, test_images=len(test['labels']),
+              test_scores=test_score_rows(test['filenames'], test['defect_types'],
+                                          test['labels'], result['image_scores']), **extra)
 
 
 def run_supersimplenet(config, args, supervised: bool) -> Dict:

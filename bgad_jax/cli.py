@@ -37,7 +37,8 @@ USER_ERROR_EXIT_CODE = 2
 def _print_result(results, workdir):
   with open(os.path.join(workdir, 'results.md')) as f:
     print('\n' + f.read())
-  print(f'Results: {os.path.join(workdir, "results.json")} and results.md')
+  print(f'Results: {os.path.join(workdir, "results.json")}, results.md and test_scores.csv '
+        '(every test image\'s score, highest first)')
   print(f'Overlays: {os.path.join(workdir, "overlays")}')
   print('TensorBoard: ' + shlex.join(['tensorboard', '--logdir',
                                       os.path.join(workdir, 'tensorboard')]))

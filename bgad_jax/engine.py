@@ -2,7 +2,8 @@
 
   train:   data -> frozen features (once) -> meta-epochs of flow training with a
            checkpoint after each -> evaluation every ``eval_every`` epochs ->
-           results.json / results.md / overlays / TensorBoard / predict constants.
+           results.json / results.md / test_scores.csv / overlays / TensorBoard /
+           predict constants.
   eval:    the workdir's latest checkpoint on the test set (same numbers).
   predict: anomaly maps and scores for any images, with constants fixed at
            training time (no test set needed).
@@ -326,8 +327,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
 
 def _write_outputs(run: Run, evaluation, test: TestSet, known,
                    seconds: Dict[str, float]) -> Dict[str, Any]:
-  """results.json / results.md / overlays of ``evaluation`` = (metrics, maps [N, S, S]);
-  ``seconds``: features and total (training and evaluation come from the run's log)."""
+  """results.json / results.md / test_scores.csv / overlays of ``evaluation`` =
+  (metrics, maps [N, S, S]); ``seconds``: features and total (training and
+  evaluation come from the run's log)."""
   config, (result, maps) = run.config, evaluation
   results = dict(
       name=f'{config.data.source}/{config.data.category}', epoch=int(run.state.epoch),
@@ -338,6 +340,8 @@ def _write_outputs(run: Run, evaluation, test: TestSet, known,
       known_anomalies=[e['filename'] for e in known],
       anomalies_without_mask=_without_mask(test.arrays), notes=test.notes,
       history=run.log.history,
+      test_scores=report.test_score_rows(test.arrays['filenames'], test.arrays['defect_types'],
+                                         test.arrays['labels'], result['image_scores']),
       device=f'{jax.devices()[0].device_kind} x{jax.device_count()}',
       config=config.to_dict())
   for group in ('seen', 'unseen', 'at_threshold'):

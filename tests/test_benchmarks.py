@@ -309,6 +309,7 @@ def test_quality_benchmark_smoke(tmp_path):
     assert len(result['history']) == 2 and 0 <= result['img_auroc'] <= 1, name
     assert result['seen']['n'] > 0 and set(result['per_type']) == {
         'contamination', 'deformation', 'discoloration', 'smudge'}
+    assert len(result['test_scores']) == 4 + 3 * (4 - 3) + 4, name   # as PatchCore's below
   # Options only change scoring or training: top_k and mean_log train the faithful flows
   # and score differently (mean_log: other maps).
   assert results['top_k']['pix_auroc'] == results['faithful']['pix_auroc']
@@ -350,6 +351,7 @@ def test_quality_benchmark_runs_patchcore(tmp_path):
   assert all(0 <= patchcore[k] <= 1 for k in ('img_auroc', 'pix_auroc', 'aupro'))
   # 4 normal, 4 per type; the 3 known per seen type left it
   assert patchcore['test_images'] == 4 + 3 * (4 - 3) + 4
+  assert len(patchcore['test_scores']) == patchcore['test_images']
 
 
 def test_supersimplenet_needs_a_checkout(tmp_path):

@@ -57,6 +57,13 @@ def test_train_writes_every_output(trained):
   assert results['config']['data']['category'] == 'tissue'
   assert (workdir / 'results.md').read_text().startswith('# demo/tissue results')
   assert len(list((workdir / 'overlays').glob('*.png'))) == 4
+  scores = results['test_scores']   # every test image, highest score first
+  assert sum(r['label'] for r in scores) == sum(t['n'] for t in results['per_type'].values())
+  assert {r['defect_type'] for r in scores if r['label'] == 0} == {'good'}
+  assert [r['score'] for r in scores] == sorted((r['score'] for r in scores), reverse=True)
+  normal = [r['wrong_order'] for r in scores if r['label'] == 0]
+  assert np.mean(normal) == pytest.approx(1 - results['img_auroc'], abs=1e-9)
+  assert len((workdir / 'test_scores.csv').read_text().splitlines()) == len(scores) + 1
   scalars = tensorboard_events.scalars(str(workdir / 'tensorboard'))
   for tag in ('loss', 'lr', 'ml', 'loss_n', 'loss_a', 'b_n', 'b_a', 'abnormal_chunks',
               'img_auroc'):
@@ -80,6 +87,7 @@ def test_eval_mode_reproduces_the_metrics(trained, tmp_path):
   for key in ('img_auroc', 'pix_auroc', 'aupro'):
     assert after[key] == pytest.approx(before[key], abs=1e-6)
   assert after['at_threshold'] == pytest.approx(before['at_threshold'])
+  assert after['test_scores'] == before['test_scores']
 
 
 def test_eval_scores_with_the_taps_the_training_saved(trained, tmp_path):

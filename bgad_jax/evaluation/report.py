@@ -1,5 +1,6 @@
-"""Run outputs: results.json, results.md, overlays, TensorBoard, summary tables."""
+"""Run outputs: results.json, results.md, test scores, overlays, TensorBoard, summary tables."""
 
+import csv
 import json
 import os
 from typing import Any, Dict, List, Optional, Sequence
@@ -9,6 +10,7 @@ from PIL import Image
 
 
 HEADLINE_METRICS = ('img_auroc', 'pix_auroc', 'aupro')
+TEST_SCORE_COLUMNS = ('filename', 'defect_type', 'label', 'score', 'wrong_order')
 # Measured with benchmarks/parity.py (README, "Seed variance").
 SEED_VARIANCE = ('One run: on real photographs a BGAD run moves by several points with its seed '
                  '(image AUROC sd 4-10 points over 5-8 seeds at 4 x 2 meta-epochs, for the '
@@ -138,6 +140,46 @@ def best_epoch(history: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
               aupro=best.get('aupro'), note='selected on the test set; report the last epoch')
 
 
+def test_score_rows(filenames: Sequence[str], defect_types: Sequence[str],
+                    labels: np.ndarray, scores: np.ndarray) -> List[Dict[str, Any]]:
+  """One row per test image, highest image score first, for reading a run's errors.
+
+  Args:
+    filenames, defect_types: [N] per test image; labels: int [N], 1 = anomalous;
+    scores: float [N] image scores (those the image AUROC ranks).
+
+  Returns:
+    Rows of filename, defect_type, label, score and ``wrong_order``: the share
+    of the other class's images this one is ordered wrongly against (a normal
+    image: anomalous ones scoring lower; an anomalous one: normal ones scoring
+    higher; ties count half). The normal images' mean ``wrong_order`` is
+    1 - image AUROC, so the rows at the top of the normal ones and the bottom
+    of the anomalous ones are what costs the AUROC.
+  """
+  labels, scores = np.asarray(labels), np.asarray(scores, np.float64)
+  normal, anomalous = scores[labels == 0], scores[labels == 1]
+
+  def wrong_share(score: float, label: int) -> Optional[float]:
+    others = anomalous if label == 0 else normal
+    if not len(others):
+      return None
+    beaten = others < score if label == 0 else others > score
+    return float(beaten.mean() + 0.5 * (others == score).mean())
+
+  rows = [dict(filename=str(name), defect_type=str(kind), label=int(label), score=float(score),
+               wrong_order=wrong_share(score, label))
+          for name, kind, label, score in zip(filenames, defect_types, labels, scores)]
+  return sorted(rows, key=lambda row: -row['score'])
+
+
+def write_test_scores(path: str, rows: Sequence[Dict[str, Any]]) -> None:
+  """`test_score_rows` as a CSV file."""
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=TEST_SCORE_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+
+
 def overlay_picks(defect_types: np.ndarray, count: int, seed: int) -> List[int]:
   """Up to ``count`` image indices, every defect type represented, sorted."""
   n = len(defect_types)
@@ -152,13 +194,15 @@ def overlay_picks(defect_types: np.ndarray, count: int, seed: int) -> List[int]:
 
 def write_results(workdir: str, results: Dict[str, Any], maps: np.ndarray,
                   arrays: Dict[str, np.ndarray], num_overlays: int, seed: int) -> None:
-  """results.json, results.md and the test overlays of one run.
+  """results.json, results.md, test_scores.csv and the test overlays of one run.
 
   Args:
     results: the run's results dict (see `engine`).
     maps: [N, S, S] anomaly maps of the test set; arrays: its preprocessed arrays.
   """
   write_json(os.path.join(workdir, 'results.json'), results)
+  if results.get('test_scores'):
+    write_test_scores(os.path.join(workdir, 'test_scores.csv'), results['test_scores'])
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
     f.write(results_markdown(results))
   picks = overlay_picks(arrays['defect_types'], num_overlays, seed)

@@ -31,3 +31,35 @@ def test_overlay_outlines_mask_and_keeps_size():
   out = report.overlay(image, np.zeros((8, 8)), 0.0, 1.0, mask)
   assert out.shape == (8, 16, 3)
   assert tuple(out[2, 2]) == (0, 255, 0) and tuple(out[3, 3]) == (100, 100, 100)
+
+
+def test_test_score_rows_order_and_wrong_order_sum_to_auroc():
+  from sklearn.metrics import roc_auc_score
+  labels = np.array([0, 0, 0, 1, 1, 0, 1])
+  scores = np.array([0.1, 0.9, 0.5, 0.5, 0.8, 0.2, 0.3])   # one tie across the classes
+  names = [f'{i}.png' for i in range(7)]
+  kinds = ['good' if y == 0 else 'crack' for y in labels]
+  rows = report.test_score_rows(names, kinds, labels, scores)
+  assert [r['filename'] for r in rows][:2] == ['1.png', '4.png']   # highest score first
+  by_name = {r['filename']: r for r in rows}
+  # 1.png (normal, 0.9) outscores all 3 anomalies; 2.png (0.5) beats 0.3, ties 0.5.
+  assert by_name['1.png']['wrong_order'] == 1.0
+  assert by_name['2.png']['wrong_order'] == (1 + 0.5) / 3
+  # 6.png (anomalous, 0.3) lies below 1.png and 2.png of the 4 normal images.
+  assert by_name['6.png']['wrong_order'] == 2 / 4
+  normal = [r['wrong_order'] for r in rows if r['label'] == 0]
+  anomalous = [r['wrong_order'] for r in rows if r['label'] == 1]
+  auroc = roc_auc_score(labels, scores)
+  np.testing.assert_allclose(np.mean(normal), 1 - auroc)
+  np.testing.assert_allclose(np.mean(anomalous), 1 - auroc)
+
+
+def test_test_scores_csv_and_one_class(tmp_path):
+  rows = report.test_score_rows(['a.png', 'b.png'], ['good', 'good'], np.array([0, 0]),
+                                np.array([0.25, 0.75]))
+  assert [r['wrong_order'] for r in rows] == [None, None]   # no anomalies to order against
+  path = tmp_path / 'test_scores.csv'
+  report.write_test_scores(str(path), rows)
+  lines = path.read_text().splitlines()
+  assert lines[0] == 'filename,defect_type,label,score,wrong_order'
+  assert lines[1] == 'b.png,good,0,0.75,' and lines[2] == 'a.png,good,0,0.25,'
