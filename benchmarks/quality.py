@@ -6,7 +6,7 @@ against anomalib's PatchCore and SuperSimpleNet, on the same classes, in one run
       [--runs faithful,smooth,...,best,patchcore,supersimplenet,...] [--meta_epochs N]
       [--long_meta_epochs 12] [--supersimplenet_dir DIR [--supersimplenet_epochs N]]
       [--data_seed 0] [--known_seed K] [--per_type 3] [--test_good 64] [--test_per_defect 16]
-      [--defect_placement centre|anywhere]
+      [--defect_placement centre|anywhere] [--demo_split rows|quadrants]
       [--set KEY=VALUE ...] [--out DIR] [--json out.json]
   python benchmarks/quality.py --tables_from a/quality.json,b/quality.json   # one table
       (files of other classes or other seeds of the same runs combine)
@@ -23,7 +23,11 @@ defect type (``--test_good``, ``--test_per_defect``; 0 keeps the config's 16
 and 8). Defects are centred in the middle of the image by default;
 ``--defect_placement anywhere`` draws their centres over the whole image, so
 they also touch the border (PatchCore scores border pixels low: README,
-"Where the defects lie"). ``--data`` takes MVTec-layout folders instead.
+"Where the defects lie"). A texture's training crops come from the top 60%
+of its photograph and its test crops from the rest; ``--demo_split
+quadrants`` takes them from opposite quarters instead (tissue's rows split
+gives its test normals five times the pale stroma of its training normals:
+README, "Seed spread"). ``--data`` takes MVTec-layout folders instead.
 
 Seeds: every method runs once per seed of ``--seeds``. The seed draws the
 known files (and so the test images that remain), the initialisation and the
@@ -150,6 +154,7 @@ def base_config(args, category: str, tmp: str, seed: int, preset: str = ''):
     config.data.root = os.path.join(tmp, 'demo_data')
     config.data.demo.seed = args.data_seed
     config.data.demo.defect_placement = args.defect_placement
+    config.data.demo.split = args.demo_split
   config.data.val_fraction = 0.0   # as the reference: every normal image trains the flows
   config.data.anomaly_count_mode = 'per_type'
   config.data.num_anomalies = args.per_type
@@ -524,6 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--defect_placement', default='centre', choices=demo_data.PLACEMENTS,
                       help="where the demo classes' defects lie: 'centre' (the middle of "
                       "the image) or 'anywhere' (centres over the whole image)")
+  parser.add_argument('--demo_split', default='rows', choices=demo_data.SPLITS,
+                      help="which parts of a texture photograph train and test crops come from "
+                           "(tissue's lower half holds four times the pale stroma of its upper "
+                           "half: 'quadrants' gives both splits as much)")
   parser.add_argument('--known_seed', type=int, default=-1,
                       help="every seed trains with the known files this seed draws "
                       "(-1: each run's own draw)")
@@ -565,7 +574,8 @@ def main(argv=None) -> Dict:
   for assignment in args.set:   # a typo fails now, not after hours of runs
     if assignment.startswith('data.demo.'):   # would change the images of bgad_jax runs only
       parser.error(f'--set {assignment}: the demo images are the same for every method; '
-                   'use --data_seed, --test_good, --test_per_defect or --defect_placement')
+                   'use --data_seed, --test_good, --test_per_defect, --defect_placement '
+                   'or --demo_split')
     try:
       cli.set_field(demo.get_config('tissue'), assignment)
     except ConfigError as error:

@@ -198,6 +198,7 @@ def _check_demo(data, errors):
                   'seed (config.seed)')
   _one_of(errors, 'data.demo.defect_placement', demo.get('defect_placement', 'centre'),
           demo_data.PLACEMENTS)
+  _one_of(errors, 'data.demo.split', demo.get('split', 'rows'), demo_data.SPLITS)
 
 
 def _check_predict(config, errors):

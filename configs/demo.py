@@ -24,7 +24,10 @@ def get_config(arg=None):
       seed=-1,   # the images' seed; -1: the run's seed (config.seed)
       # Where defect centres fall: 'centre' (the middle of the image) or
       # 'anywhere' (bgad_jax.data.demo_data.PLACEMENTS).
-      defect_placement='centre'))
+      defect_placement='centre',
+      # Which parts of the photograph the training and test crops come from:
+      # 'rows' (top 60% / the rest) or 'quadrants' (bgad_jax.data.demo_data.SPLITS).
+      split='rows'))
   config.train.meta_epochs = 6
   config.train.sub_epochs = 2
   config.train.batch_size = 16

@@ -453,7 +453,7 @@ def test_quality_runs_share_the_images_across_seeds_and_differ_in_schedule(tmp_p
   with pytest.raises(SystemExit):   # (were it not refused: a tiny run)
     quality.main(['--set', 'data.demo.defect_placement=anywhere', '--tiny', '--runs', 'faithful',
                   '--classes', 'coins', '--out', str(tmp_path)])
-  assert 'use --data_seed, --test_good, --test_per_defect or --defect_placement' in (
+  assert 'use --data_seed, --test_good, --test_per_defect, --defect_placement or --demo_split' in (
       capsys.readouterr().err)
 
 
@@ -477,6 +477,16 @@ def test_quality_known_seed_gives_every_seed_the_same_known_files(tmp_path):
   own = quality.run_config(args, 'coins', str(tmp_path), 'best', types, 1)
   _, _, _, own_test = engine.load_data(settings.resolve(own))
   assert {example['filename'] for example in own_test} != {e['filename'] for e in test}
+
+
+def test_quality_demo_split_reaches_the_demo_images(tmp_path):
+  from bgad_jax import engine, settings
+  from benchmarks import quality
+  args = quality.build_parser().parse_args(['--tiny', '--demo_split', 'quadrants'])
+  config = quality.base_config(args, 'tissue', str(tmp_path), seed=0)
+  engine.load_data(settings.resolve(config))   # makes the images
+  stamp = tmp_path / 'demo_data' / 'images' / 'tissue' / 'demo_settings.json'
+  assert json.loads(stamp.read_text())['split'] == 'quadrants'
 
 
 def test_quality_tables_give_mean_and_sd_over_the_seeds():

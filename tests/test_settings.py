@@ -66,7 +66,7 @@ def test_fields_nothing_else_reads_are_checked_too():
   config = demo.get_config()
   config.backbone.feature_levels = 4
   config.data.demo.size, config.data.demo.num_train, config.data.demo.seed = 8, 0, -2
-  config.data.demo.defect_placement = 'edges'
+  config.data.demo.defect_placement, config.data.demo.split = 'edges', 'columns'
   with pytest.raises(settings.ConfigError) as caught:
     settings.validate(config)
   message = str(caught.value)
@@ -75,6 +75,7 @@ def test_fields_nothing_else_reads_are_checked_too():
   assert 'data.demo.num_train=0: must be >= 1' in message
   assert "data.demo.seed=-2: the images' seed, >= 0, or -1" in message
   assert "data.demo.defect_placement='edges': must be one of centre, anywhere" in message
+  assert "data.demo.split='columns': must be one of rows, quadrants" in message
   del config.data['demo']
   config.backbone.feature_levels = 3
   with pytest.raises(settings.ConfigError, match="data.demo: data.source='demo' needs"):

@@ -59,7 +59,7 @@ def prepare_dataset(data_config, seed: int) -> None:
     image_seed = demo.get('seed', -1)
     demo_data.generate(manual_dir, category, demo.size, demo.num_train, demo.num_test_good,
                        demo.num_per_defect, seed if image_seed < 0 else image_seed,
-                       demo.get('defect_placement', 'centre'))
+                       demo.get('defect_placement', 'centre'), demo.get('split', 'rows'))
   if manual_dir:
     if not os.path.isdir(manual_dir):
       # Never fall back to an earlier build of this category: it came from elsewhere.

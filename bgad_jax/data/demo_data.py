@@ -3,7 +3,11 @@
 Normal images are random crops (flips, 90-degree turns, slight brightness
 changes) of a texture photograph that ships with scikit-image; training crops
 come from the top 60% of the photograph and test crops from the rest, so test
-normals are unseen. Anomalous test images get one of four procedural defects,
+normals are unseen (``split='rows'``). A photograph's top and bottom may hold
+different shares of its structures (tissue's lower half has about four times
+the pale stroma of its upper half), so ``split='quadrants'`` takes training
+crops from the top-left and bottom-right quarters and test crops from the
+other two instead (`SPLITS`). Anomalous test images get one of four procedural defects,
 drawn here with numpy/scikit-image; the mask marks the defect's region (for
 cracks, holes, scratches and stains exactly the pixels it changed). A
 defect's centre lies in the middle of the image unless ``defect_placement``
@@ -49,6 +53,10 @@ _FORMAT_VERSION = 2   # 2: the surface class
 # classes were made from the start) or 'anywhere' (uniform over the whole
 # image, so defects also touch and cross the border, as real ones may).
 PLACEMENTS = ('centre', 'anywhere')
+# Which parts of a texture photograph the training and the test crops come
+# from: 'rows' (top 60% / the rest, as the classes were made from the start) or
+# 'quadrants' (top-left and bottom-right quarters / the other two).
+SPLITS = ('rows', 'quadrants')
 # Classes with their own photograph and defect types (not strategy 2's textures).
 SURFACE_DEFECT_TYPES = ('contamination', 'deformation', 'discoloration', 'smudge')
 PHOTO_CLASSES: Dict[str, Callable[[], np.ndarray]] = {'surface': skdata.moon}
@@ -70,9 +78,10 @@ def as_rgb(texture: np.ndarray) -> np.ndarray:
   return np.repeat(texture[:, :, None], 3, axis=2) if texture.ndim == 2 else texture[:, :, :3]
 
 
-def _normal_crop(texture, rng, size, row_range) -> np.ndarray:
-  top = int(rng.integers(row_range[0], row_range[1] - size + 1))
-  left = int(rng.integers(0, texture.shape[1] - size + 1))
+def _normal_crop(texture, rng, size, region) -> np.ndarray:
+  """A size x size crop of ``texture`` inside ``region`` = (top, bottom, left, right)."""
+  top = int(rng.integers(region[0], region[1] - size + 1))
+  left = int(rng.integers(region[2], region[3] - size + 1))
   crop = texture[top:top + size, left:left + size].astype(np.float32)
   crop = np.rot90(crop, int(rng.integers(4)))
   if rng.random() < 0.5:
@@ -85,6 +94,32 @@ def _check_placement(placement: str) -> None:
   if placement not in PLACEMENTS:
     raise ConfigError(f'data.demo.defect_placement must be one of {PLACEMENTS}, '
                       f'got {placement!r}')
+
+
+def _check_split(split: str, category: str) -> None:
+  if split not in SPLITS:
+    raise ConfigError(f'data.demo.split must be one of {SPLITS}, got {split!r}')
+  if split != 'rows' and category in PRODUCT_CLASSES:
+    raise ConfigError(f'data.demo.split={split!r}: {category} poses every coin in both splits; '
+                      'the split of a photograph applies to the texture classes')
+
+
+def _split_regions(texture: np.ndarray, size: int, split: str, category: str):
+  """{'train': [(top, bottom, left, right), ...], 'test': [...]}: the parts of
+  ``texture`` each split crops from."""
+  height, width = texture.shape[:2]
+  if split == 'rows':
+    split_row = int(height * 0.6)
+    return dict(train=[(0, split_row, 0, width)], test=[(split_row, height, 0, width)])
+  half_height, half_width = height // 2, width // 2
+  if size > min(half_height, half_width):
+    raise ConfigError(f'data.demo.size: demo images of {size} px do not fit a quarter of the '
+                      f'{category} texture ({half_height} x {half_width} px) of '
+                      "data.demo.split='quadrants': use a size up to "
+                      f'{min(half_height, half_width)}')
+  quarter = lambda row, col: (row * half_height, (row + 1) * half_height,
+                              col * half_width, (col + 1) * half_width)
+  return dict(train=[quarter(0, 0), quarter(1, 1)], test=[quarter(0, 1), quarter(1, 0)])
 
 
 def _defect_centre(rng, size: int, centre_range: Tuple[float, float], placement: str):
@@ -337,20 +372,21 @@ def _save(array: np.ndarray, path: str) -> None:
   Image.fromarray(array).save(path, format='PNG')
 
 
-def _texture_of_size(category: str, size: int) -> np.ndarray:
+def _texture_of_size(category: str, size: int, photo_split: str = 'rows') -> np.ndarray:
   texture = as_rgb(_PHOTOGRAPHS[category]())
   largest = min(texture.shape[0] - int(texture.shape[0] * 0.6), texture.shape[1])
-  if size > largest:
+  if photo_split == 'rows' and size > largest:   # (quadrants: `_split_regions` checks)
     raise ConfigError(f'data.demo.size: demo images of {size} px do not fit the {category} texture: use a size '
                      f'up to {largest} (data.demo.size) and let data.inp_size resize them')
   return texture
 
 
-def _image_sources(category: str, size: int, rng: np.random.Generator, placement: str):
+def _image_sources(category: str, size: int, rng: np.random.Generator, placement: str,
+                   photo_split: str = 'rows'):
   """(normal(split) -> image, defective(defect_type) -> (image, mask)) of a class.
 
-  Textures: training crops from the top 60% of the photograph, test crops
-  from the rest. Coins: any coin in a new pose, for both splits.
+  Textures: training and test crops from the parts of the photograph
+  ``photo_split`` gives them (`SPLITS`). Coins: any coin in a new pose, for both splits.
   """
   if category in PRODUCT_CLASSES:
     pose = coin_poser(size, rng)
@@ -362,12 +398,13 @@ def _image_sources(category: str, size: int, rng: np.random.Generator, placement
     def defective(defect_type):
       return add_coin_defect(*pose(), defect_type, rng, placement)
     return normal, defective
-  texture = _texture_of_size(category, size)
-  split_row = int(texture.shape[0] * 0.6)
-  rows = dict(train=(0, split_row), test=(split_row, texture.shape[0]))
+  texture = _texture_of_size(category, size, photo_split)
+  regions = _split_regions(texture, size, photo_split, category)
 
   def crop(split):
-    return _normal_crop(texture, rng, size, rows[split])
+    # One region: no draw, so the 'rows' classes keep their files.
+    choice = int(rng.integers(len(regions[split]))) if len(regions[split]) > 1 else 0
+    return _normal_crop(texture, rng, size, regions[split][choice])
 
   def defect_on_crop(defect_type):
     return add_defect(crop('test'), defect_type, rng, placement)
@@ -391,12 +428,13 @@ def _write_class(category_dir, category, counts, normal, defective) -> None:
 
 def generate(root: str, category: str = 'tissue', size: int = 128, num_train: int = 60,
              num_test_good: int = 16, num_per_defect: int = 8, seed: int = 0,
-             defect_placement: str = 'centre') -> str:
+             defect_placement: str = 'centre', split: str = 'rows') -> str:
   """Writes ``<root>/<category>/{train,test,ground_truth}`` (MVTec layout).
 
   ``defect_placement``: where defect centres are drawn (`PLACEMENTS`; the
   coins' chips lie on the rim either way). The normal images and every other
-  draw are the same for both.
+  draw are the same for both. ``split``: which parts of a texture photograph
+  the training and test crops come from (`SPLITS`; textures only).
 
   Reuses an existing folder made with the same arguments (a stamp file records
   them). Returns the category folder.
@@ -406,16 +444,19 @@ def generate(root: str, category: str = 'tissue', size: int = 128, num_train: in
   category_dir = os.path.join(root, category)
   settings = dict(format=_FORMAT_VERSION, size=size, num_train=num_train,
                   num_test_good=num_test_good, num_per_defect=num_per_defect, seed=seed)
-  if defect_placement != 'centre':   # folders made before the option stay valid
+  if defect_placement != 'centre':   # folders made before the options stay valid
     settings['defect_placement'] = defect_placement
+  if split != 'rows':
+    settings['split'] = split
   stamp = os.path.join(category_dir, 'demo_settings.json')
   if os.path.isfile(stamp):
     with open(stamp) as f:
       if json.load(f) == settings:
         return category_dir
   _check_placement(defect_placement)   # before the old folder is removed
+  _check_split(split, category)
   sources = _image_sources(category, size, np.random.default_rng(seed),   # checks the size
-                           defect_placement)
+                           defect_placement, split)
   shutil.rmtree(category_dir, ignore_errors=True)   # no files left from other settings
   _write_class(category_dir, category, (num_train, num_test_good, num_per_defect), *sources)
   with open(stamp, 'w') as f:

@@ -1,10 +1,12 @@
 """bgad_jax.data.demo_data: deterministic, exact masks, a valid MVTec-layout class."""
 
 import filecmp
+import json
 import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from bgad_jax.data import demo_data
 from tfds_mvtec.datasets import MVTEC_AD
@@ -79,6 +81,36 @@ def test_anywhere_placement_changes_only_the_defects(tmp_path):
   assert [n for n in mismatch if n.startswith('ground_truth')]
   with pytest.raises(ValueError, match="defect_placement must be one of"):
     demo_data.generate(str(tmp_path / 'x'), 'tissue', **SMALL, defect_placement='edge')
+
+
+def test_quadrant_split_crops_each_split_from_its_own_quarters(tmp_path, monkeypatch):
+  # A photograph whose quarters are flat greys far apart: a crop's grey (after the
+  # +-5% brightness change) names the quarter it came from.
+  quarter_greys = np.array([[40, 90], [160, 220]], np.uint8)   # [row, col] of the quarter
+  photo = np.kron(quarter_greys, np.ones((32, 32), np.uint8))
+  monkeypatch.setitem(demo_data._PHOTOGRAPHS, 'tissue', lambda: photo)
+  category_dir = demo_data.generate(str(tmp_path), 'tissue', size=16, num_train=24,
+                                    num_test_good=24, num_per_defect=0, split='quadrants')
+
+  def quarters(split):
+    folder = os.path.join(category_dir, split, 'good')
+    greys = [np.asarray(Image.open(os.path.join(folder, name))) for name in sorted(os.listdir(folder))]
+    assert all(g.min() == g.max() for g in greys)   # wholly inside one quarter
+    return {int(np.abs(quarter_greys.ravel().astype(int) - g.mean()).argmin()) for g in greys}
+
+  assert quarters('train') == {0, 3} and quarters('test') == {1, 2}   # diagonal / anti-diagonal
+  with open(os.path.join(category_dir, 'demo_settings.json')) as f:
+    assert json.load(f)['split'] == 'quadrants'
+
+
+def test_split_errors_name_the_field(tmp_path):
+  with pytest.raises(ValueError, match="data.demo.split must be one of"):
+    demo_data.generate(str(tmp_path / 'a'), 'tissue', **SMALL, split='columns')
+  with pytest.raises(ValueError, match="coins poses every coin in both splits"):
+    demo_data.generate(str(tmp_path / 'b'), 'coins', **SMALL, split='quadrants')
+  # tissue's photograph is 512 px: 256 fits a quarter, not 300.
+  with pytest.raises(ValueError, match=r'demo images of 300 px do not fit a quarter'):
+    demo_data.generate(str(tmp_path / 'c'), 'tissue', size=300, split='quadrants')
 
 
 def test_unknown_category_is_an_error(tmp_path):
