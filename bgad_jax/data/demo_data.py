@@ -7,11 +7,11 @@ normals are unseen (``split='rows'``). A photograph's top and bottom may hold
 different shares of its structures (tissue's lower half has about four times
 the pale stroma of its upper half), so ``split='quadrants'`` takes training
 crops from the top-left and bottom-right quarters and test crops from the
-other two instead (`SPLITS`). Anomalous test images get one of four procedural defects,
-drawn here with numpy/scikit-image; the mask marks the defect's region (for
-cracks, holes, scratches and stains exactly the pixels it changed). A
-defect's centre lies in the middle of the image unless ``defect_placement``
-is 'anywhere' (`PLACEMENTS`).
+other two instead (`SPLITS`). Anomalous test images get one of four
+procedural defects, drawn here with numpy/scikit-image; the mask marks the
+defect's region (for cracks, holes, scratches and stains exactly the pixels
+it changed). A defect's centre lies in the middle of the image unless
+``defect_placement`` is 'anywhere' (`PLACEMENTS`).
 Generation is deterministic: the same arguments give byte-identical PNG files.
 
 The texture classes (tissue, brick, grass, gravel) get cracks, holes, scratches
@@ -53,6 +53,7 @@ _FORMAT_VERSION = 2   # 2: the surface class
 # classes were made from the start) or 'anywhere' (uniform over the whole
 # image, so defects also touch and cross the border, as real ones may).
 PLACEMENTS = ('centre', 'anywhere')
+_TRAIN_ROWS = 0.6   # split 'rows': the share of the photograph's rows training crops come from
 # Which parts of a texture photograph the training and the test crops come
 # from: 'rows' (top 60% / the rest, as the classes were made from the start) or
 # 'quadrants' (top-left and bottom-right quarters / the other two).
@@ -109,7 +110,7 @@ def _split_regions(texture: np.ndarray, size: int, split: str, category: str):
   ``texture`` each split crops from."""
   height, width = texture.shape[:2]
   if split == 'rows':
-    split_row = int(height * 0.6)
+    split_row = int(height * _TRAIN_ROWS)
     return dict(train=[(0, split_row, 0, width)], test=[(split_row, height, 0, width)])
   half_height, half_width = height // 2, width // 2
   if size > min(half_height, half_width):
@@ -374,7 +375,7 @@ def _save(array: np.ndarray, path: str) -> None:
 
 def _texture_of_size(category: str, size: int, photo_split: str = 'rows') -> np.ndarray:
   texture = as_rgb(_PHOTOGRAPHS[category]())
-  largest = min(texture.shape[0] - int(texture.shape[0] * 0.6), texture.shape[1])
+  largest = min(texture.shape[0] - int(texture.shape[0] * _TRAIN_ROWS), texture.shape[1])
   if photo_split == 'rows' and size > largest:   # (quadrants: `_split_regions` checks)
     raise ConfigError(f'data.demo.size: demo images of {size} px do not fit the {category} texture: use a size '
                      f'up to {largest} (data.demo.size) and let data.inp_size resize them')
