@@ -131,7 +131,7 @@ from bgad_jax.data import demo_data  # noqa: E402
 from bgad_jax.data.pipeline import preprocess  # noqa: E402
 from bgad_jax.errors import ConfigError  # noqa: E402
 from bgad_jax.evaluation import metrics  # noqa: E402
-from bgad_jax.evaluation.report import headline, test_score_rows  # noqa: E402
+from bgad_jax.evaluation.report import headline, image_score_rows  # noqa: E402
 from bgad_jax.models import backbone as backbone_lib  # noqa: E402
 from bgad_jax.models import weight_conversion  # noqa: E402
 from configs import demo  # noqa: E402
@@ -333,8 +333,8 @@ def _baseline_result(result: Dict, test: Dict, fit_seconds: float, test_seconds:
   return dict(**headline(result), per_type=result['per_type'], seen=result.get('seen'),
               unseen=result.get('unseen'), fit_seconds=fit_seconds, test_seconds=test_seconds,
               wall_seconds=fit_seconds + test_seconds, test_images=len(test['labels']),
-              test_scores=test_score_rows(test['filenames'], test['defect_types'],
-                                          test['labels'], result['image_scores']), **extra)
+              test_scores=image_score_rows(test['filenames'], test['defect_types'],
+                                           test['labels'], result['image_scores']), **extra)
 
 
 def run_supersimplenet(config, args, supervised: bool) -> Dict:

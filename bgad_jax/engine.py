@@ -340,8 +340,8 @@ def _write_outputs(run: Run, evaluation, test: TestSet, known,
       known_anomalies=[e['filename'] for e in known],
       anomalies_without_mask=_without_mask(test.arrays), notes=test.notes,
       history=run.log.history,
-      test_scores=report.test_score_rows(test.arrays['filenames'], test.arrays['defect_types'],
-                                         test.arrays['labels'], result['image_scores']),
+      test_scores=report.image_score_rows(test.arrays['filenames'], test.arrays['defect_types'],
+                                          test.arrays['labels'], result['image_scores']),
       device=f'{jax.devices()[0].device_kind} x{jax.device_count()}',
       config=config.to_dict())
   for group in ('seen', 'unseen', 'at_threshold'):

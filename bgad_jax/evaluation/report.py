@@ -140,7 +140,7 @@ def best_epoch(history: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
               aupro=best.get('aupro'), note='selected on the test set; report the last epoch')
 
 
-def test_score_rows(filenames: Sequence[str], defect_types: Sequence[str],
+def image_score_rows(filenames: Sequence[str], defect_types: Sequence[str],
                     labels: np.ndarray, scores: np.ndarray) -> List[Dict[str, Any]]:
   """One row per test image, highest image score first, for reading a run's errors.
 
@@ -173,7 +173,7 @@ def test_score_rows(filenames: Sequence[str], defect_types: Sequence[str],
 
 
 def write_test_scores(path: str, rows: Sequence[Dict[str, Any]]) -> None:
-  """`test_score_rows` as a CSV file."""
+  """`image_score_rows` as a CSV file."""
   with open(path, 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=TEST_SCORE_COLUMNS)
     writer.writeheader()

@@ -33,13 +33,13 @@ def test_overlay_outlines_mask_and_keeps_size():
   assert tuple(out[2, 2]) == (0, 255, 0) and tuple(out[3, 3]) == (100, 100, 100)
 
 
-def test_test_score_rows_order_and_wrong_order_sum_to_auroc():
+def test_image_score_rows_order_and_wrong_order_sum_to_auroc():
   from sklearn.metrics import roc_auc_score
   labels = np.array([0, 0, 0, 1, 1, 0, 1])
   scores = np.array([0.1, 0.9, 0.5, 0.5, 0.8, 0.2, 0.3])   # one tie across the classes
   names = [f'{i}.png' for i in range(7)]
   kinds = ['good' if y == 0 else 'crack' for y in labels]
-  rows = report.test_score_rows(names, kinds, labels, scores)
+  rows = report.image_score_rows(names, kinds, labels, scores)
   assert [r['filename'] for r in rows][:2] == ['1.png', '4.png']   # highest score first
   by_name = {r['filename']: r for r in rows}
   # 1.png (normal, 0.9) outscores all 3 anomalies; 2.png (0.5) beats 0.3, ties 0.5.
@@ -55,7 +55,7 @@ def test_test_score_rows_order_and_wrong_order_sum_to_auroc():
 
 
 def test_test_scores_csv_and_one_class(tmp_path):
-  rows = report.test_score_rows(['a.png', 'b.png'], ['good', 'good'], np.array([0, 0]),
+  rows = report.image_score_rows(['a.png', 'b.png'], ['good', 'good'], np.array([0, 0]),
                                 np.array([0.25, 0.75]))
   assert [r['wrong_order'] for r in rows] == [None, None]   # no anomalies to order against
   path = tmp_path / 'test_scores.csv'
