@@ -94,7 +94,8 @@ def test_quadrant_split_crops_each_split_from_its_own_quarters(tmp_path, monkeyp
 
   def quarters(split):
     folder = os.path.join(category_dir, split, 'good')
-    greys = [np.asarray(Image.open(os.path.join(folder, name))) for name in sorted(os.listdir(folder))]
+    greys = [np.asarray(Image.open(os.path.join(folder, name)))
+             for name in sorted(os.listdir(folder))]
     assert all(g.min() == g.max() for g in greys)   # wholly inside one quarter
     return {int(np.abs(quarter_greys.ravel().astype(int) - g.mean()).argmin()) for g in greys}
 

@@ -56,7 +56,7 @@ def test_image_score_rows_order_and_wrong_order_sum_to_auroc():
 
 def test_test_scores_csv_and_one_class(tmp_path):
   rows = report.image_score_rows(['a.png', 'b.png'], ['good', 'good'], np.array([0, 0]),
-                                np.array([0.25, 0.75]))
+                                 np.array([0.25, 0.75]))
   assert [r['wrong_order'] for r in rows] == [None, None]   # no anomalies to order against
   path = tmp_path / 'test_scores.csv'
   report.write_test_scores(str(path), rows)
