@@ -107,10 +107,15 @@ def _check_split(split: str, category: str) -> None:
 
 def _split_regions(texture: np.ndarray, size: int, split: str, category: str):
   """{'train': [(top, bottom, left, right), ...], 'test': [...]}: the parts of
-  ``texture`` each split crops from."""
+  ``texture`` each split crops from; a ConfigError when ``size`` does not fit them."""
   height, width = texture.shape[:2]
   if split == 'rows':
     split_row = int(height * _TRAIN_ROWS)
+    largest = min(height - split_row, width)   # the test rows are the fewer
+    if size > largest:
+      raise ConfigError(f'data.demo.size: demo images of {size} px do not fit the {category} '
+                        f'texture: use a size up to {largest} (data.demo.size) and let '
+                        'data.inp_size resize them')
     return dict(train=[(0, split_row, 0, width)], test=[(split_row, height, 0, width)])
   half_height, half_width = height // 2, width // 2
   if size > min(half_height, half_width):
@@ -373,15 +378,6 @@ def _save(array: np.ndarray, path: str) -> None:
   Image.fromarray(array).save(path, format='PNG')
 
 
-def _texture_of_size(category: str, size: int, photo_split: str = 'rows') -> np.ndarray:
-  texture = as_rgb(_PHOTOGRAPHS[category]())
-  largest = min(texture.shape[0] - int(texture.shape[0] * _TRAIN_ROWS), texture.shape[1])
-  if photo_split == 'rows' and size > largest:   # (quadrants: `_split_regions` checks)
-    raise ConfigError(f'data.demo.size: demo images of {size} px do not fit the {category} texture: use a size '
-                     f'up to {largest} (data.demo.size) and let data.inp_size resize them')
-  return texture
-
-
 def _image_sources(category: str, size: int, rng: np.random.Generator, placement: str,
                    photo_split: str = 'rows'):
   """(normal(split) -> image, defective(defect_type) -> (image, mask)) of a class.
@@ -399,8 +395,8 @@ def _image_sources(category: str, size: int, rng: np.random.Generator, placement
     def defective(defect_type):
       return add_coin_defect(*pose(), defect_type, rng, placement)
     return normal, defective
-  texture = _texture_of_size(category, size, photo_split)
-  regions = _split_regions(texture, size, photo_split, category)
+  texture = as_rgb(_PHOTOGRAPHS[category]())
+  regions = _split_regions(texture, size, photo_split, category)   # checks the size
 
   def crop(split):
     # One region: no draw, so the 'rows' classes keep their files.
