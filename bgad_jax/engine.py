@@ -37,7 +37,7 @@ from bgad_jax.evaluation import metrics
 from bgad_jax.evaluation import report
 from bgad_jax.evaluation.inference import lp_maps
 from bgad_jax.training import checkpoint
-from bgad_jax.training.features import FrozenBackbone, class_neighbourhood
+from bgad_jax.training.features import FrozenBackbone, class_mask_pooling, class_neighbourhood
 from bgad_jax.training.loop import train_meta_epoch
 from bgad_jax.training.sharding import is_main_process, make_mesh, replicate, sync
 from bgad_jax.training.state import FlowTrainState
@@ -169,7 +169,7 @@ def build_training_set(config, backbone: FrozenBackbone, train_examples,
                                          num_normal=len(train_examples))
   chosen = strategies_lib.build(config.data.anomaly_strategy, config.data, images)
   training_set = TrainingSet(backbone, images, features, chosen, config.flow.pos_embed_dim,
-                             config.seed, config.data.mask_pooling)
+                             config.seed, class_mask_pooling(config, train_examples))
   return training_set, features
 
 

@@ -24,7 +24,7 @@ from bgad_jax.evaluation.maps import IMAGE_SCORES, LEVEL_AGGREGATIONS
 from bgad_jax.export import FORMATS as EXPORT_FORMATS
 from bgad_jax.export import PLATFORMS as EXPORT_PLATFORMS
 from bgad_jax.models import backbone as backbone_lib
-from bgad_jax.training.features import NEIGHBOURHOOD_ON
+from bgad_jax.training.features import MASK_POOLING_ON, NEIGHBOURHOOD_ON
 from bgad_jax.training.losses import PUSH_AVERAGES
 from bgad_jax.training.training_set import MASK_POOLINGS
 
@@ -153,6 +153,7 @@ def _check_data(config, errors):
   _at_least(errors, 'data.synthetic_repeats', data.synthetic_repeats, 0)
   _one_of(errors, 'data.anomaly_count_mode', data.anomaly_count_mode, ('total', 'per_type'))
   _one_of(errors, 'data.mask_pooling', data.mask_pooling, MASK_POOLINGS)
+  _one_of(errors, 'data.mask_pooling_on', data.get('mask_pooling_on', 'all'), MASK_POOLING_ON)
   if not 0.0 <= data.val_fraction <= 0.5:
     errors.append(f'data.val_fraction={data.val_fraction}: a fraction of the normal training '
                   'images in [0, 0.5] (0: none held out, as the reference)')

@@ -99,6 +99,9 @@ def get_config(arg=None):
   # its vector normal), 'max' (abnormal when any pixel of the cell is) or 'thin'
   # (abnormal when half the cell is, or a part narrower than half a cell crosses it).
   config.data.mask_pooling = 'nearest'
+  # Every class ('all') or objects only ('objects': textures keep 'nearest';
+  # which classes are textures: data.foreground's rule).
+  config.data.mask_pooling_on = 'all'
   config.data.synthetic_repeats = 5             # strategies 1/2: synthetic images per anomaly
   config.data.in_fg_region = True               # strategy 1 pastes inside the foreground
   # Strategy 1: 'in_place' (reference: where the defect was, moved only when

@@ -81,7 +81,9 @@ def test_best_preset_turns_on_the_options_and_faithful_configs_leave_them_off(mo
   assert (faithful.loss.pos_beta, best.loss.pos_beta) == (0.01, 0.05)
   best.loss.pos_beta = faithful.loss.pos_beta
   assert (faithful.data.mask_pooling, best.data.mask_pooling) == ('nearest', 'thin')
+  assert (faithful.data.mask_pooling_on, best.data.mask_pooling_on) == ('all', 'objects')
   best.data.mask_pooling = faithful.data.mask_pooling
+  best.data.mask_pooling_on = faithful.data.mask_pooling_on
   assert (faithful.backbone.neighbourhood, faithful.backbone.neighbourhood_on) == (1, 'all')
   assert (best.backbone.neighbourhood, best.backbone.neighbourhood_on) == (3, 'textures')
   # Everything else is the faithful config; the demo's short schedule trains faster.

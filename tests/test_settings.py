@@ -34,6 +34,7 @@ def test_one_error_names_every_bad_field():
   config.backbone.neighbourhood_on = 'objects'
   config.loss.push_average = 'pixel'
   config.data.mask_pooling = 'mean'
+  config.data.mask_pooling_on = 'textures'
   with pytest.raises(settings.ConfigError) as caught:
     settings.validate(config, num_devices=4)
   message = str(caught.value)
@@ -42,9 +43,9 @@ def test_one_error_names_every_bad_field():
                 'maps.image_score', 'maps.top_k_fraction', 'maps.level_aggregation',
                 'data.cutpaste_placement', 'backbone.neighbourhood=2',
                 'backbone.neighbourhood_on', "loss.push_average='pixel'",
-                "data.mask_pooling='mean'"):
+                "data.mask_pooling='mean'", "data.mask_pooling_on='textures'"):
     assert field in message, field
-  assert len(message.splitlines()) == 16   # the header and one line per field
+  assert len(message.splitlines()) == 17   # the header and one line per field
 
 
 def test_copies_reaching_the_border_need_a_random_placement():

@@ -24,6 +24,15 @@ _taps = jax.jit(_apply_taps, static_argnums=(0, 3))
 
 # backbone.neighbourhood_on: every class, or texture classes only.
 NEIGHBOURHOOD_ON = ('all', 'textures')
+# data.mask_pooling_on: every class, or objects only.
+MASK_POOLING_ON = ('all', 'objects')
+
+
+def _is_texture(config, normal_examples: Sequence[Dict]) -> bool:
+  """`synthesis.treated_as_texture` (``data.foreground``'s rule) of the normal
+  training examples, as training sizes them."""
+  pixels = pipeline.resized_pixels(normal_examples, config.data.inp_size)
+  return synthesis.treated_as_texture(pixels, config.data.category, config.data.foreground)
 
 
 def class_neighbourhood(config, normal_examples: Sequence[Dict]) -> int:
@@ -33,9 +42,17 @@ def class_neighbourhood(config, normal_examples: Sequence[Dict]) -> int:
   size = config.backbone.get('neighbourhood', 1)
   if size == 1 or config.backbone.get('neighbourhood_on', 'all') == 'all':
     return size
-  pixels = pipeline.resized_pixels(normal_examples, config.data.inp_size)
-  return size if synthesis.treated_as_texture(pixels, config.data.category,
-                                              config.data.foreground) else 1
+  return size if _is_texture(config, normal_examples) else 1
+
+
+def class_mask_pooling(config, normal_examples: Sequence[Dict]) -> str:
+  """How a class's training marks its feature vectors abnormal: ``data.mask_pooling``,
+  or 'nearest' (the reference) when ``data.mask_pooling_on`` is 'objects' and the
+  normal training examples are a texture (the rule of `class_neighbourhood`)."""
+  pooling = config.data.mask_pooling
+  if pooling == 'nearest' or config.data.get('mask_pooling_on', 'all') == 'all':
+    return pooling
+  return 'nearest' if _is_texture(config, normal_examples) else pooling
 
 
 @dataclasses.dataclass(frozen=True)

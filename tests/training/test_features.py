@@ -6,7 +6,7 @@ from skimage import data
 
 from bgad_jax.models import backbone as backbone_lib
 from bgad_jax.data import demo_data
-from bgad_jax.training.features import FrozenBackbone, class_neighbourhood
+from bgad_jax.training.features import FrozenBackbone, class_mask_pooling, class_neighbourhood
 from bgad_jax.training.sharding import make_mesh
 from configs import test as test_config
 
@@ -45,13 +45,18 @@ def _examples(images):
           for image in images]
 
 
-def test_texture_only_neighbourhood_leaves_objects_their_taps():
-  config = test_config.get_config()
-  config.backbone.neighbourhood, config.backbone.neighbourhood_on = 3, 'textures'
+def _coins_and_grass():
   pose = demo_data.coin_poser(64, np.random.default_rng(0))
   coins = _examples(pose(k)[0] for k in range(8))
   grass = np.asarray(Image.fromarray(data.grass()).convert('RGB'))
   crops = _examples(grass[r:r + 96, c:c + 96] for r in (0, 200, 400) for c in (0, 250))
+  return coins, crops
+
+
+def test_texture_only_neighbourhood_leaves_objects_their_taps():
+  config = test_config.get_config()
+  config.backbone.neighbourhood, config.backbone.neighbourhood_on = 3, 'textures'
+  coins, crops = _coins_and_grass()
   config.data.category = 'coins'
   assert class_neighbourhood(config, coins) == 1
   config.data.category = 'grass'
@@ -63,3 +68,22 @@ def test_texture_only_neighbourhood_leaves_objects_their_taps():
   assert class_neighbourhood(config, coins) == 3
   config.backbone.neighbourhood = 1
   assert class_neighbourhood(config, []) == 1   # nothing to decide: no image is read
+
+
+def test_object_only_mask_pooling_leaves_textures_nearest_sampling():
+  config = test_config.get_config()
+  config.data.mask_pooling, config.data.mask_pooling_on = 'thin', 'objects'
+  coins, crops = _coins_and_grass()
+  config.data.category = 'coins'
+  assert class_mask_pooling(config, coins) == 'thin'
+  config.data.category = 'grass'
+  assert class_mask_pooling(config, crops) == 'nearest'
+  config.data.foreground = 'all'   # the user says every class is a texture
+  config.data.category = 'coins'
+  assert class_mask_pooling(config, coins) == 'nearest'
+  config.data.mask_pooling_on = 'all'
+  assert class_mask_pooling(config, coins) == 'thin'
+  del config.data['mask_pooling_on']   # a config saved before the option: every class
+  assert class_mask_pooling(config, crops) == 'thin'
+  config.data.mask_pooling, config.data.mask_pooling_on = 'nearest', 'objects'
+  assert class_mask_pooling(config, []) == 'nearest'   # nothing to decide: no image is read
