@@ -286,3 +286,40 @@ def test_ensemble_refuses_members_trained_on_other_known_files(trained, tmp_path
   (copy / 'results.json').write_text(json.dumps(dict(results, known_anomalies=['test/x.png'])))
   with pytest.raises(ConfigError, match='other files.*other known anomalies'):
     engine.evaluate_ensemble(_ensemble_config(data_root), [str(workdir), str(copy)])
+
+
+def test_training_set_masks_follow_the_class_rule():
+  """build_training_set pools by `class_mask_pooling`: with thin masks on objects
+  only, a texture's one-pixel line keeps the reference's nearest sampling."""
+  from skimage import data
+  from bgad_jax import engine
+  from bgad_jax.training.features import FrozenBackbone
+  from bgad_jax.training.sharding import make_mesh
+  from bgad_jax.training.training_set import downsample_masks
+  from configs import test as test_config
+  config = test_config.get_config()
+  config.data.category, config.data.anomaly_strategy = 'grass', ('real',)
+  config.data.mask_pooling, config.data.mask_pooling_on = 'thin', 'objects'
+  grass = np.asarray(Image.fromarray(data.grass()).convert('RGB'))
+  line = np.zeros((96, 96), np.uint8)
+  line[10:12] = 1   # row 5 at 48 px: off every level's sampled rows
+  examples = [dict(image=grass[r:r + 96, c:c + 96], mask=line * (r == 400), label=int(r == 400),
+                   has_mask=True, defect_type='scratch' if r == 400 else 'good',
+                   filename=f'{r}_{c}.png')
+              for r in (0, 200, 400) for c in (0, 250)]
+  normal, known = examples[:4], examples[4:]
+  backbone = FrozenBackbone.load(config, make_mesh())
+  known_masks = backbone.extract(known, config.data.inp_size)[0]['masks']
+
+  def abnormal_per_level():
+    training_set, _ = engine.build_training_set(config, backbone, normal, known)
+    return [float(np.asarray(level.masks).sum()) for level in training_set.levels(0, 0)]
+
+  def expected(pooling):
+    return [config.data.anomaly_repeats * float(downsample_masks(known_masks, s, s, pooling).sum())
+            for s in (12, 6, 3)]
+
+  assert expected('thin') != expected('nearest')
+  assert abnormal_per_level() == expected('nearest')   # grass is a texture
+  config.data.mask_pooling_on = 'all'
+  assert abnormal_per_level() == expected('thin')
