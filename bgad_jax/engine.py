@@ -169,7 +169,8 @@ def build_training_set(config, backbone: FrozenBackbone, train_examples,
                                          num_normal=len(train_examples))
   chosen = strategies_lib.build(config.data.anomaly_strategy, config.data, images)
   training_set = TrainingSet(backbone, images, features, chosen, config.flow.pos_embed_dim,
-                             config.seed, class_mask_pooling(config, train_examples))
+                             config.seed,
+                             class_mask_pooling(config, images.pixels[:images.num_normal]))
   return training_set, features
 
 

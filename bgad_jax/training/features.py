@@ -28,13 +28,6 @@ NEIGHBOURHOOD_ON = ('all', 'textures')
 MASK_POOLING_ON = ('all', 'objects')
 
 
-def _is_texture(config, normal_examples: Sequence[Dict]) -> bool:
-  """`synthesis.treated_as_texture` (``data.foreground``'s rule) of the normal
-  training examples, as training sizes them."""
-  pixels = pipeline.resized_pixels(normal_examples, config.data.inp_size)
-  return synthesis.treated_as_texture(pixels, config.data.category, config.data.foreground)
-
-
 def class_neighbourhood(config, normal_examples: Sequence[Dict]) -> int:
   """The neighbourhood a class's taps get: ``backbone.neighbourhood``, or 1 when
   ``backbone.neighbourhood_on`` is 'textures' and the normal training examples
@@ -42,17 +35,26 @@ def class_neighbourhood(config, normal_examples: Sequence[Dict]) -> int:
   size = config.backbone.get('neighbourhood', 1)
   if size == 1 or config.backbone.get('neighbourhood_on', 'all') == 'all':
     return size
-  return size if _is_texture(config, normal_examples) else 1
+  pixels = pipeline.resized_pixels(normal_examples, config.data.inp_size)
+  return size if synthesis.treated_as_texture(pixels, config.data.category,
+                                              config.data.foreground) else 1
 
 
-def class_mask_pooling(config, normal_examples: Sequence[Dict]) -> str:
+def class_mask_pooling(config, normal_pixels: np.ndarray) -> str:
   """How a class's training marks its feature vectors abnormal: ``data.mask_pooling``,
   or 'nearest' (the reference) when ``data.mask_pooling_on`` is 'objects' and the
-  normal training examples are a texture (the rule of `class_neighbourhood`)."""
+  normal training images are a texture (the rule of `class_neighbourhood`).
+
+  Args:
+    normal_pixels: uint8 [N, S, S, 3], the normal training images as training
+      sizes them (`pipeline.resized_pixels`; training already holds them).
+  """
   pooling = config.data.mask_pooling
   if pooling == 'nearest' or config.data.get('mask_pooling_on', 'all') == 'all':
     return pooling
-  return 'nearest' if _is_texture(config, normal_examples) else pooling
+  texture = synthesis.treated_as_texture(normal_pixels, config.data.category,
+                                         config.data.foreground)
+  return 'nearest' if texture else pooling
 
 
 @dataclasses.dataclass(frozen=True)

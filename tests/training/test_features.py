@@ -5,7 +5,7 @@ from PIL import Image
 from skimage import data
 
 from bgad_jax.models import backbone as backbone_lib
-from bgad_jax.data import demo_data
+from bgad_jax.data import demo_data, pipeline
 from bgad_jax.training.features import FrozenBackbone, class_mask_pooling, class_neighbourhood
 from bgad_jax.training.sharding import make_mesh
 from configs import test as test_config
@@ -73,7 +73,8 @@ def test_texture_only_neighbourhood_leaves_objects_their_taps():
 def test_object_only_mask_pooling_leaves_textures_nearest_sampling():
   config = test_config.get_config()
   config.data.mask_pooling, config.data.mask_pooling_on = 'thin', 'objects'
-  coins, crops = _coins_and_grass()
+  coins, crops = (pipeline.resized_pixels(examples, config.data.inp_size)
+                  for examples in _coins_and_grass())
   config.data.category = 'coins'
   assert class_mask_pooling(config, coins) == 'thin'
   config.data.category = 'grass'
@@ -86,4 +87,4 @@ def test_object_only_mask_pooling_leaves_textures_nearest_sampling():
   del config.data['mask_pooling_on']   # a config saved before the option: every class
   assert class_mask_pooling(config, crops) == 'thin'
   config.data.mask_pooling, config.data.mask_pooling_on = 'nearest', 'objects'
-  assert class_mask_pooling(config, []) == 'nearest'   # nothing to decide: no image is read
+  assert class_mask_pooling(config, []) == 'nearest'   # nothing to decide: no image is looked at
