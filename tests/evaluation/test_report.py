@@ -1,6 +1,7 @@
 """bgad_jax.evaluation.report: the tables people read."""
 
 import numpy as np
+import pytest
 
 from bgad_jax.evaluation import report
 
@@ -52,6 +53,19 @@ def test_image_score_rows_order_and_wrong_order_sum_to_auroc():
   auroc = roc_auc_score(labels, scores)
   np.testing.assert_allclose(np.mean(normal), 1 - auroc)
   np.testing.assert_allclose(np.mean(anomalous), 1 - auroc)
+
+
+def test_image_score_rows_count_as_the_definition_says():
+  # Many ties (scores on a grid of 7 values): each share against a brute-force count.
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 2, 300)
+  scores = rng.integers(0, 7, 300) / 7.0
+  rows = report.image_score_rows([f'{i}' for i in range(300)], ['x'] * 300, labels, scores)
+  for row in rows:
+    score, others = row['score'], scores[labels != row['label']]
+    beaten = others < score if row['label'] == 0 else others > score
+    expected = beaten.mean() + 0.5 * (others == score).mean()
+    assert row['wrong_order'] == pytest.approx(expected, abs=1e-12)
 
 
 def test_test_scores_csv_and_one_class(tmp_path):
