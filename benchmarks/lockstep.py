@@ -47,7 +47,7 @@ from bgad_jax.models import backbone as backbone_lib
 from bgad_jax.models.weight_conversion import flow_variables_from_freia
 from bgad_jax.data.pipeline import preprocess
 from bgad_jax.training import loop
-from bgad_jax.training.features import FrozenBackbone
+from bgad_jax.training.features import FrozenBackbone, training_images
 from bgad_jax.training.plan import sub_epoch_plan
 from bgad_jax.training.sharding import make_mesh
 from bgad_jax.training.state import FlowTrainState
@@ -325,9 +325,9 @@ def _our_side(args, data, seed: int, mode: str):
   known = parity.known_files_of(args, data, seed) if parity.MODES[mode][0] else []
   config = settings.resolve(parity.our_config(args, data, seed, mode, 'reference', known))
   train_examples, _, known_examples, test_examples = engine.load_data(config)
-  backbone = FrozenBackbone.load(config, make_mesh())
-  training_set, features = engine.build_training_set(config, backbone, train_examples,
-                                                     known_examples)
+  images = training_images(config, train_examples, known_examples)
+  backbone = FrozenBackbone.for_class(config, make_mesh(), images.texture)
+  training_set, features = engine.build_training_set(config, backbone, images)
   test = engine.build_test_set(config, backbone, test_examples, len(known_examples))
   return config, training_set, features, test, (train_examples, known_examples, test_examples)
 

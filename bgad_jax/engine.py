@@ -37,7 +37,8 @@ from bgad_jax.evaluation import metrics
 from bgad_jax.evaluation import report
 from bgad_jax.evaluation.inference import lp_maps
 from bgad_jax.training import checkpoint
-from bgad_jax.training.features import FrozenBackbone, class_mask_pooling, class_neighbourhood
+from bgad_jax.training.features import (FrozenBackbone, class_mask_pooling, class_neighbourhood,
+                                        training_images)
 from bgad_jax.training.loop import train_meta_epoch
 from bgad_jax.training.sharding import is_main_process, make_mesh, replicate, sync
 from bgad_jax.training.state import FlowTrainState
@@ -161,16 +162,18 @@ def build_test_set(config, backbone: FrozenBackbone, test_examples,
   return TestSet(arrays, features, list(config.data.known_defect_types), notes)
 
 
-def build_training_set(config, backbone: FrozenBackbone, train_examples,
-                       known) -> Tuple[TrainingSet, List[np.ndarray]]:
-  """(TrainingSet, the backbone features of ``train_examples + known``, per level)."""
-  arrays, features = backbone.extract(train_examples + known, config.data.inp_size)
-  images = strategies_lib.TrainingImages(arrays['pixels'], arrays['masks'], arrays['filenames'],
-                                         num_normal=len(train_examples))
+def build_training_set(config, backbone: FrozenBackbone, images: strategies_lib.TrainingImages
+                       ) -> Tuple[TrainingSet, List[np.ndarray]]:
+  """(TrainingSet, the backbone features of ``images``, per level).
+
+  ``images``: `training_images`, decoded once with the class's texture verdict,
+  which the mask pooling and the strategies read (the backbone's taps:
+  `FrozenBackbone.for_class`).
+  """
+  features = backbone.pixel_features(images.pixels)
   chosen = strategies_lib.build(config.data.anomaly_strategy, config.data, images)
   training_set = TrainingSet(backbone, images, features, chosen, config.flow.pos_embed_dim,
-                             config.seed,
-                             class_mask_pooling(config, images.pixels[:images.num_normal]))
+                             config.seed, class_mask_pooling(config, images.texture))
   return training_set, features
 
 
@@ -305,15 +308,18 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   train_examples, calibration, known, test_examples = load_data(config)
   if known and is_main_process():
     print('Known anomalies used for training: ' + ', '.join(e['filename'] for e in known))
-  backbone = FrozenBackbone.load(config, mesh, class_neighbourhood(config, train_examples))
   t0 = time.time()
-  training_set, train_features = build_training_set(config, backbone, train_examples, known)
+  images = training_images(config, train_examples, known)
+  decode_seconds = time.time() - t0
+  backbone = FrozenBackbone.for_class(config, mesh, images.texture)
+  t0 = time.time()
+  training_set, train_features = build_training_set(config, backbone, images)
   test = build_test_set(config, backbone, test_examples, len(known))
   if calibration:
     calibration_features = backbone.extract(calibration, config.data.inp_size)[1]
   else:   # the flows' own normal images, as the reference would
     calibration_features = [f[:len(train_examples)] for f in train_features]
-  feature_seconds = time.time() - t0
+  feature_seconds = decode_seconds + time.time() - t0   # the backbone's loading left out
   run = _restore_or_create(config, workdir, [f.shape[-1] for f in train_features], mesh)
   evaluation = _train_epochs(run, training_set, test)
   result, maps, test_lp = evaluation or run.score_test_set(test)   # resumed after the last epoch
@@ -384,7 +390,9 @@ def _trained_neighbourhood(config, saved: Optional[int], train_examples) -> int:
   """The taps the training decided on (``saved``: from its predict constants), as
   predict uses them; decided again for a run stopped before it saved them (or
   saved before they were recorded)."""
-  return class_neighbourhood(config, train_examples) if saved is None else saved
+  if saved is not None:
+    return saved
+  return class_neighbourhood(config, training_images(config, train_examples, []).texture)
 
 
 def _restore_flows(config, workdir: str, test: TestSet, mesh):

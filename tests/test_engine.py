@@ -293,7 +293,7 @@ def test_training_set_masks_follow_the_class_rule():
   only, a texture's one-pixel line keeps the reference's nearest sampling."""
   from skimage import data
   from bgad_jax import engine
-  from bgad_jax.training.features import FrozenBackbone
+  from bgad_jax.training.features import FrozenBackbone, training_images
   from bgad_jax.training.sharding import make_mesh
   from bgad_jax.training.training_set import downsample_masks
   from configs import test as test_config
@@ -312,7 +312,8 @@ def test_training_set_masks_follow_the_class_rule():
   known_masks = backbone.extract(known, config.data.inp_size)[0]['masks']
 
   def abnormal_per_level():
-    training_set, _ = engine.build_training_set(config, backbone, normal, known)
+    training_set, _ = engine.build_training_set(
+        config, backbone, training_images(config, normal, known))
     return [float(np.asarray(level.masks).sum()) for level in training_set.levels(0, 0)]
 
   def expected(pooling):
@@ -323,3 +324,35 @@ def test_training_set_masks_follow_the_class_rule():
   assert abnormal_per_level() == expected('nearest')   # grass is a texture
   config.data.mask_pooling_on = 'all'
   assert abnormal_per_level() == expected('thin')
+
+
+def test_training_set_decides_texture_once(monkeypatch):
+  """The taps' neighbourhood, the mask pooling and the CutPaste foreground all
+  follow one verdict on the normal images, made once (`training_images`)."""
+  from skimage import data
+  from bgad_jax import engine
+  from bgad_jax.data import synthesis
+  from bgad_jax.training.features import FrozenBackbone, training_images
+  from bgad_jax.training.sharding import make_mesh
+  from configs import test as test_config
+  config = test_config.get_config()
+  config.data.category, config.data.anomaly_strategy = 'grass', ('real', 'cutpaste')
+  config.data.mask_pooling, config.data.mask_pooling_on = 'thin', 'objects'
+  config.backbone.neighbourhood, config.backbone.neighbourhood_on = 3, 'textures'
+  config.data.in_fg_region = True
+  grass = np.asarray(Image.fromarray(data.grass()).convert('RGB'))
+  mask = np.zeros((96, 96), np.uint8)
+  mask[40:56, 40:56] = 1
+  examples = [dict(image=grass[r:r + 96, c:c + 96], mask=mask * (r == 400), label=int(r == 400),
+                   has_mask=True, defect_type='hole' if r == 400 else 'good',
+                   filename=f'{r}_{c}.png')
+              for r in (0, 200, 400) for c in (0, 250)]
+  verdicts = []
+  decide = synthesis.treated_as_texture
+  monkeypatch.setattr(synthesis, 'treated_as_texture',
+                      lambda *args: verdicts.append(decide(*args)) or verdicts[-1])
+  images = training_images(config, examples[:4], examples[4:])
+  backbone = FrozenBackbone.for_class(config, make_mesh(), images.texture)
+  training_set, _ = engine.build_training_set(config, backbone, images)
+  assert verdicts == [True]   # the CutPaste foreground took it too: no second call
+  assert backbone.neighbourhood == 3 and training_set.num_images > 4

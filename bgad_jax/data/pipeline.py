@@ -116,26 +116,32 @@ def preprocess(examples: Sequence[Dict], inp_size: int, mean: Sequence[float],
   """Resizes, crops and normalises a list of examples.
 
   Returns:
-    images float32 [N, S, S, 3] ((x / 255 - mean) / std), pixels uint8
-    [N, S, S, 3] (resized, not normalised), masks uint8 [N, S, S] {0, 1},
-    labels int32 [N], has_mask bool [N], defect_types and filenames (object
-    arrays [N]).
+    `decode`'s arrays and images float32 [N, S, S, 3] ((x / 255 - mean) / std).
+  """
+  arrays = decode(examples, inp_size)
+  return dict(images=normalise(arrays['pixels'], mean, std), **arrays)
+
+
+def decode(examples: Sequence[Dict], inp_size: int) -> Dict[str, np.ndarray]:
+  """Resizes and crops a list of examples, without normalising them.
+
+  Returns:
+    pixels uint8 [N, S, S, 3], masks uint8 [N, S, S] {0, 1}, and `metadata`.
   """
   pixels = resized_pixels(examples, inp_size)
   masks = [resize_and_center_crop(example['mask'], inp_size, Image.NEAREST)
            for example in examples]
-  return dict(images=normalise(pixels, mean, std), pixels=pixels,
-              masks=np.stack(masks).astype(np.uint8), **metadata(examples))
+  return dict(pixels=pixels, masks=np.stack(masks).astype(np.uint8), **metadata(examples))
 
 
 def resized_pixels(examples: Sequence[Dict], inp_size: int) -> np.ndarray:
-  """The examples' images as `preprocess` sizes them: uint8 [N, S, S, 3]."""
+  """The examples' images as `decode` sizes them: uint8 [N, S, S, 3]."""
   return np.stack([resize_and_center_crop(example['image'], inp_size, Image.LANCZOS)
                    for example in examples])
 
 
 def metadata(examples: Sequence[Dict]) -> Dict[str, np.ndarray]:
-  """What `preprocess` returns without reading pixels: labels int32 [N], has_mask
+  """What `decode` returns without reading pixels: labels int32 [N], has_mask
   bool [N], defect_types and filenames (object arrays [N])."""
   return dict(
       labels=np.array([e['label'] for e in examples], np.int32),

@@ -15,7 +15,7 @@ builder in `STRATEGIES`, and the config fields it reads.
 """
 
 import dataclasses
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -29,12 +29,15 @@ class TrainingImages:
   """The images a run starts from, resized to ``inp_size``.
 
   pixels: uint8 [N, S, S, 3]; masks: uint8 {0, 1} [N, S, S]; filenames: [N];
-  the first ``num_normal`` images are normal, the rest the known anomalies.
+  the first ``num_normal`` images are normal, the rest the known anomalies;
+  texture: whether the class is a texture (`synthesis.treated_as_texture`),
+  or None when not decided yet (the strategies then decide it).
   """
   pixels: np.ndarray
   masks: np.ndarray
   filenames: Sequence[str]
   num_normal: int
+  texture: Optional[bool] = None
 
   @property
   def num_known(self) -> int:
@@ -115,7 +118,8 @@ def _cutpaste(data_config, images: TrainingImages):
     normal = slice(0, images.num_normal)
     foreground = synthesis.foreground_masks(
         images.pixels[normal], data_config.category, data_config.foreground,
-        list(images.filenames[normal]), data_config.foreground_dir, data_config.inp_size)
+        list(images.filenames[normal]), data_config.foreground_dir, data_config.inp_size,
+        images.texture)
   return CutPasteAnomalies(images, data_config.synthetic_repeats, foreground,
                            synthesis.cutpaste_augmenters(), data_config.cutpaste_placement,
                            data_config.cutpaste_border_share

@@ -98,8 +98,9 @@ def treated_as_texture(images: Sequence[np.ndarray], category: str, mode: str = 
 
   ``mode`` is ``data.foreground``: 'all' is a texture, 'folder' (masks given)
   an object, 'auto' a texture for MVTec's textures and classes that
-  `looks_like_texture`. `foreground_masks` and the texture-only options
-  (``backbone.neighbourhood_on``) decide by this one rule.
+  `looks_like_texture`. `foreground_masks` and the options that treat
+  textures and objects apart (``backbone.neighbourhood_on``,
+  ``data.mask_pooling_on``) follow this one rule, applied once per run.
 
   Args:
     images: the normal training images, uint8 [H, W, 3] each.
@@ -111,7 +112,8 @@ def treated_as_texture(images: Sequence[np.ndarray], category: str, mode: str = 
 
 def foreground_masks(images: Sequence[np.ndarray], category: str, mode: str = 'auto',
                      names: Sequence[str] = (), folder: str = '',
-                     size: Optional[int] = None) -> List[np.ndarray]:
+                     size: Optional[int] = None,
+                     texture: Optional[bool] = None) -> List[np.ndarray]:
   """Foreground masks of the normal training images.
 
   Args:
@@ -121,8 +123,12 @@ def foreground_masks(images: Sequence[np.ndarray], category: str, mode: str = 'a
       named like each image, any extension; white = foreground).
     names: the images' file names (needed for 'folder').
     size: side of the images (masks from a folder are resized to it).
+    texture: `treated_as_texture`'s verdict when the caller holds it; None
+      decides it here.
   """
-  if treated_as_texture(images, category, mode):
+  if texture is None:
+    texture = treated_as_texture(images, category, mode)
+  if texture:
     return [np.ones(img.shape[:2], bool) for img in images]
   if mode == 'auto':
     return [estimate_foreground(img) for img in images]

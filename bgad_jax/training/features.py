@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from bgad_jax.data import pipeline, synthesis
+from bgad_jax.data import pipeline, strategies, synthesis
 from bgad_jax.models import backbone as backbone_lib
 from bgad_jax.models import weight_conversion
 from bgad_jax.training.sharding import gather_rows, map_local_rows, process_share
@@ -28,32 +28,44 @@ NEIGHBOURHOOD_ON = ('all', 'textures')
 MASK_POOLING_ON = ('all', 'objects')
 
 
-def class_neighbourhood(config, normal_examples: Sequence[Dict]) -> int:
+def decode(examples: Sequence[Dict], inp_size: int) -> Dict[str, np.ndarray]:
+  """`pipeline.decode`'s arrays of every example on every process; each process
+  decodes and resizes only its share (`sharding.process_share`)."""
+  count = len(examples)
+  local = pipeline.decode([examples[i] for i in process_share(count)], inp_size)
+  return dict(pixels=gather_rows(local['pixels'], count),
+              masks=gather_rows(local['masks'], count), **pipeline.metadata(examples))
+
+
+def training_images(config, train_examples: Sequence[Dict],
+                    known: Sequence[Dict]) -> strategies.TrainingImages:
+  """The images a run trains from, decoded once, with the class's texture verdict
+  (`synthesis.treated_as_texture` on the normal images, ``data.foreground``'s
+  rule), which every texture-dependent option then reads."""
+  arrays = decode(list(train_examples) + list(known), config.data.inp_size)
+  normal = arrays['pixels'][:len(train_examples)]
+  texture = synthesis.treated_as_texture(normal, config.data.category, config.data.foreground)
+  return strategies.TrainingImages(arrays['pixels'], arrays['masks'], arrays['filenames'],
+                                   num_normal=len(train_examples), texture=texture)
+
+
+def class_neighbourhood(config, texture: bool) -> int:
   """The neighbourhood a class's taps get: ``backbone.neighbourhood``, or 1 when
-  ``backbone.neighbourhood_on`` is 'textures' and the normal training examples
-  are an object (`synthesis.treated_as_texture`, ``data.foreground``'s rule)."""
+  ``backbone.neighbourhood_on`` is 'textures' and the class is an object
+  (``texture``: `training_images`' verdict)."""
   size = config.backbone.get('neighbourhood', 1)
-  if size == 1 or config.backbone.get('neighbourhood_on', 'all') == 'all':
+  if config.backbone.get('neighbourhood_on', 'all') == 'all':
     return size
-  pixels = pipeline.resized_pixels(normal_examples, config.data.inp_size)
-  return size if synthesis.treated_as_texture(pixels, config.data.category,
-                                              config.data.foreground) else 1
+  return size if texture else 1
 
 
-def class_mask_pooling(config, normal_pixels: np.ndarray) -> str:
+def class_mask_pooling(config, texture: bool) -> str:
   """How a class's training marks its feature vectors abnormal: ``data.mask_pooling``,
   or 'nearest' (the reference) when ``data.mask_pooling_on`` is 'objects' and the
-  normal training images are a texture (the rule of `class_neighbourhood`).
-
-  Args:
-    normal_pixels: uint8 [N, S, S, 3], the normal training images as training
-      sizes them (`pipeline.resized_pixels`; training already holds them).
-  """
+  class is a texture (``texture``: `training_images`' verdict)."""
   pooling = config.data.mask_pooling
-  if pooling == 'nearest' or config.data.get('mask_pooling_on', 'all') == 'all':
+  if config.data.get('mask_pooling_on', 'all') == 'all':
     return pooling
-  texture = synthesis.treated_as_texture(normal_pixels, config.data.category,
-                                         config.data.foreground)
   return 'nearest' if texture else pooling
 
 
@@ -95,6 +107,12 @@ class FrozenBackbone:
       neighbourhood = settings.get('neighbourhood', 1)   # configs saved before the field: 1
     return cls(model, variables, mean, std, mesh, config.train.batch_size, neighbourhood)
 
+  @classmethod
+  def for_class(cls, config, mesh: Mesh, texture: bool) -> 'FrozenBackbone':
+    """`load` with the class's neighbourhood (`class_neighbourhood` of ``texture``,
+    `training_images`' verdict)."""
+    return cls.load(config, mesh, class_neighbourhood(config, texture))
+
   def tap_shapes(self, inp_size: int) -> List[Tuple[int, int, int]]:
     """(h, w, C) of each tap for ``inp_size`` inputs (shapes only: nothing runs)."""
     image = jax.ShapeDtypeStruct((1, inp_size, inp_size, 3), jnp.float32)
@@ -120,19 +138,15 @@ class FrozenBackbone:
 
   def extract(self, examples: Sequence[Dict], inp_size: int
               ) -> Tuple[Dict[str, np.ndarray], List[np.ndarray]]:
-    """Preprocessed arrays and backbone taps of ``examples``; each process decodes
-    and extracts only its share (`sharding.process_share`).
+    """`decode`'s arrays of ``examples`` and their backbone taps; each process
+    decodes and extracts only its share (`sharding.process_share`).
 
     Returns:
-      (`pipeline.preprocess`'s arrays without the normalised ``images``, one
-       float32 [N, h_l, w_l, C_l] array per level), all N rows on every process.
+      (`pipeline.decode`'s arrays, one float32 [N, h_l, w_l, C_l] array per
+       level), all N rows on every process.
     """
-    count = len(examples)
-    local = self.preprocess([examples[i] for i in process_share(count)], inp_size)
-    features = [gather_rows(level, count) for level in self.local_features(local['images'])]
-    arrays = dict(pixels=gather_rows(local['pixels'], count),
-                  masks=gather_rows(local['masks'], count), **pipeline.metadata(examples))
-    return arrays, features
+    arrays = decode(examples, inp_size)
+    return arrays, self.pixel_features(arrays['pixels'])
 
   def local_features(self, local_images: np.ndarray) -> List[np.ndarray]:
     """Backbone taps of this process's images (`sharding.process_share`), in global
@@ -161,5 +175,8 @@ class FrozenBackbone:
     return [gather_rows(level, len(images)) for level in self.local_features(images[share])]
 
   def pixel_features(self, pixels: np.ndarray) -> List[np.ndarray]:
-    """`features` of uint8 [N, S, S, 3] pixels (normalised here)."""
-    return self.features(pipeline.normalise(pixels, self.mean, self.std))
+    """`features` of uint8 [N, S, S, 3] pixels, the same on every process; each
+    process normalises only its share."""
+    share = process_share(len(pixels))
+    local = pipeline.normalise(pixels[share], self.mean, self.std)
+    return [gather_rows(level, len(pixels)) for level in self.local_features(local)]

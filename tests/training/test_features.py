@@ -6,7 +6,8 @@ from skimage import data
 
 from bgad_jax.models import backbone as backbone_lib
 from bgad_jax.data import demo_data, pipeline
-from bgad_jax.training.features import FrozenBackbone, class_mask_pooling, class_neighbourhood
+from bgad_jax.training.features import (FrozenBackbone, class_mask_pooling, class_neighbourhood,
+                                        training_images)
 from bgad_jax.training.sharding import make_mesh
 from configs import test as test_config
 
@@ -41,8 +42,9 @@ def test_configs_without_the_field_keep_the_reference_taps():
 
 
 def _examples(images):
-  return [dict(image=np.asarray(image), mask=np.zeros(np.asarray(image).shape[:2], np.uint8))
-          for image in images]
+  return [dict(image=np.asarray(image), mask=np.zeros(np.asarray(image).shape[:2], np.uint8),
+               label=0, has_mask=False, defect_type='good', filename=f'{k}.png')
+          for k, image in enumerate(images)]
 
 
 def _coins_and_grass():
@@ -53,38 +55,61 @@ def _coins_and_grass():
   return coins, crops
 
 
+def test_training_images_decode_once_and_hold_the_class_verdict():
+  config = test_config.get_config()
+  coins, crops = _coins_and_grass()
+  config.data.category = 'coins'
+  images = training_images(config, coins[:6], coins[6:])
+  assert images.texture is False and images.num_normal == 6 and images.num_known == 2
+  decoded = pipeline.decode(coins, config.data.inp_size)
+  np.testing.assert_array_equal(images.pixels, decoded['pixels'])
+  np.testing.assert_array_equal(images.masks, decoded['masks'])
+  config.data.category = 'grass'
+  assert training_images(config, crops, []).texture is True
+  config.data.foreground = 'all'   # the user says every class is a texture
+  config.data.category = 'coins'
+  assert training_images(config, coins, []).texture is True
+  config.data.foreground = 'auto'
+  # Only the normal images decide: grass crops labelled as known anomalies of
+  # the coins class leave it an object.
+  assert training_images(config, coins, crops).texture is False
+
+
+def test_extract_is_decode_then_pixel_features():
+  """extract (decode, then taps of the normalised pixels) equals taps of
+  `pipeline.preprocess`'s normalised images."""
+  backbone = _backbone(1)
+  coins, _ = _coins_and_grass()
+  arrays, features = backbone.extract(coins, 48)
+  reference = backbone.preprocess(coins, 48)
+  for key in ('pixels', 'masks', 'filenames'):
+    np.testing.assert_array_equal(arrays[key], reference[key])
+  assert 'images' not in arrays
+  for ours, theirs in zip(features, backbone.features(reference['images'])):
+    np.testing.assert_array_equal(ours, theirs)
+
+
 def test_texture_only_neighbourhood_leaves_objects_their_taps():
   config = test_config.get_config()
   config.backbone.neighbourhood, config.backbone.neighbourhood_on = 3, 'textures'
-  coins, crops = _coins_and_grass()
-  config.data.category = 'coins'
-  assert class_neighbourhood(config, coins) == 1
-  config.data.category = 'grass'
-  assert class_neighbourhood(config, crops) == 3
-  config.data.foreground = 'all'   # the user says every class is a texture
-  config.data.category = 'coins'
-  assert class_neighbourhood(config, coins) == 3
-  config.data.foreground, config.backbone.neighbourhood_on = 'auto', 'all'
-  assert class_neighbourhood(config, coins) == 3
+  assert class_neighbourhood(config, texture=False) == 1
+  assert class_neighbourhood(config, texture=True) == 3
+  config.backbone.neighbourhood_on = 'all'
+  assert class_neighbourhood(config, texture=False) == 3
+  del config.backbone['neighbourhood_on']   # a config saved before the option: every class
+  assert class_neighbourhood(config, texture=False) == 3
   config.backbone.neighbourhood = 1
-  assert class_neighbourhood(config, []) == 1   # nothing to decide: no image is read
+  assert class_neighbourhood(config, texture=True) == 1
 
 
 def test_object_only_mask_pooling_leaves_textures_nearest_sampling():
   config = test_config.get_config()
   config.data.mask_pooling, config.data.mask_pooling_on = 'thin', 'objects'
-  coins, crops = (pipeline.resized_pixels(examples, config.data.inp_size)
-                  for examples in _coins_and_grass())
-  config.data.category = 'coins'
-  assert class_mask_pooling(config, coins) == 'thin'
-  config.data.category = 'grass'
-  assert class_mask_pooling(config, crops) == 'nearest'
-  config.data.foreground = 'all'   # the user says every class is a texture
-  config.data.category = 'coins'
-  assert class_mask_pooling(config, coins) == 'nearest'
+  assert class_mask_pooling(config, texture=False) == 'thin'
+  assert class_mask_pooling(config, texture=True) == 'nearest'
   config.data.mask_pooling_on = 'all'
-  assert class_mask_pooling(config, coins) == 'thin'
+  assert class_mask_pooling(config, texture=True) == 'thin'
   del config.data['mask_pooling_on']   # a config saved before the option: every class
-  assert class_mask_pooling(config, crops) == 'thin'
+  assert class_mask_pooling(config, texture=True) == 'thin'
   config.data.mask_pooling, config.data.mask_pooling_on = 'nearest', 'objects'
-  assert class_mask_pooling(config, []) == 'nearest'   # nothing to decide: no image is looked at
+  assert class_mask_pooling(config, texture=False) == 'nearest'
