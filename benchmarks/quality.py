@@ -170,8 +170,8 @@ def base_config(args, category: str, tmp: str, seed: int, preset: str = ''):
     return config
   # The benchmark's test set is four times the demo config's (16 normal, 8 per type):
   # there one normal image above a type's every image cost it 6 points, and the seed
-  # spread of the small set hid differences of a point (README, "How much a small
-  # test set moves").
+  # spread of the small set hid differences of a point (docs/QUALITY.md, "How much a
+  # small test set moves").
   if args.test_good:
     config.data.demo.num_test_good = args.test_good
   if args.test_per_defect:

@@ -30,8 +30,8 @@ SHORT_SCHEDULE_SYNTHETIC_REPEATS = 10
 # The normal boundary b_n at the 5th percentile of a chunk's normal
 # log-likelihoods instead of the published 1st: the pull term then lifts the
 # rarest 5% of normal vectors, and the rare normal patterns that the flows
-# fitted badly no longer outrank subtle defects (README, "A wider normal
-# boundary"). Measured on the demo photographs; no MVTec AD here. 0.1 lost on
+# fitted badly no longer outrank subtle defects (docs/QUALITY.md, "A wider
+# normal boundary"). Measured on the demo photographs; no MVTec AD here. 0.1 lost on
 # the surface class in every seed.
 POS_BETA = 0.05
 # On textures each tap's vectors are averaged over 3 x 3 neighbours
@@ -78,8 +78,8 @@ def apply_best(config, short_schedule: bool = False):
   # ... and may reach the border, which cuts them as it cuts real defects there:
   # the reference keeps a moved copy whole inside, so the flows never saw a
   # defect at the border. With the defects anywhere, surface +2.3 AUPRO over
-  # 3 seeds; with them centred tissue -0.5 image AUROC (README, "CutPaste
-  # copies that reach the border"). Every moved copy, not a share of them:
+  # 3 seeds; with them centred tissue -0.5 image AUROC (docs/QUALITY.md,
+  # "CutPaste copies that reach the border"). Every moved copy, not a share of them:
   # at 0.5 the centred classes gained at most 0.4 and grass with the defects
   # anywhere lost 1.4 pixel AUROC.
   config.data.cutpaste_reach_border = True
