@@ -291,6 +291,53 @@ def test_inference_benchmark_times_three_sides(tmp_path):
   assert diff < 1e-3
 
 
+def test_heldout_class_writes_the_mvtec_layout_reproducibly(tmp_path):
+  from PIL import Image
+  from benchmarks import heldout_class
+  assert 'wrote' in _run('heldout_class.py', '--out', str(tmp_path / 'a'))
+  heldout_class.write(str(tmp_path / 'b'))
+  root = tmp_path / 'a' / 'fundus'
+  assert len(os.listdir(root / 'train' / 'good')) == heldout_class.NUM_TRAIN
+  assert len(os.listdir(root / 'test' / 'good')) == heldout_class.NUM_TEST_GOOD
+  assert sorted(os.listdir(root / 'test')) == ['blur', 'good', 'scratch', 'spot', 'warp']
+  for name in heldout_class.DEFECTS:
+    images = sorted(os.listdir(root / 'test' / name))
+    masks = sorted(os.listdir(root / 'ground_truth' / name))
+    assert len(images) == heldout_class.NUM_PER_DEFECT
+    assert masks == [image.replace('.png', '_mask.png') for image in images]
+    for mask_name in masks:
+      mask = np.asarray(Image.open(root / 'ground_truth' / name / mask_name))
+      assert set(np.unique(mask)) == {0, 255} and (mask > 0).sum() >= 15
+  image = Image.open(root / 'test' / 'warp' / '000.png')
+  assert image.mode == 'L' and image.size == (heldout_class.SIZE, heldout_class.SIZE)
+  for folder, _, files in os.walk(root):   # the same seed writes the same bytes
+    for name in files:
+      other = os.path.join(str(tmp_path / 'b'), os.path.relpath(os.path.join(folder, name),
+                                                                  str(tmp_path / 'a')))
+      with open(os.path.join(folder, name), 'rb') as a, open(other, 'rb') as b:
+        assert a.read() == b.read(), name
+
+
+@pytest.mark.parametrize('defect', ['blur', 'scratch', 'spot', 'warp'])
+def test_heldout_class_masks_hold_every_visible_change(defect):
+  """A defect's mask is the region it changed: outside it no pixel moved by the
+  visible step, inside it some did (a soft edge left outside would fail)."""
+  from benchmarks import heldout_class
+  rng = np.random.default_rng(1)
+  photo = heldout_class.fundus_photograph()
+  visible_masks = 0
+  for _ in range(6):
+    image = heldout_class.crop(photo, rng, 'test')
+    out, mask = heldout_class.DEFECTS[defect](image, rng)
+    assert mask.shape == image.shape == (heldout_class.SIZE, heldout_class.SIZE)
+    change = np.abs(np.clip(out, 0, 255) - np.clip(image, 0, 255))
+    assert (change[~mask] < heldout_class._VISIBLE_CHANGE).all()
+    if mask.any():
+      visible_masks += 1
+      assert change[mask].max() >= heldout_class._VISIBLE_CHANGE
+  assert visible_masks >= 3
+
+
 @pytest.mark.slow
 def test_quality_benchmark_smoke(tmp_path):
   """bgad_jax's side, tiny; PatchCore needs the bench extra (anomalib), not installed here."""

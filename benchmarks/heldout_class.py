@@ -1,0 +1,180 @@
+"""A real-photograph class that `best` was not tuned on, for a held-out check.
+
+  python benchmarks/heldout_class.py --out /tmp/heldout      # seconds; offline
+  python benchmarks/quality.py --data /tmp/heldout --classes fundus --inp_size 128 \
+      --seeds 0,1,2 --runs patchcore,patchcore_own_norm,faithful,best
+
+Writes ``<out>/fundus`` in the MVTec layout: 128-px grayscale crops of
+scikit-image's retina photograph (the green channel at half size, contrast
+stretched: vessels on a smooth background), 80 normal training crops, 64
+normal test crops and 16 test crops of each of four defect types. A defect's
+centre lies anywhere in the crop (the border cuts some), and its mask is the
+region it visibly changed: the pixels it moved by at least 8 grey levels,
+closed and filled, inside the area it acts on. None of the defect
+generators is one of the demo classes' (bgad_jax.data.demo_data), and
+quality.py leaves the last type by name, warp, unseen:
+
+  blur     an elliptic patch (radius 10-18 px) blurred with sigma 3 px, faded in
+           at its edge: only what it blurs (vessels, the disc's rim) is a defect;
+  scratch  a bright line 2-3 px wide and 25-50 px long;
+  spot     a dark or bright elliptic spot (radius 4-9 px) with a soft edge;
+  warp     a local pinch or bulge (radius 10-16 px) that bends the vessels it
+           meets (the "local warp" of the issue that set the quality goals).
+
+Training and test crops come from the fundus's disc alternately by 4 x 4
+blocks of the photograph (a checkerboard), so both splits see the same
+structures (the optic disc, the large vessels, the macula), and each crop is
+turned, flipped and scaled in brightness by up to 5%. Crops with a defect are
+test crops. The files depend on ``--seed`` only.
+"""
+
+import argparse
+import os
+import sys
+from typing import Callable, Dict, Tuple
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+CLASS = 'fundus'
+SIZE = 128
+NUM_TRAIN, NUM_TEST_GOOD, NUM_PER_DEFECT = 80, 64, 16
+_PHOTO_SIDE = 705   # the retina photograph (1411 px) at half size
+_DISC_CENTRE, _DISC_RADIUS = 352, 330   # px of the half-size photograph
+_MIN_MASK_PIXELS = 15   # a defect that leaves fewer changed pixels is drawn again
+# A pixel belongs to a defect's mask when the defect moved it by at least this
+# many grey levels (of 255): a blur or a warp on smooth background changes
+# nothing, and a soft edge fades out; the mask is what visibly changed.
+_VISIBLE_CHANGE = 8
+
+
+def fundus_photograph() -> np.ndarray:
+  """float32 [705, 705] in [0, 255]: the retina's green channel, half size, stretched."""
+  import skimage.data   # bundled with scikit-image: no download
+  green = Image.fromarray(skimage.data.retina()[:, :, 1])
+  half = np.asarray(green.resize((_PHOTO_SIDE, _PHOTO_SIDE), Image.BILINEAR), np.float32)
+  return np.clip((half - 15) * 2.2, 0, 255)
+
+
+def crop(photo: np.ndarray, rng: np.random.Generator, split: str) -> np.ndarray:
+  """float [SIZE, SIZE]: a crop inside the disc from SPLIT's checkerboard blocks."""
+  height, width = photo.shape
+  while True:
+    top, left = int(rng.integers(0, height - SIZE)), int(rng.integers(0, width - SIZE))
+    if np.hypot(top + SIZE / 2 - _DISC_CENTRE,
+                left + SIZE / 2 - _DISC_CENTRE) > _DISC_RADIUS - SIZE * 0.75:
+      continue   # part of the crop would be outside the disc
+    block_row, block_col = (top + SIZE // 2) * 4 // height, (left + SIZE // 2) * 4 // width
+    if ((block_row + block_col) % 2 == 0) == (split == 'train'):
+      break
+  image = np.rot90(photo[top:top + SIZE, left:left + SIZE], int(rng.integers(4)))
+  if rng.random() < 0.5:
+    image = image[:, ::-1]
+  return image * rng.uniform(0.95, 1.05)
+
+
+def _ellipse(rng, radius_low: float, radius_high: float):
+  """(squared elliptic radius float [SIZE, SIZE], centre (row, col)) of a random ellipse."""
+  rows, cols = np.mgrid[:SIZE, :SIZE]
+  centre_row, centre_col = rng.uniform(0, SIZE, 2)   # anywhere: the border cuts some
+  radius_a, radius_b = rng.uniform(radius_low, radius_high, 2)
+  angle = rng.uniform(0, np.pi)
+  d_row, d_col = rows - centre_row, cols - centre_col
+  u = (d_row * np.cos(angle) + d_col * np.sin(angle)) / radius_a
+  v = (-d_row * np.sin(angle) + d_col * np.cos(angle)) / radius_b
+  return u * u + v * v, (centre_row, centre_col)
+
+
+def _visible(image: np.ndarray, out: np.ndarray, support: np.ndarray):
+  """(out, bool mask [SIZE, SIZE]): the region the defect visibly changed, as an
+  annotator would draw it: the changed pixels closed and filled, inside
+  ``support`` (bool [SIZE, SIZE], where the defect acts)."""
+  changed = np.abs(np.clip(out, 0, 255) - np.clip(image, 0, 255)) >= _VISIBLE_CHANGE
+  # (The closing erodes at the image border, so the changed pixels are added back.)
+  region = ndimage.binary_fill_holes(ndimage.binary_closing(changed, iterations=2) | changed)
+  return out, region & support
+
+
+def _spot(image, rng):
+  radius2, _ = _ellipse(rng, 4, 9)
+  soft = np.clip(1.5 - radius2, 0, 1)
+  sign = rng.choice([-1, 1])
+  return _visible(image, image + sign * rng.uniform(40, 70) * soft, soft > 0)
+
+
+def _blur(image, rng):
+  radius2, _ = _ellipse(rng, 10, 18)
+  weight = np.clip((1.2 - radius2) / 0.4, 0, 1)
+  return _visible(image, image * (1 - weight) + ndimage.gaussian_filter(image, 3) * weight,
+                  weight > 0)
+
+
+def _scratch(image, rng):
+  start = rng.uniform(0, SIZE, 2)
+  angle, length = rng.uniform(0, np.pi), rng.uniform(25, 50)
+  end = start + length * np.array([np.sin(angle), np.cos(angle)])
+  rows, cols = np.mgrid[:SIZE, :SIZE].astype(np.float32)
+  along = np.clip(((rows - start[0]) * (end[0] - start[0]) +
+                   (cols - start[1]) * (end[1] - start[1])) / (length * length), 0, 1)
+  distance = np.hypot(rows - (start[0] + along * (end[0] - start[0])),
+                      cols - (start[1] + along * (end[1] - start[1])))
+  line = distance <= 1.2
+  out = image.copy()
+  out[line] = rng.uniform(200, 240)
+  return _visible(image, out, line)
+
+
+def _warp(image, rng):
+  radius2, (centre_row, centre_col) = _ellipse(rng, 10, 16)
+  weight = np.clip(1 - radius2, 0, 1) ** 2
+  rows, cols = np.mgrid[:SIZE, :SIZE].astype(np.float32)
+  strength = rng.uniform(0.4, 0.6) * rng.choice([-1, 1])   # a pinch or a bulge
+  return _visible(image, ndimage.map_coordinates(
+      image, [rows + strength * weight * (rows - centre_row),
+              cols + strength * weight * (cols - centre_col)], order=1, mode='reflect'),
+      weight > 0)
+
+
+DEFECTS: Dict[str, Callable[[np.ndarray, np.random.Generator],
+                            Tuple[np.ndarray, np.ndarray]]] = {
+    'blur': _blur, 'scratch': _scratch, 'spot': _spot, 'warp': _warp}
+
+
+def _save(image: np.ndarray, path: str) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(np.clip(np.round(image), 0, 255).astype(np.uint8), mode='L').save(path)
+
+
+def write(root: str, seed: int = 123) -> str:
+  """Writes ``<root>/fundus`` (see the module doc) and returns that folder."""
+  rng = np.random.default_rng(seed)
+  photo = fundus_photograph()
+  class_dir = os.path.join(root, CLASS)
+  for split, count in (('train', NUM_TRAIN), ('test', NUM_TEST_GOOD)):
+    for i in range(count):
+      _save(crop(photo, rng, split), os.path.join(class_dir, split, 'good', f'{i:03d}.png'))
+  for name, draw in DEFECTS.items():
+    for i in range(NUM_PER_DEFECT):
+      while True:
+        image, mask = draw(crop(photo, rng, 'test'), rng)
+        if mask.sum() >= _MIN_MASK_PIXELS:
+          break
+      _save(image, os.path.join(class_dir, 'test', name, f'{i:03d}.png'))
+      _save(mask * 255.0, os.path.join(class_dir, 'ground_truth', name, f'{i:03d}_mask.png'))
+  return class_dir
+
+
+def main(argv=None) -> str:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--out', required=True, help='root folder; writes <out>/fundus')
+  parser.add_argument('--seed', type=int, default=123)
+  args = parser.parse_args(argv)
+  class_dir = write(args.out, args.seed)
+  print(f'wrote {class_dir}: {NUM_TRAIN} training, {NUM_TEST_GOOD} normal test and '
+        f'{NUM_PER_DEFECT} x {len(DEFECTS)} defective test images')
+  return class_dir
+
+
+if __name__ == '__main__':
+  sys.exit(0 if main() else 1)
