@@ -27,7 +27,10 @@ they also touch the border (PatchCore scores border pixels low: README,
 of its photograph and its test crops from the rest; ``--demo_split
 quadrants`` takes them from opposite quarters instead (tissue's rows split
 gives its test normals five times the pale stroma of its training normals:
-README, "Seed spread"). ``--data`` takes MVTec-layout folders instead.
+README, "Where `best` stands now"). ``--data`` takes MVTec-layout folders
+instead, resized to ``--inp_size`` (default 256; the demo classes run at their
+128 px); benchmarks/heldout_class.py writes one, a class `best` was not
+tuned on (run it with ``--inp_size 128``).
 
 Seeds: every method runs once per seed of ``--seeds``. The seed draws the
 known files (and so the test images that remain), the initialisation and the
@@ -47,7 +50,7 @@ on 3 or more seeds also gets a per-seed table with the 90% interval of its sd
 Overrides: ``--set KEY=VALUE`` (repeatable) changes one config field of
 every bgad_jax run, read as that field's type as main.py's
 ``--config.KEY=VALUE`` is; e.g. ``--runs best --set data.synthetic_repeats=20``
-repeats the README's 20-copy rows. The baselines keep their settings; the
+repeats the 20-copy rows of docs/QUALITY.md. The baselines keep their settings; the
 JSON's ``args`` records the overrides. The demo images' fields (data.demo)
 are the flags above, never ``--set``: every method must see the same images.
 

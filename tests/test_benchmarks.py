@@ -372,6 +372,26 @@ def test_quality_benchmark_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_quality_benchmark_reads_a_folder_class(tmp_path, monkeypatch):
+  """--data on the held-out class's MVTec-layout folder: built, every type scored."""
+  from benchmarks import heldout_class
+  heldout_class.write(str(tmp_path / 'data'))
+  monkeypatch.setenv('HOME', str(tmp_path))   # data.tfds_dir is ~/tensorflow_datasets
+  stdout = _run('quality.py', '--tiny', '--data', str(tmp_path / 'data'), '--classes', 'fundus',
+                '--runs', 'faithful', '--meta_epochs', '1', '--out', str(tmp_path / 'out'))
+  payload = json.loads((tmp_path / 'out' / 'quality.json').read_text())
+  assert payload['known_types'] == {'fundus': ['blur', 'scratch', 'spot']}
+  (result,) = payload['results']['fundus']['faithful']
+  assert set(result['per_type']) == set(heldout_class.DEFECTS)
+  assert result['unseen']['n'] == heldout_class.NUM_PER_DEFECT
+  # The 3 known files of each seen type leave the test set.
+  assert len(result['test_scores']) == (heldout_class.NUM_TEST_GOOD + 4 * heldout_class.NUM_PER_DEFECT
+                                        - 3 * 3)
+  assert os.path.isdir(tmp_path / 'tensorflow_datasets')
+  assert 'warp (unseen)' in stdout
+
+
+@pytest.mark.slow
 def test_quality_ensemble_rows_train_members_on_the_first_runs_files(tmp_path):
   stdout = _run('quality.py', '--tiny', '--classes', 'surface', '--runs', 'faithful',
                 '--meta_epochs', '1', '--ensemble', '2', '--out', str(tmp_path))
