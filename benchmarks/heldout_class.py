@@ -37,6 +37,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bgad_jax.data import demo_data  # noqa: E402
+
 CLASS = 'fundus'
 SIZE = 128
 NUM_TRAIN, NUM_TEST_GOOD, NUM_PER_DEFECT = 80, 64, 16
@@ -141,27 +145,26 @@ DEFECTS: Dict[str, Callable[[np.ndarray, np.random.Generator],
     'blur': _blur, 'scratch': _scratch, 'spot': _spot, 'warp': _warp}
 
 
-def _save(image: np.ndarray, path: str) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(np.clip(np.round(image), 0, 255).astype(np.uint8), mode='L').save(path)
+def _as_uint8(image: np.ndarray) -> np.ndarray:
+  return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
 def write(root: str, seed: int = 123) -> str:
   """Writes ``<root>/fundus`` (see the module doc) and returns that folder."""
   rng = np.random.default_rng(seed)
   photo = fundus_photograph()
+
+  def normal(split):
+    return _as_uint8(crop(photo, rng, split))
+
+  def defective(defect_type):
+    while True:
+      image, mask = DEFECTS[defect_type](crop(photo, rng, 'test'), rng)
+      if mask.sum() >= _MIN_MASK_PIXELS:
+        return _as_uint8(image), mask
   class_dir = os.path.join(root, CLASS)
-  for split, count in (('train', NUM_TRAIN), ('test', NUM_TEST_GOOD)):
-    for i in range(count):
-      _save(crop(photo, rng, split), os.path.join(class_dir, split, 'good', f'{i:03d}.png'))
-  for name, draw in DEFECTS.items():
-    for i in range(NUM_PER_DEFECT):
-      while True:
-        image, mask = draw(crop(photo, rng, 'test'), rng)
-        if mask.sum() >= _MIN_MASK_PIXELS:
-          break
-      _save(image, os.path.join(class_dir, 'test', name, f'{i:03d}.png'))
-      _save(mask * 255.0, os.path.join(class_dir, 'ground_truth', name, f'{i:03d}_mask.png'))
+  demo_data.write_class(class_dir, list(DEFECTS), (NUM_TRAIN, NUM_TEST_GOOD, NUM_PER_DEFECT),
+                        normal, defective)
   return class_dir
 
 

@@ -33,7 +33,7 @@ and stain.
 import json
 import os
 import shutil
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -408,14 +408,19 @@ def _image_sources(category: str, size: int, rng: np.random.Generator, placement
   return crop, defect_on_crop
 
 
-def _write_class(category_dir, category, counts, normal, defective) -> None:
-  """The MVTec layout, drawn in a fixed order (training, test normals, then each
-  defect type): the same rng gives the same files."""
+def write_class(category_dir: str, types: Sequence[str], counts: Tuple[int, int, int],
+                normal: Callable[[str], np.ndarray],
+                defective: Callable[[str], Tuple[np.ndarray, np.ndarray]]) -> None:
+  """Writes ``category_dir`` in the MVTec layout from ``normal(split)`` (uint8
+  [S, S] or [S, S, 3]) and ``defective(defect_type)`` ((image, bool mask [S, S])),
+  ``counts`` = (training, normal test, test per defect type) images, drawn in a
+  fixed order (training, test normals, then each of ``types``): the same rng
+  gives the same files."""
   num_train, num_test_good, num_per_defect = counts
   for split, count in (('train', num_train), ('test', num_test_good)):
     for i in range(count):
       _save(normal(split), os.path.join(category_dir, split, 'good', f'{i:03d}.png'))
-  for defect_type in defect_types(category):
+  for defect_type in types:
     for i in range(num_per_defect):
       image, mask = defective(defect_type)
       _save(image, os.path.join(category_dir, 'test', defect_type, f'{i:03d}.png'))
@@ -455,7 +460,8 @@ def generate(root: str, category: str = 'tissue', size: int = 128, num_train: in
   sources = _image_sources(category, size, np.random.default_rng(seed),   # checks the size
                            defect_placement, split)
   shutil.rmtree(category_dir, ignore_errors=True)   # no files left from other settings
-  _write_class(category_dir, category, (num_train, num_test_good, num_per_defect), *sources)
+  write_class(category_dir, defect_types(category), (num_train, num_test_good, num_per_defect),
+              *sources)
   with open(stamp, 'w') as f:
     json.dump(settings, f)
   return category_dir
