@@ -3,6 +3,9 @@
   python benchmarks/heldout_class.py --out /tmp/heldout      # seconds; offline
   python benchmarks/quality.py --data /tmp/heldout --classes fundus --inp_size 128 \
       --seeds 0,1,2 --runs patchcore,patchcore_own_norm,faithful,best
+  python benchmarks/heldout_class.py --out /tmp/heldout256 --size 256
+  python benchmarks/quality.py --data /tmp/heldout256 --classes fundus \
+      --seeds 0,1 --runs patchcore_own_norm,patchcore,faithful,best      # 256 px
 
 Writes ``<out>/fundus`` in the MVTec layout: 128-px grayscale crops of
 scikit-image's retina photograph (the green channel at half size, contrast
@@ -10,9 +13,13 @@ stretched: vessels on a smooth background), 80 normal training crops, 64
 normal test crops and 16 test crops of each of four defect types. A defect's
 centre lies anywhere in the crop (the border cuts some), and its mask is the
 region it visibly changed: the pixels it moved by at least 8 grey levels,
-closed and filled, inside the area it acts on. None of the defect
-generators is one of the demo classes' (bgad_jax.data.demo_data), and
-quality.py leaves the last type by name, warp, unseen:
+closed and filled, inside the area it acts on. ``--size 256`` takes crops of
+the same extent from the full-resolution photograph, at twice the detail,
+with every defect length below doubled: quality.py's default input size for
+``--data``, the size of the images in the issue that set the quality goals.
+None of the defect generators is one of the demo classes'
+(bgad_jax.data.demo_data), and quality.py leaves the last type by name, warp,
+unseen (lengths in px of a 128-px crop):
 
   blur     an elliptic patch (radius 10-18 px) blurred with sigma 3 px, faded in
            at its edge: only what it blurs (vessels, the disc's rim) is a defect;
@@ -42,9 +49,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bgad_jax.data import demo_data  # noqa: E402
 
 CLASS = 'fundus'
-SIZE = 128
+SIZE = 128   # the default crop side; lengths below are px at this size
+SIZES = (128, 256)
 NUM_TRAIN, NUM_TEST_GOOD, NUM_PER_DEFECT = 80, 64, 16
-_PHOTO_SIDE = 705   # the retina photograph (1411 px) at half size
+_PHOTO_SIDE = 705   # the retina photograph (1411 px) at half size (SIZE's scale)
 _DISC_CENTRE, _DISC_RADIUS = 352, 330   # px of the half-size photograph
 _MIN_MASK_PIXELS = 15   # a defect that leaves fewer changed pixels is drawn again
 # A pixel belongs to a defect's mask when the defect moved it by at least this
@@ -53,36 +61,47 @@ _MIN_MASK_PIXELS = 15   # a defect that leaves fewer changed pixels is drawn aga
 _VISIBLE_CHANGE = 8
 
 
-def fundus_photograph() -> np.ndarray:
-  """float32 [705, 705] in [0, 255]: the retina's green channel, half size, stretched."""
+def fundus_photograph(size: int = SIZE) -> np.ndarray:
+  """float32 [705 * s, 705 * s] in [0, 255], s = size / SIZE: the retina's green
+  channel, stretched; at half size for 128-px crops, full for 256."""
   import skimage.data   # bundled with scikit-image: no download
   green = Image.fromarray(skimage.data.retina()[:, :, 1])
-  half = np.asarray(green.resize((_PHOTO_SIDE, _PHOTO_SIDE), Image.BILINEAR), np.float32)
-  return np.clip((half - 15) * 2.2, 0, 255)
+  side = _PHOTO_SIDE * size // SIZE
+  photo = np.asarray(green.resize((side, side), Image.BILINEAR), np.float32)
+  return np.clip((photo - 15) * 2.2, 0, 255)
 
 
-def crop(photo: np.ndarray, rng: np.random.Generator, split: str) -> np.ndarray:
-  """float [SIZE, SIZE]: a crop inside the disc from SPLIT's checkerboard blocks."""
+def _scale(image: np.ndarray) -> float:
+  """How many px of ``image`` (a crop) one px of a SIZE crop is."""
+  return image.shape[0] / SIZE
+
+
+def crop(photo: np.ndarray, rng: np.random.Generator, split: str,
+         size: int = SIZE) -> np.ndarray:
+  """float [size, size]: a crop inside the disc from SPLIT's checkerboard blocks of
+  ``photo`` (`fundus_photograph(size)`)."""
   height, width = photo.shape
+  scale = size // SIZE
+  centre, radius = _DISC_CENTRE * scale, _DISC_RADIUS * scale
   while True:
-    top, left = int(rng.integers(0, height - SIZE)), int(rng.integers(0, width - SIZE))
-    if np.hypot(top + SIZE / 2 - _DISC_CENTRE,
-                left + SIZE / 2 - _DISC_CENTRE) > _DISC_RADIUS - SIZE * 0.75:
+    top, left = int(rng.integers(0, height - size)), int(rng.integers(0, width - size))
+    if np.hypot(top + size / 2 - centre, left + size / 2 - centre) > radius - size * 0.75:
       continue   # part of the crop would be outside the disc
-    block_row, block_col = (top + SIZE // 2) * 4 // height, (left + SIZE // 2) * 4 // width
+    block_row, block_col = (top + size // 2) * 4 // height, (left + size // 2) * 4 // width
     if ((block_row + block_col) % 2 == 0) == (split == 'train'):
       break
-  image = np.rot90(photo[top:top + SIZE, left:left + SIZE], int(rng.integers(4)))
+  image = np.rot90(photo[top:top + size, left:left + size], int(rng.integers(4)))
   if rng.random() < 0.5:
     image = image[:, ::-1]
   return image * rng.uniform(0.95, 1.05)
 
 
-def _ellipse(rng, radius_low: float, radius_high: float):
-  """(squared elliptic radius float [SIZE, SIZE], centre (row, col)) of a random ellipse."""
-  rows, cols = np.mgrid[:SIZE, :SIZE]
-  centre_row, centre_col = rng.uniform(0, SIZE, 2)   # anywhere: the border cuts some
-  radius_a, radius_b = rng.uniform(radius_low, radius_high, 2)
+def _ellipse(rng, radius_low: float, radius_high: float, size: int = SIZE):
+  """(squared elliptic radius float [size, size], centre (row, col)) of a random
+  ellipse; radii in px of a SIZE crop."""
+  rows, cols = np.mgrid[:size, :size]
+  centre_row, centre_col = rng.uniform(0, size, 2)   # anywhere: the border cuts some
+  radius_a, radius_b = rng.uniform(radius_low, radius_high, 2) * (size / SIZE)
   angle = rng.uniform(0, np.pi)
   d_row, d_col = rows - centre_row, cols - centre_col
   u = (d_row * np.cos(angle) + d_col * np.sin(angle)) / radius_a
@@ -91,48 +110,51 @@ def _ellipse(rng, radius_low: float, radius_high: float):
 
 
 def _visible(image: np.ndarray, out: np.ndarray, support: np.ndarray):
-  """(out, bool mask [SIZE, SIZE]): the region the defect visibly changed, as an
+  """(out, bool mask [S, S]): the region the defect visibly changed, as an
   annotator would draw it: the changed pixels closed and filled, inside
-  ``support`` (bool [SIZE, SIZE], where the defect acts)."""
+  ``support`` (bool [S, S], where the defect acts)."""
   changed = np.abs(np.clip(out, 0, 255) - np.clip(image, 0, 255)) >= _VISIBLE_CHANGE
   # (The closing erodes at the image border, so the changed pixels are added back.)
-  region = ndimage.binary_fill_holes(ndimage.binary_closing(changed, iterations=2) | changed)
+  closed = ndimage.binary_closing(changed, iterations=2 * image.shape[0] // SIZE)
+  region = ndimage.binary_fill_holes(closed | changed)
   return out, region & support
 
 
 def _spot(image, rng):
-  radius2, _ = _ellipse(rng, 4, 9)
+  radius2, _ = _ellipse(rng, 4, 9, image.shape[0])
   soft = np.clip(1.5 - radius2, 0, 1)
   sign = rng.choice([-1, 1])
   return _visible(image, image + sign * rng.uniform(40, 70) * soft, soft > 0)
 
 
 def _blur(image, rng):
-  radius2, _ = _ellipse(rng, 10, 18)
+  radius2, _ = _ellipse(rng, 10, 18, image.shape[0])
   weight = np.clip((1.2 - radius2) / 0.4, 0, 1)
-  return _visible(image, image * (1 - weight) + ndimage.gaussian_filter(image, 3) * weight,
-                  weight > 0)
+  blurred = ndimage.gaussian_filter(image, 3 * _scale(image))
+  return _visible(image, image * (1 - weight) + blurred * weight, weight > 0)
 
 
 def _scratch(image, rng):
-  start = rng.uniform(0, SIZE, 2)
-  angle, length = rng.uniform(0, np.pi), rng.uniform(25, 50)
+  size, scale = image.shape[0], _scale(image)
+  start = rng.uniform(0, size, 2)
+  angle, length = rng.uniform(0, np.pi), rng.uniform(25, 50) * scale
   end = start + length * np.array([np.sin(angle), np.cos(angle)])
-  rows, cols = np.mgrid[:SIZE, :SIZE].astype(np.float32)
+  rows, cols = np.mgrid[:size, :size].astype(np.float32)
   along = np.clip(((rows - start[0]) * (end[0] - start[0]) +
                    (cols - start[1]) * (end[1] - start[1])) / (length * length), 0, 1)
   distance = np.hypot(rows - (start[0] + along * (end[0] - start[0])),
                       cols - (start[1] + along * (end[1] - start[1])))
-  line = distance <= 1.2
+  line = distance <= 1.2 * scale
   out = image.copy()
   out[line] = rng.uniform(200, 240)
   return _visible(image, out, line)
 
 
 def _warp(image, rng):
-  radius2, (centre_row, centre_col) = _ellipse(rng, 10, 16)
+  size = image.shape[0]
+  radius2, (centre_row, centre_col) = _ellipse(rng, 10, 16, size)
   weight = np.clip(1 - radius2, 0, 1) ** 2
-  rows, cols = np.mgrid[:SIZE, :SIZE].astype(np.float32)
+  rows, cols = np.mgrid[:size, :size].astype(np.float32)
   strength = rng.uniform(0.4, 0.6) * rng.choice([-1, 1])   # a pinch or a bulge
   return _visible(image, ndimage.map_coordinates(
       image, [rows + strength * weight * (rows - centre_row),
@@ -149,18 +171,22 @@ def _as_uint8(image: np.ndarray) -> np.ndarray:
   return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-def write(root: str, seed: int = 123) -> str:
-  """Writes ``<root>/fundus`` (see the module doc) and returns that folder."""
+def write(root: str, seed: int = 123, size: int = SIZE) -> str:
+  """Writes ``<root>/fundus`` with ``size``-px crops (see the module doc) and returns
+  that folder."""
+  if size not in SIZES:
+    raise ValueError(f'size {size}: one of {SIZES}')
   rng = np.random.default_rng(seed)
-  photo = fundus_photograph()
+  photo = fundus_photograph(size)
+  min_mask_pixels = _MIN_MASK_PIXELS * (size // SIZE) ** 2
 
   def normal(split):
-    return _as_uint8(crop(photo, rng, split))
+    return _as_uint8(crop(photo, rng, split, size))
 
   def defective(defect_type):
     while True:
-      image, mask = DEFECTS[defect_type](crop(photo, rng, 'test'), rng)
-      if mask.sum() >= _MIN_MASK_PIXELS:
+      image, mask = DEFECTS[defect_type](crop(photo, rng, 'test', size), rng)
+      if mask.sum() >= min_mask_pixels:
         return _as_uint8(image), mask
   class_dir = os.path.join(root, CLASS)
   demo_data.write_class(class_dir, list(DEFECTS), (NUM_TRAIN, NUM_TEST_GOOD, NUM_PER_DEFECT),
@@ -172,9 +198,12 @@ def main(argv=None) -> str:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--out', required=True, help='root folder; writes <out>/fundus')
   parser.add_argument('--seed', type=int, default=123)
+  parser.add_argument('--size', type=int, default=SIZE, choices=SIZES,
+                      help='crop side in px (256: the full-resolution photograph)')
   args = parser.parse_args(argv)
-  class_dir = write(args.out, args.seed)
-  print(f'wrote {class_dir}: {NUM_TRAIN} training, {NUM_TEST_GOOD} normal test and '
+  class_dir = write(args.out, args.seed, args.size)
+  print(f'wrote {class_dir}: {args.size}-px crops, {NUM_TRAIN} training, '
+        f'{NUM_TEST_GOOD} normal test and '
         f'{NUM_PER_DEFECT} x {len(DEFECTS)} defective test images')
   return class_dir
 

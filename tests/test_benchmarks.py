@@ -316,26 +316,47 @@ def test_heldout_class_writes_the_mvtec_layout_reproducibly(tmp_path):
                                                                   str(tmp_path / 'a')))
       with open(os.path.join(folder, name), 'rb') as a, open(other, 'rb') as b:
         assert a.read() == b.read(), name
+  root = heldout_class.write(str(tmp_path / 'c'), size=256)
+  assert Image.open(os.path.join(root, 'test', 'warp', '000.png')).size == (256, 256)
+  mask = np.asarray(Image.open(os.path.join(root, 'ground_truth', 'spot', '000_mask.png')))
+  assert mask.shape == (256, 256) and (mask > 0).sum() >= 4 * 15
+  with pytest.raises(ValueError, match='size 200'):
+    heldout_class.write(str(tmp_path / 'd'), size=200)
 
 
+@pytest.mark.parametrize('size', [128, 256])
 @pytest.mark.parametrize('defect', ['blur', 'scratch', 'spot', 'warp'])
-def test_heldout_class_masks_hold_every_visible_change(defect):
+def test_heldout_class_masks_hold_every_visible_change(defect, size):
   """A defect's mask is the region it changed: outside it no pixel moved by the
   visible step, inside it some did (a soft edge left outside would fail)."""
   from benchmarks import heldout_class
   rng = np.random.default_rng(1)
-  photo = heldout_class.fundus_photograph()
+  photo = heldout_class.fundus_photograph(size)
   visible_masks = 0
   for _ in range(6):
-    image = heldout_class.crop(photo, rng, 'test')
+    image = heldout_class.crop(photo, rng, 'test', size)
     out, mask = heldout_class.DEFECTS[defect](image, rng)
-    assert mask.shape == image.shape == (heldout_class.SIZE, heldout_class.SIZE)
+    assert mask.shape == image.shape == (size, size)
     change = np.abs(np.clip(out, 0, 255) - np.clip(image, 0, 255))
     assert (change[~mask] < heldout_class._VISIBLE_CHANGE).all()
     if mask.any():
       visible_masks += 1
       assert change[mask].max() >= heldout_class._VISIBLE_CHANGE
   assert visible_masks >= 3
+
+
+@pytest.mark.parametrize('defect', ['scratch', 'spot'])
+def test_heldout_class_at_256_px_doubles_every_defect_length(defect):
+  """--size 256 crops the full-resolution photograph: the same extent at twice the
+  detail, so a scratch or spot (fixed shapes) covers about four times the pixels."""
+  from benchmarks import heldout_class
+  mean_area = {}
+  for size in (128, 256):
+    photo, rng = heldout_class.fundus_photograph(size), np.random.default_rng(2)
+    assert photo.shape == (705 * size // 128,) * 2
+    mean_area[size] = np.mean([heldout_class.DEFECTS[defect](
+        heldout_class.crop(photo, rng, 'test', size), rng)[1].sum() for _ in range(12)])
+  assert 3 < mean_area[256] / mean_area[128] < 5
 
 
 @pytest.mark.slow

@@ -442,7 +442,8 @@ def generate(root: str, category: str = 'tissue', size: int = 128, num_train: in
   them). Returns the category folder.
   """
   if category not in CATEGORIES:
-    raise ConfigError(f'data.category: a demo category must be one of {sorted(CATEGORIES)}, got {category!r}')
+    raise ConfigError(f'data.category: a demo category must be one of {sorted(CATEGORIES)}, '
+                      f'got {category!r}')
   category_dir = os.path.join(root, category)
   settings = dict(format=_FORMAT_VERSION, size=size, num_train=num_train,
                   num_test_good=num_test_good, num_per_defect=num_per_defect, seed=seed)
