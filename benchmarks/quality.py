@@ -30,7 +30,8 @@ gives its test normals five times the pale stroma of its training normals:
 README, "Where `best` stands now"). ``--data`` takes MVTec-layout folders
 instead, resized to ``--inp_size`` (default 256; the demo classes run at their
 128 px); benchmarks/heldout_class.py writes one, a class `best` was not
-tuned on (run it with ``--inp_size 128``).
+tuned on (run it with ``--inp_size 128``, or write it with ``--size 256``
+for this default).
 
 Seeds: every method runs once per seed of ``--seeds``. The seed draws the
 known files (and so the test images that remain), the initialisation and the
