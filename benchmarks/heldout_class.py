@@ -5,7 +5,7 @@
       --seeds 0,1,2 --runs patchcore,patchcore_own_norm,faithful,best
   python benchmarks/heldout_class.py --out /tmp/heldout256 --size 256
   python benchmarks/quality.py --data /tmp/heldout256 --classes fundus \
-      --seeds 0,1 --runs patchcore_own_norm,patchcore,faithful,best      # 256 px
+      --seeds 0,1,2 --runs patchcore_own_norm,patchcore,faithful,best    # 256 px
 
 Writes ``<out>/fundus`` in the MVTec layout: 128-px grayscale crops of
 scikit-image's retina photograph (the green channel at half size, contrast
