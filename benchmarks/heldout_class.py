@@ -66,14 +66,14 @@ def fundus_photograph(size: int = SIZE) -> np.ndarray:
   channel, stretched; at half size for 128-px crops, full for 256."""
   import skimage.data   # bundled with scikit-image: no download
   green = Image.fromarray(skimage.data.retina()[:, :, 1])
-  side = _PHOTO_SIDE * size // SIZE
+  side = _PHOTO_SIDE * _scale(size)
   photo = np.asarray(green.resize((side, side), Image.BILINEAR), np.float32)
   return np.clip((photo - 15) * 2.2, 0, 255)
 
 
-def _scale(image: np.ndarray) -> float:
-  """How many px of ``image`` (a crop) one px of a SIZE crop is."""
-  return image.shape[0] / SIZE
+def _scale(side: int) -> int:
+  """How many px of a crop of ``side`` px (one of SIZES) one px of a SIZE crop is."""
+  return side // SIZE
 
 
 def crop(photo: np.ndarray, rng: np.random.Generator, split: str,
@@ -81,8 +81,7 @@ def crop(photo: np.ndarray, rng: np.random.Generator, split: str,
   """float [size, size]: a crop inside the disc from SPLIT's checkerboard blocks of
   ``photo`` (`fundus_photograph(size)`)."""
   height, width = photo.shape
-  scale = size // SIZE
-  centre, radius = _DISC_CENTRE * scale, _DISC_RADIUS * scale
+  centre, radius = _DISC_CENTRE * _scale(size), _DISC_RADIUS * _scale(size)
   while True:
     top, left = int(rng.integers(0, height - size)), int(rng.integers(0, width - size))
     if np.hypot(top + size / 2 - centre, left + size / 2 - centre) > radius - size * 0.75:
@@ -101,7 +100,7 @@ def _ellipse(rng, radius_low: float, radius_high: float, size: int = SIZE):
   ellipse; radii in px of a SIZE crop."""
   rows, cols = np.mgrid[:size, :size]
   centre_row, centre_col = rng.uniform(0, size, 2)   # anywhere: the border cuts some
-  radius_a, radius_b = rng.uniform(radius_low, radius_high, 2) * (size / SIZE)
+  radius_a, radius_b = rng.uniform(radius_low, radius_high, 2) * _scale(size)
   angle = rng.uniform(0, np.pi)
   d_row, d_col = rows - centre_row, cols - centre_col
   u = (d_row * np.cos(angle) + d_col * np.sin(angle)) / radius_a
@@ -115,7 +114,7 @@ def _visible(image: np.ndarray, out: np.ndarray, support: np.ndarray):
   ``support`` (bool [S, S], where the defect acts)."""
   changed = np.abs(np.clip(out, 0, 255) - np.clip(image, 0, 255)) >= _VISIBLE_CHANGE
   # (The closing erodes at the image border, so the changed pixels are added back.)
-  closed = ndimage.binary_closing(changed, iterations=2 * image.shape[0] // SIZE)
+  closed = ndimage.binary_closing(changed, iterations=2 * _scale(image.shape[0]))
   region = ndimage.binary_fill_holes(closed | changed)
   return out, region & support
 
@@ -130,12 +129,13 @@ def _spot(image, rng):
 def _blur(image, rng):
   radius2, _ = _ellipse(rng, 10, 18, image.shape[0])
   weight = np.clip((1.2 - radius2) / 0.4, 0, 1)
-  blurred = ndimage.gaussian_filter(image, 3 * _scale(image))
+  blurred = ndimage.gaussian_filter(image, 3 * _scale(image.shape[0]))
   return _visible(image, image * (1 - weight) + blurred * weight, weight > 0)
 
 
 def _scratch(image, rng):
-  size, scale = image.shape[0], _scale(image)
+  size = image.shape[0]
+  scale = _scale(size)
   start = rng.uniform(0, size, 2)
   angle, length = rng.uniform(0, np.pi), rng.uniform(25, 50) * scale
   end = start + length * np.array([np.sin(angle), np.cos(angle)])
@@ -178,7 +178,7 @@ def write(root: str, seed: int = 123, size: int = SIZE) -> str:
     raise ValueError(f'size {size}: one of {SIZES}')
   rng = np.random.default_rng(seed)
   photo = fundus_photograph(size)
-  min_mask_pixels = _MIN_MASK_PIXELS * (size // SIZE) ** 2
+  min_mask_pixels = _MIN_MASK_PIXELS * _scale(size) ** 2
 
   def normal(split):
     return _as_uint8(crop(photo, rng, split, size))
