@@ -32,4 +32,4 @@ def get_config(arg=None):
   config.train.sub_epochs = 2
   config.train.batch_size = 16
   config.train.num_vectors = 1024
-  return presets.apply(config, preset_names, short_schedule=True)
+  return presets.apply(config, preset_names)
