@@ -78,7 +78,9 @@ bgad_jax runs (`bgad_jax.engine.train_and_evaluate`, one workdir each):
              boundary at the 5th percentile (loss.pos_beta 0.05) + on textures
              each feature averaged over its 3 x 3 neighbours
              (backbone.neighbourhood), for twice the meta-epochs, of the
-             published 8 sub-epochs each;
+             published 8 sub-epochs each (the schedule 'best' trains on every
+             config: configs/folder.py:CLASS,best on ``--data`` trains the
+             same, with batches of 32 images instead of 16);
   best_short best with the demo's 2 sub-epochs per meta-epoch (best before
              the longer schedule).
 Each trains its config's meta-epochs (6, best 12, long ``--long_meta_epochs``;

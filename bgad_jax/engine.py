@@ -40,6 +40,7 @@ from bgad_jax.training import checkpoint
 from bgad_jax.training.features import (FrozenBackbone, class_mask_pooling, class_neighbourhood,
                                         training_images)
 from bgad_jax.training.loop import train_meta_epoch
+from bgad_jax.training.plan import untrained_level_notes
 from bgad_jax.training.sharding import is_main_process, make_mesh, replicate, sync
 from bgad_jax.training.state import FlowTrainState
 from bgad_jax.training.step import LossSettings
@@ -314,7 +315,13 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   backbone = FrozenBackbone.for_class(config, mesh, images.texture)
   t0 = time.time()
   training_set, train_features = build_training_set(config, backbone, images)
+  training_notes = untrained_level_notes([f.shape[1] * f.shape[2] for f in train_features],
+                                         training_set.num_normal, config.train.batch_size,
+                                         config.train.num_vectors)
+  for note in training_notes:
+    logging.warning('%s', note)
   test = build_test_set(config, backbone, test_examples, len(known))
+  test.notes.extend(training_notes)   # results.json and results.md carry them with the metrics
   if calibration:
     calibration_features = backbone.extract(calibration, config.data.inp_size)[1]
   else:   # the flows' own normal images, as the reference would

@@ -44,6 +44,32 @@ def chunk_plan(batches: Sequence[np.ndarray], positions: int, num_vectors: int,
   return np.stack(chunks).astype(np.int32), np.array(owners, np.int32)
 
 
+def untrained_level_notes(level_positions: Sequence[int], num_normal: int, batch_size: int,
+                          num_vectors: int) -> List[str]:
+  """Why a level's flow would get no optimiser step at all, one note per such level.
+
+  The plan drops a partial image batch and a partial chunk, as the reference
+  does: with fewer normal images than ``batch_size`` nothing trains, and a
+  level whose batch holds fewer than ``num_vectors`` vectors (``batch_size *
+  positions``) trains no step in any meta-epoch, its maps then those of the
+  initial flow. Empty when every level trains.
+  """
+  if num_normal < batch_size:
+    return [f'{num_normal} normal training images, fewer than train.batch_size={batch_size}: '
+            'the last partial batch is dropped, so no flow trains. Set '
+            f'--config.train.batch_size={num_normal} or less.']
+  notes = []
+  for level, positions in enumerate(level_positions):
+    vectors = batch_size * positions
+    if vectors < num_vectors:
+      notes.append(f'level {level} has {positions} feature vectors per image, {vectors} per batch '
+                   f'of {batch_size} images, fewer than train.num_vectors={num_vectors}: the '
+                   'remainder of a batch is dropped, so this flow never trains. Set '
+                   f'--config.train.num_vectors={vectors} or less (or a larger '
+                   'train.batch_size or data.inp_size).')
+  return notes
+
+
 @dataclasses.dataclass(frozen=True)
 class SubEpochPlan:
   """Every optimiser step of one sub-epoch.

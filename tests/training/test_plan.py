@@ -37,3 +37,23 @@ def test_reference_permutation_gives_the_reference_loop_our_chunks():
     for k, chunk in enumerate(mine):
       np.testing.assert_array_equal(rows[perm[k * num_vectors:(k + 1) * num_vectors]],
                                     features[chunk])
+
+
+def test_untrained_level_notes_name_exactly_the_levels_the_plan_gives_no_chunk():
+  # 128-px input, strides 4 / 8 / 16: 32 x 32, 16 x 16 and 8 x 8 vectors per image.
+  positions = [1024, 256, 64]
+  batches = plan.image_batches(80, 32, np.random.default_rng(0))
+  for num_vectors, untrained in ((4096, [2]), (1024, []), (16384, [1, 2]), (65536, [0, 1, 2])):
+    notes = plan.untrained_level_notes(positions, 80, 32, num_vectors)
+    assert [int(note.split()[1]) for note in notes] == untrained
+    for level, p in enumerate(positions):
+      chunks, _ = plan.chunk_plan(batches, p, num_vectors, np.random.default_rng(level))
+      assert (len(chunks) == 0) == (level in untrained)
+  (note,) = plan.untrained_level_notes(positions, 80, 32, 4096)
+  assert '2048 per batch of 32' in note and 'num_vectors=2048' in note
+
+
+def test_untrained_level_notes_fewer_images_than_a_batch():
+  (note,) = plan.untrained_level_notes([1024, 256, 64], 20, 32, 1024)
+  assert plan.image_batches(20, 32, np.random.default_rng(0)) == []
+  assert '20 normal training images' in note and 'batch_size=20' in note
