@@ -172,7 +172,7 @@ def base_config(args, category: str, tmp: str, seed: int, preset: str = ''):
     config.data.inp_size = config.data.demo.size = 48
     config.data.demo.num_train, config.data.demo.num_test_good = 8, 4
     config.data.demo.num_per_defect = args.per_type + 1
-    config.train.sub_epochs, config.train.batch_size, config.train.num_vectors = 1, 4, 64
+    config.train.sub_epochs, config.train.batch_size, config.train.num_vectors = 1, 4, 32
     return config
   # The benchmark's test set is four times the demo config's (16 normal, 8 per type):
   # there one normal image above a type's every image cost it 6 points, and the seed

@@ -25,8 +25,8 @@ SMOOTHING_SIGMA = 4.0
 # published schedule's vector passes.
 BEST_LR = 1e-3
 # 12 meta-epochs: at 6 the maps were still improving on the real photographs;
-# 25 raised texture classes and cost the coins class 3 image AUROC (README,
-# "Detection quality").
+# 25 raised the texture classes and cost the coins class 3 image AUROC in both
+# seeds (benchmarks/RESULTS.md, "`best` at the published 25 x 8 meta-epochs").
 BEST_META_EPOCHS = 12
 # 8 sub-epochs, the published count: 12 x 8 over 12 x 2 on the real
 # photographs, pixel AUROC +1.1 to +4.2 and AUPRO +1.0 to +7.7.
