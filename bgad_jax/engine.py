@@ -317,7 +317,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   training_set, train_features = build_training_set(config, backbone, images)
   training_notes = untrained_level_notes([f.shape[1] * f.shape[2] for f in train_features],
                                          training_set.num_normal, config.train.batch_size,
-                                         config.train.num_vectors)
+                                         config.train.num_vectors, mesh.size)
   for note in training_notes:
     logging.warning('%s', note)
   test = build_test_set(config, backbone, test_examples, len(known))

@@ -45,14 +45,15 @@ def chunk_plan(batches: Sequence[np.ndarray], positions: int, num_vectors: int,
 
 
 def untrained_level_notes(level_positions: Sequence[int], num_normal: int, batch_size: int,
-                          num_vectors: int) -> List[str]:
+                          num_vectors: int, num_devices: int = 1) -> List[str]:
   """Why a level's flow would get no optimiser step at all, one note per such level.
 
   The plan drops a partial image batch and a partial chunk, as the reference
   does: with fewer normal images than ``batch_size`` nothing trains, and a
   level whose batch holds fewer than ``num_vectors`` vectors (``batch_size *
   positions``) trains no step in any meta-epoch, its maps then those of the
-  initial flow. Empty when every level trains.
+  initial flow. The suggested ``num_vectors`` is a multiple of ``num_devices``
+  (a step's vectors are split over them). Empty when every level trains.
   """
   if num_normal < batch_size:
     return [f'{num_normal} normal training images, fewer than train.batch_size={batch_size}: '
@@ -62,11 +63,13 @@ def untrained_level_notes(level_positions: Sequence[int], num_normal: int, batch
   for level, positions in enumerate(level_positions):
     vectors = batch_size * positions
     if vectors < num_vectors:
+      fits = max(num_devices, vectors - vectors % num_devices)
       notes.append(f'level {level} has {positions} feature vectors per image, {vectors} per batch '
                    f'of {batch_size} images, fewer than train.num_vectors={num_vectors}: the '
                    'remainder of a batch is dropped, so this flow never trains. Set '
-                   f'--config.train.num_vectors={vectors} or less (or a larger '
-                   'train.batch_size or data.inp_size).')
+                   f'--config.train.num_vectors={fits} or less'
+                   + (f' (a multiple of the {num_devices} devices)' if num_devices > 1 else '')
+                   + ', or a larger train.batch_size or data.inp_size.')
   return notes
 
 

@@ -51,6 +51,9 @@ def test_untrained_level_notes_name_exactly_the_levels_the_plan_gives_no_chunk()
       assert (len(chunks) == 0) == (level in untrained)
   (note,) = plan.untrained_level_notes(positions, 80, 32, 4096)
   assert '2048 per batch of 32' in note and 'num_vectors=2048' in note
+  # On 8 devices the suggestion divides among them: 36 vectors -> 32.
+  (note,) = plan.untrained_level_notes([144, 36, 9], 10, 4, 64, num_devices=8)
+  assert '36 per batch of 4' in note and 'num_vectors=32 or less (a multiple of the 8 devices)' in note
 
 
 def test_untrained_level_notes_fewer_images_than_a_batch():
