@@ -63,13 +63,17 @@ def untrained_level_notes(level_positions: Sequence[int], num_normal: int, batch
   for level, positions in enumerate(level_positions):
     vectors = batch_size * positions
     if vectors < num_vectors:
-      fits = max(num_devices, vectors - vectors % num_devices)
+      fits = vectors - vectors % num_devices   # the largest chunk the devices can split
+      if fits:
+        devices = f' (a multiple of the {num_devices} devices)' if num_devices > 1 else ''
+        fix = (f'--config.train.num_vectors={fits} or less{devices}, or a larger '
+               'train.batch_size or data.inp_size')
+      else:
+        fix = (f'a larger train.batch_size or data.inp_size (no multiple of the {num_devices} '
+               'devices fits)')
       notes.append(f'level {level} has {positions} feature vectors per image, {vectors} per batch '
                    f'of {batch_size} images, fewer than train.num_vectors={num_vectors}: the '
-                   'remainder of a batch is dropped, so this flow never trains. Set '
-                   f'--config.train.num_vectors={fits} or less'
-                   + (f' (a multiple of the {num_devices} devices)' if num_devices > 1 else '')
-                   + ', or a larger train.batch_size or data.inp_size.')
+                   f'remainder of a batch is dropped, so this flow never trains. Set {fix}.')
   return notes
 
 

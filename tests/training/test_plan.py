@@ -53,7 +53,13 @@ def test_untrained_level_notes_name_exactly_the_levels_the_plan_gives_no_chunk()
   assert '2048 per batch of 32' in note and 'num_vectors=2048' in note
   # On 8 devices the suggestion divides among them: 36 vectors -> 32.
   (note,) = plan.untrained_level_notes([144, 36, 9], 10, 4, 64, num_devices=8)
-  assert '36 per batch of 4' in note and 'num_vectors=32 or less (a multiple of the 8 devices)' in note
+  assert '36 per batch of 4' in note
+  assert 'num_vectors=32 or less (a multiple of the 8 devices)' in note
+  # Fewer vectors than devices: no chunk size fits, only more vectors per batch.
+  (note,) = plan.untrained_level_notes([144, 36, 1], 10, 4, 64, num_devices=8)
+  assert 'num_vectors=' not in note.split('Set ')[1]
+  assert note.endswith('Set a larger train.batch_size or data.inp_size (no multiple of the 8 '
+                       'devices fits).')
 
 
 def test_untrained_level_notes_fewer_images_than_a_batch():
