@@ -17,6 +17,8 @@ closed and filled, inside the area it acts on. ``--size 256`` takes crops of
 the same extent from the full-resolution photograph, at twice the detail,
 with every defect length below doubled: quality.py's default input size for
 ``--data``, the size of the images in the issue that set the quality goals.
+``--num_train N`` (N > 80) adds training crops, as many as a larger class
+has (the issue's had about 400); the first 80 and the test set stay as they are.
 None of the defect generators is one of the demo classes'
 (bgad_jax.data.demo_data), and quality.py leaves the last type by name, warp,
 unseen (lengths in px of a 128-px crop):
@@ -171,11 +173,14 @@ def _as_uint8(image: np.ndarray) -> np.ndarray:
   return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-def write(root: str, seed: int = 123, size: int = SIZE) -> str:
+def write(root: str, seed: int = 123, size: int = SIZE, num_train: int = NUM_TRAIN) -> str:
   """Writes ``<root>/fundus`` with ``size``-px crops (see the module doc) and returns
-  that folder."""
+  that folder. ``num_train`` above NUM_TRAIN adds training crops from a second
+  random stream, so the first NUM_TRAIN and every test file stay the same."""
   if size not in SIZES:
     raise ValueError(f'size {size}: one of {SIZES}')
+  if num_train < NUM_TRAIN:
+    raise ValueError(f'num_train {num_train}: at least {NUM_TRAIN}')
   rng = np.random.default_rng(seed)
   photo = fundus_photograph(size)
   min_mask_pixels = _MIN_MASK_PIXELS * _scale(size) ** 2
@@ -191,6 +196,10 @@ def write(root: str, seed: int = 123, size: int = SIZE) -> str:
   class_dir = os.path.join(root, CLASS)
   demo_data.write_class(class_dir, list(DEFECTS), (NUM_TRAIN, NUM_TEST_GOOD, NUM_PER_DEFECT),
                         normal, defective)
+  extra_rng = np.random.default_rng([seed, 1])
+  for i in range(NUM_TRAIN, num_train):
+    Image.fromarray(_as_uint8(crop(photo, extra_rng, 'train', size))).save(
+        os.path.join(class_dir, 'train', 'good', f'{i:03d}.png'), format='PNG')
   return class_dir
 
 
@@ -200,9 +209,12 @@ def main(argv=None) -> str:
   parser.add_argument('--seed', type=int, default=123)
   parser.add_argument('--size', type=int, default=SIZE, choices=SIZES,
                       help='crop side in px (256: the full-resolution photograph)')
+  parser.add_argument('--num_train', type=int, default=NUM_TRAIN,
+                      help='normal training crops; more than the default adds crops and '
+                           'leaves the others and the test set as they are')
   args = parser.parse_args(argv)
-  class_dir = write(args.out, args.seed, args.size)
-  print(f'wrote {class_dir}: {args.size}-px crops, {NUM_TRAIN} training, '
+  class_dir = write(args.out, args.seed, args.size, args.num_train)
+  print(f'wrote {class_dir}: {args.size}-px crops, {args.num_train} training, '
         f'{NUM_TEST_GOOD} normal test and '
         f'{NUM_PER_DEFECT} x {len(DEFECTS)} defective test images')
   return class_dir

@@ -41,7 +41,11 @@ regenerates them from each run's seed instead: the sd over seeds is then
 mostly the data's (benchmarks/RESULTS.md). ``--known_seed K`` fixes the
 known files too (the draw of seed K, so also the test set): the seeds then
 differ only in initialisation and synthetic anomalies, which separates the
-run-to-run spread from the spread of which anomalies are labelled. The
+run-to-run spread from the spread of which anomalies are labelled.
+``--common_test S1,S2,..`` keeps each seed's own known files but scores every
+run on the same images: those that none of these seeds' draws labels
+(``data.exclude_from_test``), so the sd over seeds leaves out which test
+images remain (an unsupervised baseline then hardly moves). The
 tables give the mean +- sd over the seeds, the JSON every run (with each test
 image's score: ``test_scores``, as a run's test_scores.csv); a method run
 on 3 or more seeds also gets a per-seed table with the 90% interval of its sd
@@ -125,7 +129,7 @@ import json
 import sys
 import tempfile
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -227,6 +231,26 @@ def drawn_known_files(args, category: str, tmp: str, defect_types: List[str],
   config = run_config(args, category, tmp, 'faithful', defect_types, seed)
   _, _, known, _ = engine.load_data(settings.resolve(config))
   return [example['filename'] for example in known]
+
+
+def common_test_exclusions(args, category: str, tmp: str, defect_types: List[str],
+                           seeds: Sequence[int], known_files: Sequence[str]
+                           ) -> Dict[int, Tuple[str, ...]]:
+  """seed -> the test files its runs leave out besides their own known files:
+  with ``--common_test``, the files any of its seeds' draws labels (so that every
+  run is scored on the same images); else none."""
+  pool_seeds = common_test_seeds(args)
+  if not pool_seeds:
+    return {seed: () for seed in seeds}
+  draws = {seed: set(known_files) or set(drawn_known_files(args, category, tmp, defect_types,
+                                                            seed))
+           for seed in pool_seeds}
+  pool = sorted(set().union(*draws.values()))
+  return {seed: tuple(name for name in pool if name not in draws[seed]) for seed in seeds}
+
+
+def common_test_seeds(args) -> List[int]:
+  return [int(seed) for seed in args.common_test.split(',') if seed]
 
 
 def run_bgad(config, workdir: str) -> Dict:
@@ -542,6 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--known_seed', type=int, default=-1,
                       help="every seed trains with the known files this seed draws "
                       "(-1: each run's own draw)")
+  parser.add_argument('--common_test', default='',
+                      help="comma-separated seeds: every run is scored on the test images "
+                      "none of these seeds' draws labels (default: each run on what its "
+                      "own known files leave)")
   parser.add_argument('--ensemble', type=int, default=1,
                       help="also score every bgad_jax run as one detector with N - 1 more "
                       "runs on its known files and other seeds (the row RUN_xN; "
@@ -588,6 +616,9 @@ def main(argv=None) -> Dict:
       parser.error(f'--set {error}')
   runs = [r for r in args.runs.split(',') if r]
   seeds = [int(seed) for seed in args.seeds.split(',') if seed]
+  if args.common_test and not set(seeds) <= set(common_test_seeds(args)):
+    parser.error(f'--common_test {args.common_test}: name every seed of --seeds '
+                 f'({args.seeds}), or a run would be scored on other images')
   os.makedirs(args.out, exist_ok=True)
   host = table.host_facts()   # the commit as the runs start, not as they end
   all_results: Dict[str, Dict[str, List[Dict]]] = {}   # class -> method -> one run per seed
@@ -598,6 +629,7 @@ def main(argv=None) -> Dict:
       known_types[category] = defect_types[:-1]
       known_files = (drawn_known_files(args, category, tmp, defect_types, args.known_seed)
                      if args.known_seed >= 0 else ())
+      excluded = common_test_exclusions(args, category, tmp, defect_types, seeds, known_files)
       results = all_results.setdefault(category, {})
       for run in runs:
         for seed in seeds:
@@ -605,10 +637,12 @@ def main(argv=None) -> Dict:
           name = run   # the row; an ensemble's is RUN_xN
           if run in BASELINES:
             config = run_config(args, category, tmp, 'faithful', defect_types, seed, known_files)
+            config.data.exclude_from_test = excluded[seed]
             r = (run_patchcore(config, args, PATCHCORE_RUNS[run]) if run in PATCHCORE_RUNS
                  else run_supersimplenet(config, args, SUPERSIMPLENET_RUNS[run]))
           else:
             config = run_config(args, category, tmp, run, defect_types, seed, known_files)
+            config.data.exclude_from_test = excluded[seed]
             for assignment in args.set:
               cli.set_field(config, assignment)
             workdir = os.path.join(tmp, 'runs', category, run, str(seed))

@@ -4,8 +4,8 @@
 copy whose list-valued fields are canonical tuples, which the engine and
 everything below it read as they are: ``data.anomaly_strategy`` (canonical
 strategy names), ``data.known_defect_types``, ``data.known_anomaly_files``,
-``export.platforms`` (strings) and ``seeds`` (ints). In the configs they are
-tuples; on the command line they accept a comma string
+``data.exclude_from_test``, ``export.platforms`` (strings) and ``seeds``
+(ints). In the configs they are tuples; on the command line they accept a comma string
 (``--config.data.anomaly_strategy=0,1``) or a tuple
 (``--config.data.anomaly_strategy="('real', 'cutpaste')"``).
 """
@@ -287,6 +287,7 @@ def resolve(config, num_devices: int = None):
   resolved.data.anomaly_strategy = _strategies(config)
   resolved.data.known_defect_types = tuple(_known_defect_types(config))
   resolved.data.known_anomaly_files = tuple(_known_anomaly_files(config))
+  resolved.data.exclude_from_test = tuple(as_list(config.data.exclude_from_test))
   resolved.export.platforms = tuple(as_list(config.export.platforms))
   _RESOLVED[id(resolved)] = resolved
   return resolved

@@ -123,6 +123,9 @@ def get_config(arg=None):
   # test/crack/003.png,test/hole/010.png (num_anomalies is then ignored).
   config.data.known_anomaly_files = ()
   config.data.not_in_test = True
+  # Test files left out of the test set, e.g. the files other seeds label, so that
+  # runs with different known anomalies are scored on the same images.
+  config.data.exclude_from_test = ()
   # Normal training images held out from the flows: predict's map constants
   # and threshold come from them, not from images the flows were fitted on.
   # Only when the class has at least val_min_images normal training images;

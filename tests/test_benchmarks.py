@@ -322,6 +322,21 @@ def test_heldout_class_writes_the_mvtec_layout_reproducibly(tmp_path):
   assert mask.shape == (256, 256) and (mask > 0).sum() >= 4 * 15
   with pytest.raises(ValueError, match='size 200'):
     heldout_class.write(str(tmp_path / 'd'), size=200)
+  # More training crops leave the default files as they are.
+  root = heldout_class.write(str(tmp_path / 'e'), num_train=heldout_class.NUM_TRAIN + 3)
+  train = sorted(os.listdir(os.path.join(root, 'train', 'good')))
+  assert len(train) == heldout_class.NUM_TRAIN + 3
+  for folder, _, files in os.walk(str(tmp_path / 'a' / 'fundus')):
+    for name in files:
+      path = os.path.join(folder, name)
+      other = os.path.join(root, os.path.relpath(path, str(tmp_path / 'a' / 'fundus')))
+      with open(path, 'rb') as a, open(other, 'rb') as b:
+        assert a.read() == b.read(), name
+  extra = [np.asarray(Image.open(os.path.join(root, 'train', 'good', name)))
+           for name in train[-4:]]
+  assert all(not np.array_equal(extra[0], other) for other in extra[1:])
+  with pytest.raises(ValueError, match='num_train 79'):
+    heldout_class.write(str(tmp_path / 'f'), num_train=heldout_class.NUM_TRAIN - 1)
 
 
 @pytest.mark.parametrize('size', [128, 256])
@@ -565,6 +580,38 @@ def test_quality_known_seed_gives_every_seed_the_same_known_files(tmp_path):
   own = quality.run_config(args, 'coins', str(tmp_path), 'best', types, 1)
   _, _, _, own_test = engine.load_data(settings.resolve(own))
   assert {example['filename'] for example in own_test} != {e['filename'] for e in test}
+
+
+def test_quality_common_test_scores_every_seed_on_the_same_images(tmp_path, capsys):
+  """--common_test: each seed trains with its own draw, and every seed's test set is
+  what none of the named seeds' draws labels."""
+  from bgad_jax import engine, settings
+  from benchmarks import quality
+  args = quality.build_parser().parse_args(['--tiny', '--common_test', '0,1'])
+  types = ['chip', 'deformation', 'scratch', 'stain']
+  draws = {seed: quality.drawn_known_files(args, 'coins', str(tmp_path), types, seed)
+           for seed in (0, 1)}
+  assert set(draws[0]) != set(draws[1])
+  excluded = quality.common_test_exclusions(args, 'coins', str(tmp_path), types, [0, 1], ())
+  test_sets = {}
+  for seed in (0, 1):
+    config = quality.run_config(args, 'coins', str(tmp_path), 'best', types, seed)
+    config.data.exclude_from_test = excluded[seed]
+    _, _, known, test = engine.load_data(settings.resolve(config))
+    assert [example['filename'] for example in known] == draws[seed]
+    test_sets[seed] = {example['filename'] for example in test}
+  assert test_sets[0] == test_sets[1]
+  assert not (set(draws[0]) | set(draws[1])) & test_sets[0]
+  assert any(name.startswith('test/good/') for name in test_sets[0])
+  # With --known_seed every seed has the same files: nothing else leaves.
+  assert quality.common_test_exclusions(args, 'coins', str(tmp_path), types, [0, 1],
+                                        draws[0]) == {0: (), 1: ()}
+  plain = quality.build_parser().parse_args(['--tiny'])
+  assert quality.common_test_exclusions(plain, 'coins', str(tmp_path), types, [0], ()) == {0: ()}
+  with pytest.raises(SystemExit):   # a seed outside the pool would see other images
+    quality.main(['--tiny', '--common_test', '0', '--seeds', '0,1', '--runs', 'faithful',
+                  '--classes', 'coins', '--out', str(tmp_path)])
+  assert 'name every seed of --seeds' in capsys.readouterr().err
 
 
 def test_quality_demo_split_reaches_the_demo_images(tmp_path):

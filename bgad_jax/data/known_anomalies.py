@@ -19,6 +19,11 @@ class UnknownAnomalyFileError(DataError):
   """A file named as a known anomaly is not an anomalous test image."""
 
 
+def _test_paths(files: Sequence[str]) -> List[str]:
+  """``files`` as test-split paths (``crack/003.png`` -> ``test/crack/003.png``)."""
+  return [f if f.startswith('test/') else f'test/{f}' for f in files]
+
+
 def pick_files(test_examples: Sequence[Dict], files: Sequence[str]) -> Tuple[List[Dict], List[Dict]]:
   """The test examples named in ``files`` as the known anomalies.
 
@@ -34,7 +39,7 @@ def pick_files(test_examples: Sequence[Dict], files: Sequence[str]) -> Tuple[Lis
       or not anomalous.
   """
   by_name = {e['filename']: e for e in test_examples}
-  names = [f if f.startswith('test/') else f'test/{f}' for f in files]
+  names = _test_paths(files)
   unknown = [f for f in names if f not in by_name]
   normal = [f for f in names if f in by_name and by_name[f]['label'] != 1]
   if unknown or normal:
@@ -129,13 +134,24 @@ def split_known(data_config, test_examples: Sequence[Dict], known_types: Sequenc
 
   ``known_files`` (``data.known_anomaly_files``) names them; otherwise
   ``num_anomalies`` are drawn with ``seed`` (none when it is 0: unsupervised).
-  With ``not_in_test`` the known ones leave the test set.
+  With ``not_in_test`` the known ones leave the test set; the files of
+  ``data.exclude_from_test`` leave it too.
+
+  Raises:
+    UnknownAnomalyFileError: a known or excluded file is not in the test split.
   """
   if known_files:
     known, rest = pick_files(test_examples, known_files)
   elif data_config.num_anomalies <= 0:
-    return [], list(test_examples)
+    known, rest = [], list(test_examples)
   else:
     known, rest = select_known_anomalies(test_examples, data_config.num_anomalies,
                                          data_config.anomaly_count_mode, known_types, seed)
-  return known, (rest if data_config.not_in_test else list(test_examples))
+  test = rest if data_config.not_in_test else list(test_examples)
+  # (Configs saved before the field have none.)
+  excluded = set(_test_paths(data_config.get('exclude_from_test', ())))
+  missing = sorted(excluded - {e['filename'] for e in test_examples})
+  if missing:
+    raise UnknownAnomalyFileError('data.exclude_from_test: not in the test split: ' +
+                                  ', '.join(missing))
+  return known, [e for e in test if e['filename'] not in excluded]

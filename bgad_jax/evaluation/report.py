@@ -79,6 +79,9 @@ def results_markdown(results: Dict[str, Any]) -> str:
               f"false-positive rate {format_percent(verdicts['fpr'])}."]
   if results.get('known_anomalies'):
     lines += ['', 'Known (training) anomalies: ' + ', '.join(results['known_anomalies'])]
+  excluded = results.get('config', {}).get('data', {}).get('exclude_from_test')
+  if excluded:
+    lines += ['', 'Left out of the test set (data.exclude_from_test): ' + ', '.join(excluded)]
   lines += ['', SEED_VARIANCE]
   return '\n'.join(lines) + '\n'
 

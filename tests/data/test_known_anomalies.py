@@ -78,6 +78,24 @@ def test_known_anomalies_leave_the_test_set_unless_asked_not_to():
   assert len(test) == 6
 
 
+def test_files_excluded_from_the_test_set_leave_it_and_unknown_ones_are_named():
+  config = test_config.get_config()
+  examples = _test_set()
+  names = [e['filename'] for e in examples]
+  config.data.exclude_from_test = (names[0], names[-1][len('test/'):])   # prefix optional
+  known, test = known_anomalies.split_known(config.data, examples, [], config.seed,
+                                            ['test/hole/001.png'])
+  assert [e['filename'] for e in known] == ['test/hole/001.png']
+  assert [e['filename'] for e in test] == [n for n in names[1:-1] if n != 'test/hole/001.png']
+  config.data.num_anomalies = 0   # unsupervised: only the excluded files leave
+  _, test = known_anomalies.split_known(config.data, examples, [], config.seed)
+  assert [e['filename'] for e in test] == names[1:-1]
+  config.data.exclude_from_test = ('test/crack/099.png',)
+  with pytest.raises(known_anomalies.UnknownAnomalyFileError,
+                     match='exclude_from_test: not in the test split: test/crack/099.png'):
+    known_anomalies.split_known(config.data, examples, [], config.seed)
+
+
 def test_known_anomaly_files_are_used_and_checked():
   config = test_config.get_config()
   files = ['test/hole/001.png', 'crack/000.png']   # the test/ prefix is optional

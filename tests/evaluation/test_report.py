@@ -16,6 +16,11 @@ def test_results_markdown_marks_unavailable_and_best_epoch():
   assert '| image AUROC | 98.76 |' in text and '| pixel AUROC | n/a |' in text
   assert '| crack | 3 | 100.00 | n/a |' in text and '*unseen types*' in text
   assert 'Best epoch 7 (selected on the test set' in text
+  assert 'Known (training) anomalies: test/crack/000.png' in text
+  assert 'Left out of the test set' not in text
+  results['config'] = dict(data=dict(exclude_from_test=['test/crack/001.png', 'test/hole/002.png']))
+  assert ('Left out of the test set (data.exclude_from_test): test/crack/001.png, '
+          'test/hole/002.png') in report.results_markdown(results)
 
 
 def test_summary_mean_skips_unavailable():
