@@ -45,7 +45,8 @@ run-to-run spread from the spread of which anomalies are labelled.
 ``--common_test S1,S2,..`` keeps each seed's own known files but scores every
 run on the same images: those that none of these seeds' draws labels
 (``data.exclude_from_test``), so the sd over seeds leaves out which test
-images remain (an unsupervised baseline then hardly moves). The
+images remain and keeps which files are labelled (README, "A class nobody
+tuned on"). The
 tables give the mean +- sd over the seeds, the JSON every run (with each test
 image's score: ``test_scores``, as a run's test_scores.csv); a method run
 on 3 or more seeds also gets a per-seed table with the 90% interval of its sd
