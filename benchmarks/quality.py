@@ -191,13 +191,15 @@ def base_config(args, category: str, tmp: str, seed: int, preset: str = ''):
 
 
 def run_config(args, category: str, tmp: str, run: str, defect_types: List[str], seed: int,
-               known_files: Sequence[str] = ()):
+               known_files: Sequence[str] = (), exclude_from_test: Sequence[str] = ()):
   """RUN's config for SEED; ``known_files`` (default: the seed's own draw) names the
-  known anomalies."""
+  known anomalies, ``exclude_from_test`` other test files left out of its test set
+  (`common_test_exclusions`)."""
   preset = 'best' if run in ('best', 'best_short') else ''
   config = base_config(args, category, tmp, seed, preset)
   config.data.known_defect_types = tuple(defect_types[:-1])
   config.data.known_anomaly_files = tuple(known_files)
+  config.data.exclude_from_test = tuple(exclude_from_test)
   if run == 'smooth':
     config.maps.smoothing_sigma = 4.0 * config.data.inp_size / 256
   elif run == 'own_norm':
@@ -240,7 +242,7 @@ def common_test_exclusions(args, category: str, tmp: str, defect_types: List[str
   """seed -> the test files its runs leave out besides their own known files:
   with ``--common_test``, the files any of its seeds' draws labels (so that every
   run is scored on the same images); else none."""
-  pool_seeds = common_test_seeds(args)
+  pool_seeds = seed_list(args.common_test)
   if not pool_seeds:
     return {seed: () for seed in seeds}
   draws = {seed: set(known_files) or set(drawn_known_files(args, category, tmp, defect_types,
@@ -250,8 +252,9 @@ def common_test_exclusions(args, category: str, tmp: str, defect_types: List[str
   return {seed: tuple(name for name in pool if name not in draws[seed]) for seed in seeds}
 
 
-def common_test_seeds(args) -> List[int]:
-  return [int(seed) for seed in args.common_test.split(',') if seed]
+def seed_list(text: str) -> List[int]:
+  """'0,1,2' -> [0, 1, 2] ('' -> [])."""
+  return [int(seed) for seed in text.split(',') if seed]
 
 
 def run_bgad(config, workdir: str) -> Dict:
@@ -616,8 +619,8 @@ def main(argv=None) -> Dict:
     except ConfigError as error:
       parser.error(f'--set {error}')
   runs = [r for r in args.runs.split(',') if r]
-  seeds = [int(seed) for seed in args.seeds.split(',') if seed]
-  if args.common_test and not set(seeds) <= set(common_test_seeds(args)):
+  seeds = seed_list(args.seeds)
+  if args.common_test and not set(seeds) <= set(seed_list(args.common_test)):
     parser.error(f'--common_test {args.common_test}: name every seed of --seeds '
                  f'({args.seeds}), or a run would be scored on other images')
   os.makedirs(args.out, exist_ok=True)
@@ -637,13 +640,13 @@ def main(argv=None) -> Dict:
           print(f'== {category}: {run}, seed {seed}', flush=True)
           name = run   # the row; an ensemble's is RUN_xN
           if run in BASELINES:
-            config = run_config(args, category, tmp, 'faithful', defect_types, seed, known_files)
-            config.data.exclude_from_test = excluded[seed]
+            config = run_config(args, category, tmp, 'faithful', defect_types, seed, known_files,
+                                excluded[seed])
             r = (run_patchcore(config, args, PATCHCORE_RUNS[run]) if run in PATCHCORE_RUNS
                  else run_supersimplenet(config, args, SUPERSIMPLENET_RUNS[run]))
           else:
-            config = run_config(args, category, tmp, run, defect_types, seed, known_files)
-            config.data.exclude_from_test = excluded[seed]
+            config = run_config(args, category, tmp, run, defect_types, seed, known_files,
+                                excluded[seed])
             for assignment in args.set:
               cli.set_field(config, assignment)
             workdir = os.path.join(tmp, 'runs', category, run, str(seed))

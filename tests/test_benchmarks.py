@@ -595,8 +595,8 @@ def test_quality_common_test_scores_every_seed_on_the_same_images(tmp_path, caps
   excluded = quality.common_test_exclusions(args, 'coins', str(tmp_path), types, [0, 1], ())
   test_sets = {}
   for seed in (0, 1):
-    config = quality.run_config(args, 'coins', str(tmp_path), 'best', types, seed)
-    config.data.exclude_from_test = excluded[seed]
+    config = quality.run_config(args, 'coins', str(tmp_path), 'best', types, seed,
+                                exclude_from_test=excluded[seed])
     _, _, known, test = engine.load_data(settings.resolve(config))
     assert [example['filename'] for example in known] == draws[seed]
     test_sets[seed] = {example['filename'] for example in test}
