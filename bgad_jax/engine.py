@@ -41,6 +41,7 @@ from bgad_jax.training.features import (FrozenBackbone, class_mask_pooling, clas
                                         training_images)
 from bgad_jax.training.loop import train_meta_epoch
 from bgad_jax.training.plan import untrained_level_notes
+from bgad_jax.training.schedule import warmup_overshoot_note
 from bgad_jax.training.sharding import is_main_process, make_mesh, replicate, sync
 from bgad_jax.training.state import FlowTrainState
 from bgad_jax.training.step import LossSettings
@@ -318,6 +319,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   training_notes = untrained_level_notes([f.shape[1] * f.shape[2] for f in train_features],
                                          training_set.num_normal, config.train.batch_size,
                                          config.train.num_vectors, mesh.size)
+  overshoot = warmup_overshoot_note(config.train, training_set.num_normal,
+                                    training_set.num_images)
+  training_notes += [overshoot] if overshoot else []
   for note in training_notes:
     logging.warning('%s', note)
   test = build_test_set(config, backbone, test_examples, len(known))

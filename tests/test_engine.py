@@ -191,6 +191,24 @@ def test_anomaly_without_mask_is_named_and_counted(trained, tmp_path):
   assert results['pix_auroc'] is not None
 
 
+def test_a_warmup_far_past_its_target_is_noted(trained, tmp_path):
+  """The reference ramp over the tiny class in batches of one image (28 batches
+  a sub-epoch, one sub-epoch: progress up to 29 / 4) peaks at several times its
+  target: the finished run, evaluated again with those settings, logs and
+  records the note."""
+  workdir, data_root, _ = trained
+  copy = _trained_copy(trained, tmp_path / 'work')
+  _, stderr = _main(copy, data_root, '--config.train.batch_size=1',
+                    '--config.train.sub_epochs=1', '--config.train.lr_warmup=reference',
+                    with_stderr=True)
+  (line,) = [l for l in stderr.splitlines() if 'train.lr_warmup=reference' in l]
+  assert re.search(r'warm-up reaches lr \S+, \d+\.\dx the', line)
+  results = json.loads((copy / 'results.json').read_text())
+  assert line.split('WARNING: ', 1)[1] in results['notes']
+  uninterrupted = json.loads((workdir / 'results.json').read_text())
+  assert not any('lr_warmup' in note for note in uninterrupted['notes'])   # linear: no note
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_metrics(trained, tmp_path):
   _, data_root, _ = trained

@@ -7,11 +7,16 @@ an image batch (every level) steps with its batch's rate.
 """
 
 import math
-from typing import Callable
+from typing import Callable, Optional, Tuple
 
 # The reference's few-shot engine passes the number of its data loaders (2)
 # where its warm-up formula wants the number of batches (docs/METHOD.md).
 _REFERENCE_LOADERS = 2
+# `warmup_overshoot_note` speaks up above this peak / target ratio. At 1.8x
+# (the `best` preset's lr 1e-3, 400 images in batches of 16) the reference
+# ramp trained as well as `linear` (benchmarks/RESULTS.md); larger ratios are
+# unmeasured.
+OVERSHOOT_NOTE_RATIO = 2.0
 
 
 def epoch_lr(train_config, epoch: int) -> float:
@@ -72,3 +77,40 @@ def make_schedule(train_config, num_normal: int,
     return start + progress * (target - start)
 
   return lr
+
+
+def warmup_peak(train_config, num_normal: int, num_images: int) -> Tuple[float, float]:
+  """(the highest warm-up learning rate of a run, the rate its warm-up ramps to).
+
+  'linear' never passes its target; 'reference' peaks at the last batch of
+  the last warm-up sub-epoch, higher the more batches a sub-epoch has. Both
+  are the target when the run has no warm-up batch.
+  """
+  warm_epochs = train_config.lr_warm_epochs if train_config.lr_warm else 0
+  target = epoch_lr(train_config, warm_epochs)
+  rates = make_schedule(train_config, num_normal, num_images)
+  peak = target
+  for epoch in range(warm_epochs):
+    last = batches_per_sub_epoch(train_config, epoch, num_normal, num_images) - 1
+    if last >= 0:
+      peak = max(peak, rates(epoch, train_config.sub_epochs - 1, last))
+  return peak, target
+
+
+def warmup_overshoot_note(train_config, num_normal: int, num_images: int) -> Optional[str]:
+  """A note when the warm-up passes its target by more than `OVERSHOOT_NOTE_RATIO`, else None.
+
+  The reference ramp's peak grows with the image batches per sub-epoch, so
+  on a class of thousands of images it reaches several times the configured
+  rate (docs/METHOD.md, "Learning rate").
+  """
+  peak, target = warmup_peak(train_config, num_normal, num_images)
+  if peak <= OVERSHOOT_NOTE_RATIO * target:
+    return None
+  batches = batches_per_sub_epoch(train_config, train_config.lr_warm_epochs - 1, num_normal,
+                                  num_images)
+  return (f'train.lr_warmup={train_config.lr_warmup}: with {batches} image batches per '
+          f'sub-epoch the warm-up reaches lr {peak:.3g}, {peak / target:.1f}x the {target:.3g} '
+          'it ramps to (the official ramp restarts every sub-epoch and overshoots more the '
+          'larger the class). --config.train.lr_warmup=linear ramps once, without '
+          'overshoot; a larger train.batch_size lowers the peak.')

@@ -62,3 +62,28 @@ def test_reference_warmup_is_the_official_formula_with_two_loaders():
   assert lr(1, 1, 12) == pytest.approx(2e-5 + 2.25 * (target - 2e-5), rel=1e-12)
   assert lr(2, 0, 3) == schedule.epoch_lr(train, 2)
   assert _linear(train)(1, 1, 12) != lr(1, 1, 12)   # the configured warm-up is the one used
+
+
+def test_warmup_peak_and_the_overshoot_note():
+  train = common.get_config().train
+  train.meta_epochs, train.sub_epochs = 4, 2
+  train.lr_warmup = 'reference'
+  target = schedule.epoch_lr(train, 2)
+  # 150 images in batches of 32: 4 batches a sub-epoch in the second warm-up
+  # epoch; its last batch of its last sub-epoch has progress (3 + 2 + 4) / 8.
+  peak, ramp_target = schedule.warmup_peak(train, 100, 150)
+  assert ramp_target == target
+  assert peak == pytest.approx(2e-5 + 9 / 8 * (target - 2e-5), rel=1e-12)
+  assert schedule.warmup_overshoot_note(train, 100, 150) is None   # 1.1x
+  # 40 batches a sub-epoch: progress (39 + 2 + 4) / 8 = 5.625, 4.7x the target.
+  peak, _ = schedule.warmup_peak(train, 100, 1280)
+  assert peak / target == pytest.approx((2e-5 + 5.625 * (target - 2e-5)) / target)
+  note = schedule.warmup_overshoot_note(train, 100, 1280)
+  assert 'with 40 image batches per sub-epoch' in note and f'{peak / target:.1f}x' in note
+  assert '--config.train.lr_warmup=linear' in note
+  # The single ramp and a run without warm-up never pass the target.
+  train.lr_warmup = 'linear'
+  assert schedule.warmup_peak(train, 100, 1280) == (target, target)
+  assert schedule.warmup_overshoot_note(train, 100, 1280) is None
+  train.lr_warm = False
+  assert schedule.warmup_peak(train, 100, 1280) == (schedule.epoch_lr(train, 0),) * 2
