@@ -80,21 +80,25 @@ def make_schedule(train_config, num_normal: int,
 
 
 def warmup_peak(train_config, num_normal: int, num_images: int) -> Tuple[float, float]:
-  """(the highest warm-up learning rate of a run, the rate its warm-up ramps to).
+  """(the warm-up's peak, the rate it ramps to).
 
-  'linear' never passes its target; 'reference' peaks at the last batch of
-  the last warm-up sub-epoch, higher the more batches a sub-epoch has. Both
-  are the target when the run has no warm-up batch.
+  The peak is the rate of the last batch of the last warm-up sub-epoch, or
+  the target where that is lower ('linear' never passes its target).
+  'reference' peaks there: its progress grows with the batch, the sub-epoch
+  and the meta-epoch, and a later meta-epoch has at least as many batches
+  (the first trains on the normal images only). Both are the target when
+  the run has no warm-up batch.
   """
   warm_epochs = train_config.lr_warm_epochs if train_config.lr_warm else 0
   target = epoch_lr(train_config, warm_epochs)
+  if not warm_epochs:
+    return target, target
+  last_epoch = warm_epochs - 1
+  last_batch = batches_per_sub_epoch(train_config, last_epoch, num_normal, num_images) - 1
+  if last_batch < 0:
+    return target, target
   rates = make_schedule(train_config, num_normal, num_images)
-  peak = target
-  for epoch in range(warm_epochs):
-    last = batches_per_sub_epoch(train_config, epoch, num_normal, num_images) - 1
-    if last >= 0:
-      peak = max(peak, rates(epoch, train_config.sub_epochs - 1, last))
-  return peak, target
+  return max(rates(last_epoch, train_config.sub_epochs - 1, last_batch), target), target
 
 
 def warmup_overshoot_note(train_config, num_normal: int, num_images: int) -> Optional[str]:
