@@ -118,6 +118,8 @@ def _check_flow_and_loss(config, errors):
   _at_least(errors, 'loss.margin_tau', loss.margin_tau, 0)
   _at_least(errors, 'loss.bgspp_lambda', loss.bgspp_lambda, 0)
   _one_of(errors, 'loss.push_average', loss.push_average, PUSH_AVERAGES)
+  if not 0 <= loss.push_trim < 1:
+    errors.append(f'loss.push_trim={loss.push_trim!r}: must be in [0, 1)')
 
 
 def _check_train(config, errors, num_devices):

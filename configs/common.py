@@ -62,6 +62,9 @@ def get_config(arg=None):
   # reference: a large defect outweighs a small one by its area) or 'image'
   # (each abnormal image's mean first, then the mean over images).
   config.loss.push_average = 'vector'
+  # Share of a chunk's abnormal vectors, the likeliest to the flows, that the
+  # push leaves alone (labelled cells that look normal); 0: the reference.
+  config.loss.push_trim = 0.0
 
   config.train = ml_collections.ConfigDict()
   config.train.meta_epochs = 25

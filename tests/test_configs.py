@@ -15,7 +15,7 @@ def test_published_defaults():
           config.flow.pos_embed_dim, config.flow.conditional) == (8, 1.9, 128, True)
   assert dict(config.loss) == dict(pos_beta=0.01, margin_tau=0.1, normalizer=10.0,
                                    bgspp_lambda=1.0, focal_weighting=True,
-                                   push_average='vector')
+                                   push_average='vector', push_trim=0.0)
   train = config.train
   assert (train.meta_epochs, train.sub_epochs, train.batch_size, train.lr,
           train.num_vectors, train.lr_warm_epochs) == (25, 8, 32, 2e-4, 4096, 2)

@@ -33,6 +33,7 @@ def test_one_error_names_every_bad_field():
   config.backbone.neighbourhood = 2
   config.backbone.neighbourhood_on = 'objects'
   config.loss.push_average = 'pixel'
+  config.loss.push_trim = 1.0
   config.data.mask_pooling = 'mean'
   config.data.mask_pooling_on = 'textures'
   with pytest.raises(settings.ConfigError) as caught:
@@ -43,9 +44,10 @@ def test_one_error_names_every_bad_field():
                 'maps.image_score', 'maps.top_k_fraction', 'maps.level_aggregation',
                 'data.cutpaste_placement', 'backbone.neighbourhood=2',
                 'backbone.neighbourhood_on', "loss.push_average='pixel'",
-                "data.mask_pooling='mean'", "data.mask_pooling_on='textures'"):
+                "data.mask_pooling='mean'", "data.mask_pooling_on='textures'",
+                'loss.push_trim=1.0'):
     assert field in message, field
-  assert len(message.splitlines()) == 17   # the header and one line per field
+  assert len(message.splitlines()) == 18   # the header and one line per field
 
 
 def test_copies_reaching_the_border_need_a_random_placement():

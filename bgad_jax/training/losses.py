@@ -7,8 +7,8 @@ selects by boolean indexing are masks here; a mean over an empty set is 0 with
 zero gradient (the reference produces NaN there but no gradient).
 
 ``config`` is any object with the attributes ``pos_beta``, ``margin_tau``,
-``normalizer``, ``bgspp_lambda``, ``focal_weighting`` and ``push_average``
-(e.g. ``config.loss``).
+``normalizer``, ``bgspp_lambda``, ``focal_weighting``, ``push_average`` and
+``push_trim`` (e.g. ``config.loss``).
 """
 
 from typing import Any, Dict, Tuple
@@ -103,8 +103,31 @@ def logp_boundaries(lp, abnormal_mask, pos_beta=0.01, margin_tau=0.1,
   return b_n, b_n - margin_tau
 
 
+def untrimmed_abnormal(lp, abnormal_mask, trim: float) -> jnp.ndarray:
+  """The abnormal vectors left after dropping the likeliest share ``trim`` of them, no gradient.
+
+  Of a chunk's n abnormal vectors the floor(n * trim) with the highest lp are
+  dropped (ties at the cut are kept); ``trim`` 0 keeps every one.
+
+  Args:
+    lp: [N] float.
+    abnormal_mask: [N] bool or {0, 1}.
+    trim: static float in [0, 1).
+
+  Returns:
+    [N] bool.
+  """
+  abnormal = abnormal_mask.astype(bool)
+  lp = jax.lax.stop_gradient(lp)
+  descending = -jnp.sort(jnp.where(abnormal, -lp, jnp.inf))   # abnormal lp first
+  dropped = jnp.floor(jnp.sum(abnormal).astype(jnp.float32) * jnp.float32(trim))
+  cut = descending[jnp.clip(dropped.astype(jnp.int32), 0, lp.shape[0] - 1)]
+  return abnormal & (lp <= cut)
+
+
 def semi_push_pull_terms(lp, abnormal_mask, b_n, b_a, normalizer=10.0, weights=None,
-                         images=None, num_images=0) -> Tuple[jnp.ndarray, jnp.ndarray]:
+                         images=None, num_images=0,
+                         push_trim: float = 0.0) -> Tuple[jnp.ndarray, jnp.ndarray]:
   """Boundary-guided semi-push-pull terms (loss_n, loss_a), scalars.
 
   With v = lp / normalizer: loss_n = mean over normal vectors with v <= b_n of
@@ -113,14 +136,18 @@ def semi_push_pull_terms(lp, abnormal_mask, b_n, b_a, normalizer=10.0, weights=N
   abnormals below the margin). ``weights`` defaults to 1. Given ``images``
   ([N] int32 image of each vector, in [0, num_images)), loss_a is instead the
   mean over images of each image's mean (`group_mean`): every abnormal image
-  pushes as hard as any other, whatever its defect's area.
+  pushes as hard as any other, whatever its defect's area. ``push_trim`` > 0
+  leaves the likeliest share of the abnormal vectors out of loss_a
+  (`untrimmed_abnormal`): labelled cells that look normal to the flows are
+  not pushed (docs/METHOD.md, "Losses").
   """
   abnormal = abnormal_mask.astype(bool)
   v = lp / normalizer
   if weights is None:
     weights = jnp.ones_like(lp)
   pull = ~abnormal & (v <= b_n)
-  push = abnormal & (v >= b_a)
+  pushed = untrimmed_abnormal(lp, abnormal, push_trim) if push_trim else abnormal
+  push = pushed & (v >= b_a)
   loss_n = masked_mean(weights * (b_n - v), pull)
   if images is None:
     loss_a = masked_mean(weights * (v - b_a), push)
@@ -149,6 +176,8 @@ def bgad_loss(lp, abnormal_mask, config: Any, images=None,
   Focal weights are 1 when ``config.focal_weighting`` is off. With
   ``config.push_average == 'image'`` loss_a averages per image first
   (`semi_push_pull_terms`), which needs ``images``; 'vector' is the reference.
+  ``config.push_trim`` > 0 leaves the likeliest abnormal vectors unpushed; 0
+  is the reference.
 
   Args:
     lp: [N] float32 per-dimension log-likelihoods.
@@ -175,7 +204,8 @@ def bgad_loss(lp, abnormal_mask, config: Any, images=None,
   if per_image and images is None:
     raise ValueError("loss.push_average='image' needs each vector's image")
   loss_n, loss_a = semi_push_pull_terms(lp, abnormal, b_n, b_a, config.normalizer, weights,
-                                        images if per_image else None, num_images)
+                                        images if per_image else None, num_images,
+                                        config.push_trim)
   contrastive = jnp.where(has_abnormal,
                           config.bgspp_lambda * (loss_n + loss_a), 0.0)
   aux = dict(ml=ml, loss_n=loss_n, loss_a=loss_a, b_n=b_n, b_a=b_a,

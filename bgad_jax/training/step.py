@@ -34,6 +34,7 @@ class LossSettings:
   bgspp_lambda: float = 1.0
   focal_weighting: bool = True
   push_average: str = 'vector'
+  push_trim: float = 0.0
 
   @classmethod
   def from_config(cls, loss_config) -> 'LossSettings':

@@ -18,7 +18,7 @@ CHANNELS, COND_DIM, N = 24, 128, 512
 def _loss_config(**overrides):
   config = ml_collections.ConfigDict(dict(
       pos_beta=0.01, margin_tau=0.1, normalizer=10.0, bgspp_lambda=1.0,
-      focal_weighting=True, push_average='vector'))
+      focal_weighting=True, push_average='vector', push_trim=0.0))
   config.update(overrides)
   return config
 
@@ -153,6 +153,33 @@ def test_push_averaged_per_image_known_value():
   assert float(losses.semi_push_pull_terms(lp, mask, -1.0, -1.1, images=jnp.arange(7),
                                            num_images=7)[1]) == pytest.approx(1.2 / 4)
   assert float(losses.group_mean(lp, jnp.zeros(7), images, 3)) == 0.0
+
+
+def test_trimmed_push_leaves_the_likeliest_abnormal_vectors_alone():
+  # Five abnormal vectors, v = -0.2, -0.4, -0.6, -0.8, -2.0; b_a = -1.1.
+  lp = jnp.array([-2.0, -4.0, -30.0, -6.0, -8.0, -20.0, -50.0])
+  mask = jnp.array([1, 1, 0, 1, 1, 1, 0])
+  kept = lambda trim: np.asarray(losses.untrimmed_abnormal(lp, mask, trim)).tolist()
+  assert kept(0.0) == [True, True, False, True, True, True, False]
+  assert kept(0.2) == [False, True, False, True, True, True, False]   # floor(5 * 0.2) = 1
+  assert kept(0.5) == [False, False, False, True, True, True, False]  # floor(2.5) = 2
+  assert kept(0.19) == kept(0.0)                                      # floor(0.95) = 0
+  assert not any(losses.untrimmed_abnormal(lp, jnp.zeros(7), 0.5).tolist())
+  # Ties at the cut stay: two vectors share the highest lp, one is dropped by count.
+  tied = losses.untrimmed_abnormal(jnp.array([-1.0, -1.0, -3.0]), jnp.array([1, 1, 1]), 0.4)
+  assert np.asarray(tied).tolist() == [True, True, True]
+  _, full = losses.semi_push_pull_terms(lp, mask, b_n=-1.0, b_a=-1.1)
+  _, trimmed = losses.semi_push_pull_terms(lp, mask, b_n=-1.0, b_a=-1.1, push_trim=0.5)
+  assert float(full) == pytest.approx((0.9 + 0.7 + 0.5 + 0.3) / 4)   # -2.0 is below b_a
+  assert float(trimmed) == pytest.approx((0.5 + 0.3) / 2)
+  # The trimmed vectors get no gradient from the push; trim 0 is the reference's loss.
+  grad = jax.grad(lambda x: losses.semi_push_pull_terms(x, mask, -1.0, -1.1,
+                                                        push_trim=0.5)[1])(lp)
+  assert np.asarray(grad[:2]).tolist() == [0.0, 0.0] and float(grad[3]) > 0
+  loss, _ = losses.bgad_loss(lp, mask, _loss_config(push_trim=0.0))
+  reference, _ = losses.bgad_loss(lp, mask, _loss_config())
+  assert float(loss) == float(reference)
+  assert float(losses.bgad_loss(lp, mask, _loss_config(push_trim=0.5))[0]) < float(reference)
 
 
 def test_per_image_push_needs_the_images():
