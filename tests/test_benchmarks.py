@@ -360,6 +360,43 @@ def test_heldout_class_masks_hold_every_visible_change(defect, size):
   assert visible_masks >= 3
 
 
+def test_heldout_class_without_specks(tmp_path):
+  """--min_region drops a mask's small 8-connected regions, never its largest, and
+  leaves every image as it was."""
+  from PIL import Image
+  from benchmarks import heldout_class
+  mask = np.zeros((12, 12), bool)
+  mask[1:4, 1:4] = True        # 9 px
+  mask[6, 6] = mask[7, 7] = True   # 2 px, 8-connected
+  mask[10, 1] = True           # 1 px
+  kept = heldout_class.without_specks(mask, 3)
+  assert kept.sum() == 9 and kept[1:4, 1:4].all()
+  assert heldout_class.without_specks(mask, 2).sum() == 11
+  assert heldout_class.without_specks(mask, 0) is mask
+  assert heldout_class.without_specks(mask, 50).sum() == 9   # the largest stays
+  assert not heldout_class.without_specks(np.zeros((4, 4), bool), 3).any()
+  plain = heldout_class.write(str(tmp_path / 'a'))
+  cleaned = heldout_class.write(str(tmp_path / 'b'), min_region=8)
+  changed = 0
+  for folder, _, files in os.walk(plain):
+    for name in files:
+      path = os.path.join(folder, name)
+      a = np.asarray(Image.open(path)) > 0 if 'ground_truth' in path else None
+      other = os.path.join(cleaned, os.path.relpath(path, plain))
+      if a is None:
+        with open(path, 'rb') as x, open(other, 'rb') as y:
+          assert x.read() == y.read(), name
+        continue
+      b = np.asarray(Image.open(other)) > 0
+      assert not (b & ~a).any() and b.any()   # only pixels removed, never all
+      if not np.array_equal(a, b):
+        changed += 1
+        regions, count = heldout_class.ndimage.label(b, structure=np.ones((3, 3)))
+        sizes = np.bincount(regions.ravel())[1:]
+        assert count == 1 or sizes.min() >= 8
+  assert changed > 0
+
+
 @pytest.mark.parametrize('defect', ['scratch', 'spot'])
 def test_heldout_class_at_256_px_doubles_every_defect_length(defect):
   """--size 256 crops the full-resolution photograph: the same extent at twice the
