@@ -181,8 +181,9 @@ def without_specks(mask: np.ndarray, min_region: int) -> np.ndarray:
   regions, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
   sizes = np.bincount(regions.ravel(), minlength=count + 1)
   keep = sizes >= min_region
-  keep[np.argmax(np.where(np.arange(count + 1) > 0, sizes, -1))] = True
-  keep[0] = False
+  keep[0] = False   # the background
+  if count:
+    keep[1 + np.argmax(sizes[1:])] = True
   return keep[regions]
 
 

@@ -81,6 +81,22 @@ def focal_weights(lp, abnormal_mask, normalizer=10.0):
                    normal_focal_weights(lp, normalizer))
 
 
+def masked_order_statistic(values: jnp.ndarray, mask: jnp.ndarray, fraction: float):
+  """The masked values' element at index floor(n * fraction) in ascending order, a scalar.
+
+  n is the number of masked elements; the product is float32 and truncated,
+  as the reference computes its boundary index. +inf when the mask is empty.
+
+  Args:
+    values: [N] float.
+    mask: [N] bool.
+    fraction: static float in [0, 1).
+  """
+  ascending = jnp.sort(jnp.where(mask, values, jnp.inf))
+  index = jnp.floor(jnp.sum(mask).astype(jnp.float32) * jnp.float32(fraction))
+  return ascending[jnp.clip(index.astype(jnp.int32), 0, values.shape[0] - 1)]
+
+
 def logp_boundaries(lp, abnormal_mask, pos_beta=0.01, margin_tau=0.1,
                     normalizer=10.0) -> Tuple[jnp.ndarray, jnp.ndarray]:
   """Normal and abnormal boundaries (b_n, b_a) from the normal vectors, no gradient.
@@ -93,13 +109,7 @@ def logp_boundaries(lp, abnormal_mask, pos_beta=0.01, margin_tau=0.1,
     Two float32 scalars.
   """
   normal = ~abnormal_mask.astype(bool)
-  lp = jax.lax.stop_gradient(lp)
-  ascending = jnp.sort(jnp.where(normal, lp, jnp.inf))
-  n_normal = jnp.sum(normal)
-  # float32 product and truncation, as the reference computes the index.
-  index = jnp.floor(n_normal.astype(jnp.float32) * jnp.float32(pos_beta))
-  index = jnp.clip(index.astype(jnp.int32), 0, lp.shape[0] - 1)
-  b_n = ascending[index] / normalizer
+  b_n = masked_order_statistic(jax.lax.stop_gradient(lp), normal, pos_beta) / normalizer
   return b_n, b_n - margin_tau
 
 
@@ -119,9 +129,7 @@ def untrimmed_abnormal(lp, abnormal_mask, trim: float) -> jnp.ndarray:
   """
   abnormal = abnormal_mask.astype(bool)
   lp = jax.lax.stop_gradient(lp)
-  descending = -jnp.sort(jnp.where(abnormal, -lp, jnp.inf))   # abnormal lp first
-  dropped = jnp.floor(jnp.sum(abnormal).astype(jnp.float32) * jnp.float32(trim))
-  cut = descending[jnp.clip(dropped.astype(jnp.int32), 0, lp.shape[0] - 1)]
+  cut = -masked_order_statistic(-lp, abnormal, trim)   # in descending order
   return abnormal & (lp <= cut)
 
 
