@@ -431,10 +431,11 @@ def sd_interval(values, level: float = 0.9) -> str:
 SUMMARY_COLUMNS = [('class', 'class', 's'), ('run', 'run', 's'), ('img', 'img AUROC', 's'),
                    ('pix', 'pix AUROC', 's'), ('aupro', 'AUPRO', 's'),
                    ('seen_img', 'seen img', 's'), ('seen_pix', 'seen pix', 's'),
-                   ('unseen_img', 'unseen img', 's'), ('unseen_pix', 'unseen pix', 's'),
+                   ('seen_aupro', 'seen AUPRO', 's'), ('unseen_img', 'unseen img', 's'),
+                   ('unseen_pix', 'unseen pix', 's'), ('unseen_aupro', 'unseen AUPRO', 's'),
                    ('seconds', 'seconds', 's')]
 PER_TYPE_COLUMNS = [('class', 'class', 's'), ('run', 'run', 's'), ('type', 'defect type', 's'),
-                    ('img', 'img AUROC', 's'), ('pix', 'pix AUROC', 's')]
+                    ('img', 'img AUROC', 's'), ('pix', 'pix AUROC', 's'), ('aupro', 'AUPRO', 's')]
 PER_SEED_COLUMNS = [('class', 'class', 's'), ('run', 'run', 's'), ('metric', 'metric', 's'),
                     ('seeds', 'seeds', 's'), ('values', 'per seed', 's'),
                     ('mean', 'mean ± sd', 's'), ('sd_90', '90% interval of the sd', 's')]
@@ -460,16 +461,18 @@ def summary_rows(category: str, results: Dict[str, List[Dict]]) -> List[Dict]:
                  'pix': _mean_sd([r['pix_auroc'] for r in runs]),
                  'aupro': _mean_sd([r['aupro'] for r in runs]),
                  'seen_img': part('img_auroc', 'seen'), 'seen_pix': part('pix_auroc', 'seen'),
-                 'unseen_img': part('img_auroc', 'unseen'),
-                 'unseen_pix': part('pix_auroc', 'unseen'), 'seconds': _seconds(name, runs)})
+                 'seen_aupro': part('aupro', 'seen'), 'unseen_img': part('img_auroc', 'unseen'),
+                 'unseen_pix': part('pix_auroc', 'unseen'), 'unseen_aupro': part('aupro', 'unseen'),
+                 'seconds': _seconds(name, runs)})
   return rows
 
 
 def per_type_rows(category: str, results: Dict[str, List[Dict]], known: List[str]) -> List[Dict]:
+  """One row per method and defect type; runs recorded before the per-type AUPRO show '-'."""
   return [{'class': category, 'run': name,
            'type': _type_label(defect, known),
-           'img': _mean_sd([r['per_type'][defect]['img_auroc'] for r in runs]),
-           'pix': _mean_sd([r['per_type'][defect]['pix_auroc'] for r in runs])}
+           **{column: _mean_sd([r['per_type'][defect].get(key) for r in runs])
+              for column, key in (('img', 'img_auroc'), ('pix', 'pix_auroc'), ('aupro', 'aupro'))}}
           for name, runs in results.items() for defect in runs[0]['per_type']]
 
 
@@ -485,9 +488,10 @@ def per_seed_rows(category: str, results: Dict[str, List[Dict]], known: List[str
                        'pix AUROC': [r['pix_auroc'] for r in runs],
                        'AUPRO': [r['aupro'] for r in runs]}
     for defect in runs[0]['per_type']:
-      for key, short in (('img_auroc', 'img'), ('pix_auroc', 'pix')):
-        metrics_by_name[f'{_type_label(defect, known)} {short}'] = [
-            r['per_type'][defect][key] for r in runs]
+      for key, short in (('img_auroc', 'img'), ('pix_auroc', 'pix'), ('aupro', 'AUPRO')):
+        values = [r['per_type'][defect].get(key) for r in runs]
+        if key != 'aupro' or any(v is not None for v in values):   # runs from before it
+          metrics_by_name[f'{_type_label(defect, known)} {short}'] = values
     seeds = ' '.join(str(r.get('seed', '?')) for r in runs)
     for metric, values in metrics_by_name.items():
       rows.append({'class': category, 'run': name, 'metric': metric, 'seeds': seeds,

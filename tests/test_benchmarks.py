@@ -665,7 +665,7 @@ def test_quality_tables_give_mean_and_sd_over_the_seeds():
   from benchmarks import quality
 
   def run(img, seen, per_type_img, train_s):
-    return dict(img_auroc=img, pix_auroc=0.5, aupro=None, seen=dict(img_auroc=seen),
+    return dict(img_auroc=img, pix_auroc=0.5, aupro=None, seen=dict(img_auroc=seen, aupro=0.7),
                 unseen=None, per_type=dict(dent=dict(img_auroc=per_type_img, pix_auroc=0.9)),
                 wall_seconds=2 * train_s, seconds=dict(train=train_s))
   runs = {'best': [run(0.80, 0.9, 0.6, 10), run(0.90, 1.0, 0.8, 20), run(0.85, None, 0.7, 30)]}
@@ -673,9 +673,11 @@ def test_quality_tables_give_mean_and_sd_over_the_seeds():
   assert row['img'] == '85.0 ± 5.0' and row['pix'] == '50.0 ± 0.0'
   assert row['aupro'] == '-' and row['unseen_img'] == '-'
   assert row['seen_img'] == '95.0 ± 7.1'   # the seeds where it is defined
+  assert row['seen_aupro'] == '70.0 ± 0.0' and row['unseen_aupro'] == '-'
   assert row['seconds'] == '40 (train 20)'
   (per_type,) = quality.per_type_rows('coins', runs, known=[])
   assert per_type['type'] == 'dent (unseen)' and per_type['img'] == '70.0 ± 10.0'
+  assert per_type['aupro'] == '-'   # runs recorded before the per-type AUPRO
   (single,) = quality.summary_rows('coins', {'best': runs['best'][:1]})
   assert single['img'] == '80.0'
   # Seed by seed, in seed order; chi-square 90% interval of the sd with 2 degrees of
@@ -684,7 +686,12 @@ def test_quality_tables_give_mean_and_sd_over_the_seeds():
             'patchcore': runs['best'][:2]}   # under 3 seeds: no rows
   rows = {row['metric']: row for row in quality.per_seed_rows('coins', seeded, known=[])}
   assert list(rows) == ['img AUROC', 'pix AUROC', 'AUPRO', 'dent (unseen) img',
-                        'dent (unseen) pix']
+                        'dent (unseen) pix']   # no per-type AUPRO recorded: no row
+  for r, value in zip(seeded['best'], (0.6, 0.5, 0.4)):
+    r['per_type'] = dict(dent=dict(r['per_type']['dent'], aupro=value))
+  rows = {row['metric']: row for row in quality.per_seed_rows('coins', seeded, known=[])}
+  assert rows['dent (unseen) AUPRO']['values'] == '50.0 40.0 60.0'
+  assert rows['dent (unseen) AUPRO']['mean'] == '50.0 ± 10.0'
   assert rows['img AUROC']['seeds'] == '0 2 4'
   assert rows['img AUROC']['values'] == '90.0 85.0 80.0'
   assert rows['img AUROC']['mean'] == '85.0 ± 5.0' and rows['img AUROC']['sd_90'] == '2.9-22.1'

@@ -28,6 +28,7 @@ class RankedScores:
     self.tie = np.empty(len(flat), np.int64)
     self.tie[order] = np.cumsum(starts) - 1
     self.num_values = int(starts.sum())
+    self.values = ascending[starts]   # the distinct values, ascending
 
   def auroc(self, labels: np.ndarray, select: Optional[np.ndarray] = None) -> Optional[float]:
     """AUC of ``labels`` (same shape as the scores) over the elements ``select`` (bool, or all).
@@ -46,6 +47,50 @@ class RankedScores:
       return None
     negatives_below = np.cumsum(negatives) - negatives
     return float(np.dot(positives, negatives_below + 0.5 * negatives) / (num_pos * num_neg))
+
+  def aupro(self, regions: np.ndarray, select: Optional[np.ndarray] = None,
+            max_fpr: float = 0.3, num_thresholds: int = 0) -> Optional[float]:
+    """`aupro` of the elements ``select`` (bool, or all), in O(n) without a sort:
+    the same curve (one point per distinct score; scores absent from the
+    subset add points that change no area), so the same value up to float rounding.
+
+    Args:
+      regions: int, the scores' shape: `mask_regions` of the masks (0 = normal);
+        a selected image's regions must be wholly selected.
+
+    Returns:
+      AUPRO in [0, 1], or None without anomalous or without normal elements.
+    """
+    regions = np.asarray(regions).ravel()
+    tie = self.tie
+    if select is not None:
+      select = np.asarray(select).ravel()
+      tie, regions = tie[select], regions[select]
+    positive = regions > 0
+    num_negative = int(positive.size - np.count_nonzero(positive))
+    labels = regions[positive]
+    area = np.bincount(labels).astype(np.float64)
+    num_regions = int(np.count_nonzero(area))
+    if num_regions == 0 or num_negative == 0:
+      return None
+    pro_gain = np.bincount(tie[positive], 1.0 / (num_regions * area[labels]),
+                           minlength=self.num_values)
+    negatives = np.bincount(tie[~positive], minlength=self.num_values)
+    # From the highest score down, a point after each distinct score.
+    pro, fpr = np.cumsum(pro_gain[::-1]), np.cumsum(negatives[::-1]) / num_negative
+    if num_thresholds:
+      selected = self.values[tie]
+      return _thresholded_aupro(float(selected.max()), float(selected.min()), self.values[::-1],
+                                pro, fpr, max_fpr, num_thresholds)
+    return _integrated_pro(pro, fpr, max_fpr)
+
+
+def mask_regions(masks: np.ndarray) -> np.ndarray:
+  """int32 [N, H, W]: the 8-connected regions of nonzero ``masks`` [N, H, W], labelled
+  within each image (never across images) and numbered 1, 2, ... over the set; 0 = normal."""
+  structure = np.zeros((3, 3, 3), bool)
+  structure[1] = True
+  return ndimage.label(np.asarray(masks, bool), structure=structure)[0]
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> Optional[float]:
@@ -66,13 +111,9 @@ def _pro_fpr_curve(maps, masks, max_fpr):
     after that score's tied pixels turned positive), or None without
     anomalous or without normal pixels.
   """
-  masks = np.asarray(masks, bool)
   scores = np.asarray(maps).ravel()
-  # 8-connected within each image, never across images; labels are unique over the set.
-  structure = np.zeros((3, 3, 3), bool)
-  structure[1] = True
-  regions, num_regions = ndimage.label(masks, structure=structure)
-  regions = regions.ravel()
+  regions = mask_regions(masks).ravel()
+  num_regions = int(regions.max(initial=0))
   positive = regions > 0
   num_negative = int(positive.size - np.count_nonzero(positive))
   if num_regions == 0 or num_negative == 0:
@@ -132,7 +173,15 @@ def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3,
     return None
   scores, pro, fpr = curve
   if num_thresholds:
-    return _thresholded_aupro(np.asarray(maps), scores, pro, fpr, max_fpr, num_thresholds)
+    maps = np.asarray(maps)
+    return _thresholded_aupro(float(maps.max()), float(maps.min()), scores, pro, fpr, max_fpr,
+                              num_thresholds)
+  return _integrated_pro(pro, fpr, max_fpr)
+
+
+def _integrated_pro(pro, fpr, max_fpr):
+  """The area under the PRO-FPR curve from (0, 0) to ``max_fpr`` over ``max_fpr``
+  (trapezoid rule, interpolated at ``max_fpr``); points ordered by FPR."""
   fpr = np.concatenate([[0.0], fpr])
   pro = np.concatenate([[0.0], pro])
   beyond = np.searchsorted(fpr, max_fpr, side='right')   # first point past max_fpr
@@ -144,9 +193,9 @@ def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3,
   return float(np.trapezoid(pro, fpr) / max_fpr)
 
 
-def _thresholded_aupro(maps, scores, pro, fpr, max_fpr, num_thresholds):
-  """The reference's discretised AUPRO, read off the exact curve (see `aupro`)."""
-  top, bottom = float(maps.max()), float(maps.min())
+def _thresholded_aupro(top, bottom, scores, pro, fpr, max_fpr, num_thresholds):
+  """The reference's discretised AUPRO, read off the exact curve (see `aupro`): the
+  thresholds span the maps' [bottom, top]; ``scores`` descending, a point after each."""
   thresholds = top - np.arange(num_thresholds) * ((top - bottom) / num_thresholds)
   # The curve's point after the lowest distinct score above t (all of them positive).
   ascending = scores[::-1]
@@ -171,8 +220,8 @@ def detection_metrics(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray,
   the map maxima. Pixel metrics use normal images and the anomalous images
   that have a mask; they are None when no anomalous image has one
   (image-level-only data). ``per_type``: each defect type's images
-  against all normal images. ``seen``/``unseen``: the same for the known
-  defect types and the others, when ``known_types`` is given.
+  against all normal images (n, img_auroc, pix_auroc, aupro). ``seen``/``unseen``:
+  the same for the known defect types and the others, when ``known_types`` is given.
   ``aupro_thresholds``: see `aupro`.
   """
   maps = np.asarray(maps)
@@ -188,17 +237,22 @@ def detection_metrics(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray,
   # One sort of all evaluated pixels serves the pixel AUROC of every subset.
   pixels = RankedScores(maps[pixel_ok]) if pixels_available else None
   pixel_masks = masks[pixel_ok]
+  # A subset's AUPRO weighs its own regions alike; the overall one weighs every
+  # region alike, so it moves with how many regions each type brings.
+  regions = mask_regions(pixel_masks) if pixels_available else None
 
-  def pixel_auroc(images_chosen):
+  def pixel_select(images_chosen):
     rows = images_chosen[pixel_ok]
-    select = np.broadcast_to(rows[:, None], (len(rows), maps[0].size))
-    return pixels.auroc(pixel_masks, select)
+    return np.broadcast_to(rows[:, None], (len(rows), maps[0].size))
 
   def subset_metrics(select):
     chosen = select | (labels == 0)
-    row = dict(n=int(select.sum()), img_auroc=images.auroc(labels == 1, chosen))
-    row['pix_auroc'] = (pixel_auroc(chosen) if pixels_available and
-                        (has_mask & select).any() else None)
+    row = dict(n=int(select.sum()), img_auroc=images.auroc(labels == 1, chosen),
+               pix_auroc=None, aupro=None)
+    if pixels_available and (has_mask & select).any():
+      row['pix_auroc'] = pixels.auroc(pixel_masks, pixel_select(chosen))
+      row['aupro'] = pixels.aupro(regions, pixel_select(chosen),
+                                  num_thresholds=aupro_thresholds)
     return row
 
   results = dict(

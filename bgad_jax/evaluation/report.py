@@ -54,15 +54,13 @@ def results_markdown(results: Dict[str, Any]) -> str:
            f"| image AUROC | {format_percent(results['img_auroc'])} |",
            f"| pixel AUROC | {format_percent(results['pix_auroc'])} |",
            f"| AUPRO (FPR <= 0.3) | {format_percent(results['aupro'])} |", '',
-           '| defect type | n | image AUROC | pixel AUROC |', '|---|---|---|---|']
-  for name, row in results['per_type'].items():
+           '| defect type | n | image AUROC | pixel AUROC | AUPRO |', '|---|---|---|---|---|']
+  rows = [(name, row) for name, row in results['per_type'].items()]
+  rows += [(f'*{group} types*', results[group]) for group in ('seen', 'unseen')
+           if group in results]
+  for name, row in rows:   # results.json of older runs have no per-type AUPRO
     lines.append(f"| {name} | {row['n']} | {format_percent(row['img_auroc'])} | "
-                 f"{format_percent(row['pix_auroc'])} |")
-  for group in ('seen', 'unseen'):
-    if group in results:
-      row = results[group]
-      lines.append(f"| *{group} types* | {row['n']} | {format_percent(row['img_auroc'])} | "
-                   f"{format_percent(row['pix_auroc'])} |")
+                 f"{format_percent(row['pix_auroc'])} | {format_percent(row.get('aupro'))} |")
   if results.get('notes'):
     lines += [''] + [f'Note: {note}' for note in results['notes']]
   best = results.get('best_epoch')

@@ -71,6 +71,67 @@ def test_regions_are_weighted_equally():
   assert metrics.aupro(scores, masks) == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize('num_thresholds', [0, 100])
+def test_ranked_aupro_of_a_subset_is_aupro_of_its_images(num_thresholds):
+  scores, masks = _synthetic_set(3)
+  scores = np.round(scores, 1)   # many tied scores, inside and across the subsets
+  ranked, regions = metrics.RankedScores(scores), metrics.mask_regions(masks)
+  for images in ([0, 1, 2, 6, 7], [3, 8, 9, 10, 11], list(range(12))):
+    chosen = np.zeros(len(scores), bool)
+    chosen[images] = True
+    select = np.broadcast_to(chosen[:, None, None], scores.shape)
+    expected = metrics.aupro(scores[chosen], masks[chosen], num_thresholds=num_thresholds)
+    assert ranked.aupro(regions, select, num_thresholds=num_thresholds) == pytest.approx(
+        expected, abs=1e-12)
+  assert ranked.aupro(regions, regions == 0) is None   # normal pixels only
+
+
+def test_mask_regions_are_per_image_and_numbered_over_the_set():
+  masks = np.zeros((2, 4, 4), bool)
+  masks[0, 0, 0] = masks[0, 1, 1] = True   # diagonal neighbours: one region
+  masks[0, 3, 3] = True
+  masks[1, 0, 0] = True                    # same place, other image: its own region
+  regions = metrics.mask_regions(masks)
+  assert regions[0, 0, 0] == regions[0, 1, 1] == 1 and regions[0, 3, 3] == 2
+  assert regions[1, 0, 0] == 3 and regions.max() == 3 and (regions[~masks] == 0).all()
+
+
+def test_per_type_aupro_weighs_only_that_types_regions():
+  # 'spot' is found before any normal pixel (AUPRO 1), 'warp' after all of them
+  # (AUPRO 0); the overall AUPRO is the share of spot regions (1 of 4).
+  labels = np.array([0, 0, 1, 1])
+  types = np.array(['good', 'good', 'spot', 'warp'], object)
+  masks = np.zeros((4, 12, 12), bool)
+  masks[2, 4:8, 4:8] = True
+  masks[3, 1, 1] = masks[3, 5, 5] = masks[3, 9, 9] = True   # three specks
+  maps = np.full((4, 12, 12), 1.0)
+  maps[2][masks[2]] = 2.0
+  maps[3][masks[3]] = 0.0
+  result = metrics.detection_metrics(maps, masks, labels, types, np.ones(4, bool),
+                                     known_types=['spot'])
+  assert result['per_type']['spot']['aupro'] == pytest.approx(1.0)
+  assert result['per_type']['warp']['aupro'] == pytest.approx(0.0)
+  assert result['seen']['aupro'] == pytest.approx(1.0)
+  assert result['unseen']['aupro'] == pytest.approx(0.0)
+  assert result['aupro'] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize('num_thresholds', [0, 1000])
+def test_per_type_aupro_is_aupro_of_the_types_and_the_normal_images(num_thresholds):
+  scores, masks = _synthetic_set(4)
+  labels = masks.reshape(len(masks), -1).any(axis=1).astype(int)
+  types = np.where(labels == 0, 'good', np.where(np.arange(len(masks)) % 2, 'crack', 'hole'))
+  result = metrics.detection_metrics(scores, masks, labels, types.astype(object),
+                                     np.ones(len(masks), bool), known_types=['crack'],
+                                     aupro_thresholds=num_thresholds)
+  for defect, group in (('crack', 'seen'), ('hole', 'unseen')):
+    own = (types == defect) | (labels == 0)
+    expected = metrics.aupro(scores[own], masks[own], num_thresholds=num_thresholds)
+    assert 0.1 < expected < 0.99
+    assert result['per_type'][defect]['aupro'] == pytest.approx(expected, abs=1e-12)
+    assert result[group]['aupro'] == pytest.approx(expected, abs=1e-12)
+
+
 def test_evaluate_tables():
   rng = np.random.default_rng(0)
   n = 8
@@ -85,9 +146,11 @@ def test_evaluate_tables():
   assert set(result['per_type']) == {'crack', 'hole'} and result['per_type']['hole']['n'] == 2
   assert result['seen']['n'] == 2 and result['unseen']['n'] == 2
   # Image-level-only data: pixel metrics are unavailable, not zero.
-  no_masks = metrics.detection_metrics(maps, masks, labels, types, labels == 0)
+  no_masks = metrics.detection_metrics(maps, masks, labels, types, labels == 0,
+                                       known_types=['crack'])
   assert no_masks['pix_auroc'] is None and no_masks['aupro'] is None
   assert no_masks['per_type']['crack']['pix_auroc'] is None
+  assert no_masks['per_type']['crack']['aupro'] is None and no_masks['seen']['aupro'] is None
   assert no_masks['img_auroc'] == 1.0
 
 

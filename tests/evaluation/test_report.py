@@ -8,13 +8,17 @@ from bgad_jax.evaluation import report
 
 def test_results_markdown_marks_unavailable_and_best_epoch():
   results = dict(name='folder/widget', epoch=25, img_auroc=0.9876, pix_auroc=None, aupro=None,
-                 per_type={'crack': dict(n=3, img_auroc=1.0, pix_auroc=None)},
+                 per_type={'crack': dict(n=3, img_auroc=1.0, pix_auroc=None),
+                           'hole': dict(n=2, img_auroc=0.75, pix_auroc=0.875, aupro=0.625)},
                  unseen=dict(n=3, img_auroc=0.5, pix_auroc=None),
                  best_epoch=dict(epoch=7, img_auroc=0.99, pix_auroc=None),
                  known_anomalies=['test/crack/000.png'])
   text = report.results_markdown(results)
   assert '| image AUROC | 98.76 |' in text and '| pixel AUROC | n/a |' in text
-  assert '| crack | 3 | 100.00 | n/a |' in text and '*unseen types*' in text
+  # results.json of runs before the per-type AUPRO have none: n/a
+  assert '| crack | 3 | 100.00 | n/a | n/a |' in text
+  assert '| hole | 2 | 75.00 | 87.50 | 62.50 |' in text
+  assert '| *unseen types* | 3 | 50.00 | n/a | n/a |' in text
   assert 'Best epoch 7 (selected on the test set' in text
   assert 'Known (training) anomalies: test/crack/000.png' in text
   assert 'Left out of the test set' not in text
