@@ -149,8 +149,9 @@ def variant_outputs(lp: List[np.ndarray], distances: List[np.ndarray],
   knn_raw = bank_map(distances, size)
   patch_raw = bank_map([patch_distances], size)
 
-  def scored(raw):   # smoothed maps, images scored on the unsmoothed ones as `best`
-    return (maps_lib.smooth_maps(raw, options.smoothing_sigma, np),
+  def scored(raw):   # smoothed (and filtered) maps, images scored on the raw ones as `best`
+    smoothed = maps_lib.smooth_maps(raw, options.smoothing_sigma, np)
+    return (maps_lib.max_filter_maps(smoothed, options.max_filter, np),
             maps_lib.image_scores(raw, options.image_score, options.top_k_fraction))
 
   knn_maps, knn_scores = scored(knn_raw)

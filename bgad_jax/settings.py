@@ -213,6 +213,11 @@ def _check_predict(config, errors):
 
 def _check_maps(config, errors):
   _at_least(errors, 'maps.smoothing_sigma', config.maps.smoothing_sigma, 0.0)
+  max_filter = config.maps.max_filter
+  if isinstance(max_filter, bool) or not isinstance(max_filter, int) or (
+      max_filter != 0 and (max_filter < 0 or max_filter % 2 == 0)):
+    errors.append(f'maps.max_filter={max_filter!r}: 0 (off) or an odd window side in '
+                  'pixels, e.g. 9')
   _one_of(errors, 'maps.image_score', config.maps.image_score, IMAGE_SCORES)
   _one_of(errors, 'maps.level_aggregation', config.maps.level_aggregation, LEVEL_AGGREGATIONS)
   if not 0.0 < config.maps.top_k_fraction <= 1.0:

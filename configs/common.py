@@ -151,6 +151,7 @@ def get_config(arg=None):
   # 'sum': the levels' likelihoods summed (reference); 'mean_log': their log-likelihoods averaged.
   config.maps.level_aggregation = 'sum'
   config.maps.score_unsmoothed = False          # True: image scores from the maps before smoothing
+  config.maps.max_filter = 0                    # odd px: each pixel its window's highest; 0 = off
 
   config.report = ml_collections.ConfigDict()
   config.report.num_overlays = 12

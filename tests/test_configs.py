@@ -67,11 +67,12 @@ def test_best_preset_turns_on_the_options_and_faithful_configs_leave_them_off(mo
   faithful, best = module.get_config(category), module.get_config(category + ',best')
   assert best.data.category == faithful.data.category == category
   assert dict(faithful.maps) == dict(smoothing_sigma=0.0, image_score='max', top_k_fraction=0.01,
-                                     level_aggregation='sum', score_unsmoothed=False)
+                                     level_aggregation='sum', score_unsmoothed=False,
+                                     max_filter=0)
   assert faithful.backbone.normalization == 'imagenet'
   assert dict(best.maps) == dict(smoothing_sigma=4.0, image_score='top_k_mean',
                                  top_k_fraction=0.01, level_aggregation='mean_log',
-                                 score_unsmoothed=True)
+                                 score_unsmoothed=True, max_filter=0)
   assert best.backbone.normalization == 'backbone'
   assert (faithful.data.cutpaste_placement, best.data.cutpaste_placement) == (
       'in_place', 'random_on_textures')

@@ -130,16 +130,17 @@ def test_onnx_without_its_extra_is_a_config_error(monkeypatch):
     export.export_onnx(None)
 
 
-@pytest.mark.parametrize('level_aggregation,score_unsmoothed', [('sum', False),
-                                                               ('mean_log', True)])
+@pytest.mark.parametrize('level_aggregation,score_unsmoothed,max_filter',
+                         [('sum', False, 3), ('mean_log', True, 5)])
 def test_exported_function_follows_the_map_options(trained, exported, level_aggregation,
-                                                   score_unsmoothed):
-  """The aggregation, smoothing and the top-k score, recorded in the constants, are part
-  of the program."""
+                                                   score_unsmoothed, max_filter):
+  """The aggregation, smoothing, maximum filter and the top-k score, recorded in the
+  constants, are part of the program."""
   from bgad_jax import export as export_lib
   _, reference = exported
   options = dict(smoothing_sigma=2.0, image_score='top_k_mean', top_k_fraction=0.05,
-                 level_aggregation=level_aggregation, score_unsmoothed=score_unsmoothed)
+                 level_aggregation=level_aggregation, score_unsmoothed=score_unsmoothed,
+                 max_filter=max_filter)
   detector = Detector(reference.config, reference.backbone, reference.state,
                       dict(reference.map_constants, scoring=options))
   pixels, maps, scores, nll = _pixels(trained, detector)

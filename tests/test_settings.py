@@ -29,6 +29,7 @@ def test_one_error_names_every_bad_field():
   config.maps.image_score = 'median'
   config.maps.top_k_fraction = 0.0
   config.maps.level_aggregation = 'max'
+  config.maps.max_filter = 4   # an even window has no centre pixel
   config.data.cutpaste_placement = 'anywhere'
   config.backbone.neighbourhood = 2
   config.backbone.neighbourhood_on = 'objects'
@@ -45,9 +46,17 @@ def test_one_error_names_every_bad_field():
                 'data.cutpaste_placement', 'backbone.neighbourhood=2',
                 'backbone.neighbourhood_on', "loss.push_average='pixel'",
                 "data.mask_pooling='mean'", "data.mask_pooling_on='textures'",
-                'loss.push_trim=1.0'):
+                'loss.push_trim=1.0', 'maps.max_filter=4'):
     assert field in message, field
-  assert len(message.splitlines()) == 18   # the header and one line per field
+  assert len(message.splitlines()) == 19   # the header and one line per field
+  for valid in (0, 1, 9):
+    config = test_config.get_config()
+    config.maps.max_filter = valid
+    settings.validate(config)
+  for invalid in (-3, 2):
+    config.maps.max_filter = invalid
+    with pytest.raises(settings.ConfigError, match=f'maps.max_filter={invalid}'):
+      settings.validate(config)
 
 
 def test_copies_reaching_the_border_need_a_random_placement():

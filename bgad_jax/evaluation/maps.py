@@ -18,8 +18,8 @@ bilinearly with aligned corners, summed over levels; anomaly = map max - sum.
 Options beyond the reference (`MapOptions`, config.maps; off in the faithful
 configs; docs/METHOD.md, "Quality options"): the levels' mean log-likelihood
 instead of their summed likelihood, Gaussian smoothing of the maps (and of
-the maps images are scored on, unless score_unsmoothed) and a top-k mean
-image score. Map constants record them, so everything scores as the
+the maps images are scored on, unless score_unsmoothed), a maximum filter
+after it, and a top-k mean image score. Map constants record them, so everything scores as the
 evaluation did. A new option is a `MapOptions` field (and its config
 field) used in the one function it changes.
 """
@@ -30,6 +30,7 @@ from typing import Any, Dict, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import ndimage
 
 IMAGE_SCORES = ('max', 'top_k_mean')
 # How the levels' maps combine: 'sum' (the reference: the sum of the levels'
@@ -50,17 +51,21 @@ class MapOptions:
       of exp(lp - level max)) or 'mean_log' (normality = the mean over levels
       of lp - level max, a log-likelihood: `mean_log_likelihood_maps`).
     score_unsmoothed: image scores (and nll scores) from the maps before
-      smoothing; the smoothing then serves the maps alone.
+      smoothing and the maximum filter, which then serve the maps alone.
+    max_filter: after the smoothing each pixel takes the highest anomaly of the
+      max_filter x max_filter window around it (odd, in pixels; 0 = none).
   """
   smoothing_sigma: float = 0.0
   image_score: str = 'max'
   top_k_fraction: float = 0.01
   level_aggregation: str = 'sum'
   score_unsmoothed: bool = False
+  max_filter: int = 0
 
   def for_scores(self) -> 'MapOptions':
     """The options of the maps image scores are taken from."""
-    return dataclasses.replace(self, smoothing_sigma=0.0) if self.score_unsmoothed else self
+    return (dataclasses.replace(self, smoothing_sigma=0.0, max_filter=0)
+            if self.score_unsmoothed else self)
 
   @classmethod
   def of(cls, fields) -> 'MapOptions':
@@ -212,6 +217,27 @@ def smooth_maps(maps, sigma: float, xp=jnp, log_space: bool = False):
   return maps
 
 
+def max_filter_maps(maps, size: int, xp=jnp):
+  """Each pixel of [N, S, S] maps the maximum of the size x size window around it,
+  the window cut at the map's edge (size odd; 0 or 1 = unchanged).
+
+  ``xp``: numpy or jax.numpy (traceable). Any increasing function of a map
+  commutes with it, so it may run on normality with ``minimum``: see
+  `min_filter_maps`.
+  """
+  if size <= 1:
+    return maps
+  if xp is np:
+    return ndimage.maximum_filter(np.asarray(maps), size=(1, size, size), mode='nearest')
+  return jax.lax.reduce_window(maps, -jnp.inf, jax.lax.max, (1, size, size), (1, 1, 1),
+                               'SAME')
+
+
+def min_filter_maps(maps, size: int, xp=jnp):
+  """`max_filter_maps` of -maps, negated: the window's minimum (for normality)."""
+  return maps if size <= 1 else -max_filter_maps(-maps, size, xp)
+
+
 def top_k_count(num_pixels: int, fraction: float) -> int:
   """How many pixels the top-k mean averages: at least one."""
   return max(1, int(round(fraction * num_pixels)))
@@ -248,7 +274,8 @@ def anomaly_maps(lp_maps: Sequence[np.ndarray], size: int, constants: Dict[str, 
     normal = mean_log_likelihood_maps(lp_maps, size, constants['level_max'])
   else:
     normal = normality_maps(lp_maps, size, constants['level_max'])
-  maps = constants['map_max'] - smooth_maps(normal, options.smoothing_sigma)
+  normal = min_filter_maps(smooth_maps(normal, options.smoothing_sigma), options.max_filter)
+  maps = constants['map_max'] - normal
   return np.asarray(maps) if xp is np else maps
 
 
@@ -283,6 +310,7 @@ def nll_scores(lp_maps: Sequence[np.ndarray], size: int, constants: Dict[str, An
   else:
     log_normal = smooth_maps(log_normality_maps(lp_maps, size, constants['level_max'], xp),
                              options.smoothing_sigma, xp, log_space=True)
+  log_normal = min_filter_maps(log_normal, options.max_filter, xp)   # log is increasing
   return image_scores(-log_normal, options.image_score, options.top_k_fraction, xp)
 
 

@@ -57,7 +57,7 @@ def test_predict_constants_follow_the_map_options():
   rng = np.random.RandomState(1)
   lp = [rng.normal(-1.0, 0.3, (4, 8, 8)).astype(np.float32)]
   options = dict(smoothing_sigma=2.0, image_score='top_k_mean', top_k_fraction=0.05,
-                 level_aggregation='sum', score_unsmoothed=False)
+                 level_aggregation='sum', score_unsmoothed=False, max_filter=0)
   constants = calibration.predict_constants(lp, 16, 'val_max', 0.01, 'held-out',
                                             maps_lib.MapOptions(**options))
   assert constants['scoring'] == options

@@ -114,7 +114,7 @@ def test_reference_constants_record_no_options_and_options_are_recorded():
   constants = anomaly_maps.map_constants(lp_maps, 32, options)
   assert constants['scoring'] == dict(smoothing_sigma=4.0, image_score='top_k_mean',
                                       top_k_fraction=0.05, level_aggregation='sum',
-                                      score_unsmoothed=False)
+                                      score_unsmoothed=False, max_filter=0)
   assert anomaly_maps.options_of(constants) == options
   # With smoothing, the deployable maps are the smoothed test-set maps shifted by a constant.
   fixed = anomaly_maps.anomaly_maps(lp_maps, 32, constants)
@@ -206,3 +206,50 @@ def test_unsmoothed_scores_come_from_the_maps_before_smoothing(level_aggregation
       [jnp.asarray(m) for m in lp_maps])
   for got, want in zip(traced, (maps, scores, nll)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_max_filter_takes_each_windows_highest_value_inside_the_map():
+  maps = np.zeros((1, 5, 5), np.float32)
+  maps[0, 0, 0], maps[0, 2, 3] = 2.0, 1.0
+  expected = np.zeros((1, 5, 5), np.float32)
+  expected[0, 1:4, 2:5] = 1.0                  # the 3 x 3 window around (2, 3)
+  expected[0, :2, :2] = 2.0                    # around the corner, cut at the edge
+  for xp in (np, jnp):
+    np.testing.assert_array_equal(anomaly_maps.max_filter_maps(xp.asarray(maps), 3, xp), expected)
+    np.testing.assert_array_equal(anomaly_maps.min_filter_maps(xp.asarray(-maps), 3, xp),
+                                  -expected)
+  for size in (0, 1):
+    assert anomaly_maps.max_filter_maps(maps, size, np) is maps
+
+
+@pytest.mark.parametrize('level_aggregation', ['sum', 'mean_log'])
+def test_max_filter_runs_on_the_smoothed_maps_and_scores_follow(level_aggregation):
+  rng = np.random.default_rng(9)
+  lp_maps = [rng.normal(-2, 0.5, size=(4, h, h)).astype(np.float32) for h in (8, 4)]
+  options = anomaly_maps.MapOptions(2.0, 'top_k_mean', 0.05, level_aggregation, False, 5)
+  unfiltered = dataclasses.replace(options, max_filter=0)
+  constants = anomaly_maps.map_constants(lp_maps, 32, options)
+  assert constants['scoring']['max_filter'] == 5
+  maps, scores, nll = anomaly_maps.outputs(lp_maps, 32, constants)
+  before = anomaly_maps.anomaly_maps(lp_maps, 32, dict(constants,
+                                                       scoring=dataclasses.asdict(unfiltered)))
+  np.testing.assert_allclose(maps, ndimage.maximum_filter(before, size=(1, 5, 5)), atol=1e-6)
+  assert maps.min() >= 0.0   # map_max is the highest filtered normality's complement
+  np.testing.assert_allclose(scores, anomaly_maps.image_scores(maps, 'top_k_mean', 0.05),
+                             atol=1e-6)
+  assert list(np.argsort(nll)) == list(np.argsort(scores))   # the verdict ranks as the maps
+  traced = jax.jit(lambda lp: anomaly_maps.outputs(lp, 32, constants, jnp))(
+      [jnp.asarray(m) for m in lp_maps])
+  for got, want in zip(traced, (maps, scores, nll)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  # The test-set maps are the deployable ones up to a constant.
+  np.testing.assert_allclose(anomaly_maps.test_set_anomaly_maps(lp_maps, 32, options),
+                             maps - maps.min(), atol=1e-4)
+  # With score_unsmoothed the image scores skip the smoothing and the filter.
+  bare = dataclasses.replace(options, smoothing_sigma=0.0, max_filter=0)
+  constants_unsmoothed = dict(constants, scoring=dataclasses.asdict(
+      dataclasses.replace(options, score_unsmoothed=True)))
+  plain = anomaly_maps.anomaly_maps(lp_maps, 32, dict(constants,
+                                                      scoring=dataclasses.asdict(bare)))
+  np.testing.assert_allclose(anomaly_maps.map_scores(lp_maps, 32, constants_unsmoothed),
+                             anomaly_maps.image_scores(plain, 'top_k_mean', 0.05), atol=1e-6)
