@@ -213,7 +213,7 @@ def _check_predict(config, errors):
 
 def _check_maps(config, errors):
   _at_least(errors, 'maps.smoothing_sigma', config.maps.smoothing_sigma, 0.0)
-  max_filter = config.maps.max_filter
+  max_filter = config.maps.get('max_filter', 0)   # configs saved before the option: off
   if isinstance(max_filter, bool) or not isinstance(max_filter, int) or (
       max_filter != 0 and (max_filter < 0 or max_filter % 2 == 0)):
     errors.append(f'maps.max_filter={max_filter!r}: 0 (off) or an odd window side in '

@@ -19,9 +19,9 @@ Options beyond the reference (`MapOptions`, config.maps; off in the faithful
 configs; docs/METHOD.md, "Quality options"): the levels' mean log-likelihood
 instead of their summed likelihood, Gaussian smoothing of the maps (and of
 the maps images are scored on, unless score_unsmoothed), a maximum filter
-after it, and a top-k mean image score. Map constants record them, so everything scores as the
-evaluation did. A new option is a `MapOptions` field (and its config
-field) used in the one function it changes.
+after it, and a top-k mean image score. Map constants record them, so
+everything scores as the evaluation did. A new option is a `MapOptions`
+field (and its config field) used in the one function it changes.
 """
 
 import dataclasses
