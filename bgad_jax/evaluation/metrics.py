@@ -78,10 +78,9 @@ class RankedScores:
     negatives = np.bincount(tie[~positive], minlength=self.num_values)
     # From the highest score down, a point after each distinct score.
     pro, fpr = np.cumsum(pro_gain[::-1]), np.cumsum(negatives[::-1]) / num_negative
-    if num_thresholds:
-      selected = self.values[tie]
-      return _thresholded_aupro(float(selected.max()), float(selected.min()), self.values[::-1],
-                                pro, fpr, max_fpr, num_thresholds)
+    if num_thresholds:   # ties rank as their values: the extremes are the rank extremes'
+      return _thresholded_aupro(float(self.values[tie.max()]), float(self.values[tie.min()]),
+                                self.values[::-1], pro, fpr, max_fpr, num_thresholds)
     return _integrated_pro(pro, fpr, max_fpr)
 
 
@@ -234,7 +233,7 @@ def detection_metrics(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray,
   images = RankedScores(image_scores)
   pixel_ok = has_mask   # normal images always have their (empty) mask
   pixels_available = bool((has_mask & (labels == 1)).any())
-  # One sort of all evaluated pixels serves the pixel AUROC of every subset.
+  # One sort of all evaluated pixels serves the pixel AUROC and AUPRO of every subset.
   pixels = RankedScores(maps[pixel_ok]) if pixels_available else None
   pixel_masks = masks[pixel_ok]
   # A subset's AUPRO weighs its own regions alike; the overall one weighs every
@@ -250,15 +249,15 @@ def detection_metrics(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray,
     row = dict(n=int(select.sum()), img_auroc=images.auroc(labels == 1, chosen),
                pix_auroc=None, aupro=None)
     if pixels_available and (has_mask & select).any():
-      row['pix_auroc'] = pixels.auroc(pixel_masks, pixel_select(chosen))
-      row['aupro'] = pixels.aupro(regions, pixel_select(chosen),
-                                  num_thresholds=aupro_thresholds)
+      chosen_pixels = pixel_select(chosen)
+      row['pix_auroc'] = pixels.auroc(pixel_masks, chosen_pixels)
+      row['aupro'] = pixels.aupro(regions, chosen_pixels, num_thresholds=aupro_thresholds)
     return row
 
   results = dict(
       img_auroc=images.auroc(labels == 1),
       pix_auroc=pixels.auroc(pixel_masks) if pixels_available else None,
-      aupro=(aupro(maps[pixel_ok], pixel_masks, num_thresholds=aupro_thresholds)
+      aupro=(pixels.aupro(regions, num_thresholds=aupro_thresholds)
              if pixels_available else None),
       per_type={t: subset_metrics(defect_types == t)
                 for t in sorted(set(defect_types[labels == 1]))},
