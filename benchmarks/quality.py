@@ -51,7 +51,10 @@ tables give the mean +- sd over the seeds, the JSON every run (with each test
 image's score: ``test_scores``, as a run's test_scores.csv); a method run
 on 3 or more seeds also gets a per-seed table with the 90% interval of its sd
 (a few seeds' sd is a rough estimate: with 3 seeds the interval spans 0.6x to
-4.4x the sd measured).
+4.4x the sd measured). A `best` run gets a goals table: each metric (overall,
+seen, unseen) against the strongest of PatchCore (both normalisations) and
+supervised SuperSimpleNet run beside it and against the faithful settings,
+and which goals it misses and by how much (`goal_rows`).
 
 Overrides: ``--set KEY=VALUE`` (repeatable) changes one config field of
 every bgad_jax run, read as that field's type as main.py's
@@ -130,7 +133,7 @@ import json
 import sys
 import tempfile
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -500,6 +503,67 @@ def per_seed_rows(category: str, results: Dict[str, List[Dict]], known: List[str
   return rows
 
 
+# The goals `best` is held to (README, "Detection quality"): at or above each
+# method a user would pick instead on every metric, above them on the seen
+# types, a seed sd of at most GOAL_SD points over at least GOAL_SEEDS seeds,
+# and at most GOAL_FAITHFUL_SLACK points under the faithful settings.
+GOAL_RIVALS = ('patchcore', 'patchcore_own_norm', 'supersimplenet')
+GOAL_SD, GOAL_SEEDS, GOAL_FAITHFUL_SLACK = 1.0, 3, 0.5
+GOAL_METRICS = [(f'{group} {label}'.strip(), group, key)
+                for group in ('', 'seen', 'unseen')
+                for label, key in (('img AUROC', 'img_auroc'), ('pix AUROC', 'pix_auroc'),
+                                   ('AUPRO', 'aupro'))]
+GOAL_COLUMNS = [('class', 'class', 's'), ('run', 'run', 's'), ('metric', 'metric', 's'),
+                ('mean', 'mean ± sd', 's'), ('rival', 'strongest rival', 's'),
+                ('margin', 'margin', 's'), ('faithful', 'vs faithful', 's'),
+                ('verdict', 'goals', 's')]
+
+
+def _metric_values(runs: List[Dict], group: str, key: str) -> List[Optional[float]]:
+  """A metric over the runs, None where undefined (``group``: '' = overall)."""
+  return [(r.get(group) or {}).get(key) if group else r.get(key) for r in runs]
+
+
+def goal_rows(category: str, results: Dict[str, List[Dict]]) -> List[Dict]:
+  """For `best` (and its ensembles): each metric's mean +- sd against the strongest
+  of GOAL_RIVALS present, against the faithful settings, and which goals it
+  misses and by how much (margins of the unrounded means, in points)."""
+  rows = []
+  for name in [n for n in results if n == 'best' or n.startswith('best_x')]:
+    for metric, group, key in GOAL_METRICS:
+      raw = _metric_values(results[name], group, key)
+      values = _defined_percents(raw)
+      if not values:
+        continue
+      mean = float(np.mean(values))
+      sd = float(np.std(values, ddof=1)) if len(values) > 1 else None
+      rivals = {rival: float(np.mean(v)) for rival in GOAL_RIVALS if rival in results
+                for v in [_defined_percents(_metric_values(results[rival], group, key))] if v}
+      misses = []
+      row = {'class': category, 'run': name, 'metric': metric, 'mean': _mean_sd(raw),
+             'rival': '-', 'margin': '-', 'faithful': '-'}
+      if rivals:
+        strongest = max(rivals, key=rivals.get)
+        margin = mean - rivals[strongest]
+        row.update(rival=f'{strongest} {rivals[strongest]:.1f}', margin=f'{margin:+.1f}')
+        if margin < 0 or (group == 'seen' and margin == 0):
+          misses.append(f'under {strongest} by {-margin:.1f}' if margin < 0
+                        else f'level with {strongest} on seen types')
+      faithful = _defined_percents(_metric_values(results.get('faithful', []), group, key))
+      if faithful:
+        gap = mean - float(np.mean(faithful))
+        row['faithful'] = f'{gap:+.1f}'
+        if gap < -GOAL_FAITHFUL_SLACK:
+          misses.append(f'under faithful by {-gap:.1f}')
+      if len(values) < GOAL_SEEDS:
+        misses.append(f'{len(values)} of {GOAL_SEEDS} seeds')
+      elif sd > GOAL_SD:
+        misses.append(f'sd {sd:.1f} over {GOAL_SD:.0f}')
+      row['verdict'] = '; '.join(misses) or 'met'
+      rows.append(row)
+  return rows
+
+
 def plot_curves(path: str, all_results: Dict[str, Dict[str, Dict]]) -> None:
   """Image AUROC, pixel AUROC and AUPRO against meta-epoch (mean over the seeds),
   one row per class."""
@@ -669,7 +733,7 @@ def main(argv=None) -> Dict:
 
 def report(out: str, known_types: Dict[str, List[str]],
            all_results: Dict[str, Dict[str, List[Dict]]]) -> None:
-  """Prints the summary and per-type tables; the learning curves go to OUT."""
+  """Prints the summary, per-type, per-seed and goal tables; the learning curves go to OUT."""
   summary = [row for c, r in all_results.items() for row in summary_rows(c, r)]
   print(table.markdown(summary, SUMMARY_COLUMNS))
   print()
@@ -681,6 +745,10 @@ def report(out: str, known_types: Dict[str, List[str]],
   if per_seed:   # how far the seeds spread, where there are enough of them
     print()
     print(table.markdown(per_seed, PER_SEED_COLUMNS))
+  goals = [row for c, r in all_results.items() for row in goal_rows(c, r)]
+  if goals:   # where `best` stands against its goals, and by how much it misses
+    print()
+    print(table.markdown(goals, GOAL_COLUMNS))
   if any(name in r for r in all_results.values() for name in CURVES):
     plot_path = os.path.join(out, 'quality_curves.png')
     plot_curves(plot_path, all_results)

@@ -699,6 +699,39 @@ def test_quality_tables_give_mean_and_sd_over_the_seeds():
   assert quality.sd_interval([0.5, 0.6]) == '-'
 
 
+def test_quality_goal_rows_name_each_miss_and_its_size():
+  from benchmarks import quality
+
+  def run(img, pix=0.9, seen_img=0.99, unseen_aupro=0.5):
+    return dict(img_auroc=img, pix_auroc=pix, aupro=None,
+                seen=dict(img_auroc=seen_img), unseen=dict(aupro=unseen_aupro))
+  results = {
+      'best': [run(0.90, 0.950), run(0.92, 0.951), run(0.94, 0.952, unseen_aupro=None)],
+      'best_short': [run(0.5)] * 3,   # not held to the goals
+      'patchcore': [run(0.91, unseen_aupro=0.4)] * 3,
+      'patchcore_own_norm': [run(0.93, unseen_aupro=0.4)] * 3,
+      'supersimplenet_unsup': [run(0.99, 0.99, 1.0, 0.9)] * 3,   # not a rival
+      'faithful': [run(0.93, 0.8, 0.9, 0.1)] * 2}
+  rows = {row['metric']: row for row in quality.goal_rows('coins', results)}
+  assert list(rows) == ['img AUROC', 'pix AUROC', 'seen img AUROC', 'unseen AUPRO']
+  img = rows['img AUROC']
+  assert img['mean'] == '92.0 ± 2.0' and img['rival'] == 'patchcore_own_norm 93.0'
+  assert img['margin'] == '-1.0' and img['faithful'] == '-1.0'
+  assert img['verdict'] == ('under patchcore_own_norm by 1.0; under faithful by 1.0; '
+                            'sd 2.0 over 1')
+  pix = rows['pix AUROC']
+  assert pix['margin'] == '+5.1' and pix['faithful'] == '+15.1' and pix['verdict'] == 'met'
+  # Seen types: level is not enough.
+  assert rows['seen img AUROC']['verdict'] == 'level with patchcore on seen types'
+  unseen = rows['unseen AUPRO']   # one seed undefined: its mean is of two
+  assert unseen['mean'] == '50.0 ± 0.0' and unseen['margin'] == '+10.0'
+  assert unseen['verdict'] == '2 of 3 seeds'
+  # An ensemble is held to them too; without rivals or faithful only the seeds count.
+  (alone,) = quality.goal_rows('coins', {'best_x2': [run(0.9, None, None, None)]})
+  assert alone['run'] == 'best_x2' and alone['rival'] == '-'
+  assert alone['verdict'] == '1 of 3 seeds'
+
+
 def test_quality_tables_from_saved_runs_merge_the_files(tmp_path, capsys):
   from benchmarks import quality
 
