@@ -558,7 +558,7 @@ def goal_rows(category: str, results: Dict[str, List[Dict]]) -> List[Dict]:
       if len(values) < GOAL_SEEDS:
         misses.append(f'{len(values)} of {GOAL_SEEDS} seeds')
       elif sd > GOAL_SD:
-        misses.append(f'sd {sd:.1f} over {GOAL_SD:.0f}')
+        misses.append(f'sd {sd:.2f} over {GOAL_SD:.0f}')   # 1.04 is over
       row['verdict'] = '; '.join(misses) or 'met'
       rows.append(row)
   return rows

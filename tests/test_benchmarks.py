@@ -718,7 +718,7 @@ def test_quality_goal_rows_name_each_miss_and_its_size():
   assert img['mean'] == '92.0 ± 2.0' and img['rival'] == 'patchcore_own_norm 93.0'
   assert img['margin'] == '-1.0' and img['faithful'] == '-1.0'
   assert img['verdict'] == ('under patchcore_own_norm by 1.0; under faithful by 1.0; '
-                            'sd 2.0 over 1')
+                            'sd 2.00 over 1')
   pix = rows['pix AUROC']
   assert pix['margin'] == '+5.1' and pix['faithful'] == '+15.1' and pix['verdict'] == 'met'
   # Seen types: level is not enough.
