@@ -453,16 +453,19 @@ def _seconds(name: str, runs: List[Dict]) -> str:
           f"(train {np.mean([r['seconds']['train'] for r in runs]):.0f})")
 
 
+def _metric_values(runs: List[Dict], group: str, key: str) -> List[Optional[float]]:
+  """A metric over the runs, None where undefined (``group``: '' = overall)."""
+  return [(r.get(group) or {}).get(key) if group else r.get(key) for r in runs]
+
+
 def summary_rows(category: str, results: Dict[str, List[Dict]]) -> List[Dict]:
   """One row per method: each metric's mean +- sd over its runs (one per seed)."""
   rows = []
   for name, runs in results.items():
-    def part(key, group, runs=runs):   # a metric of the seen or unseen types
-      return _mean_sd([(r.get(group) or {}).get(key) for r in runs])
+    def part(key, group='', runs=runs):   # overall, or of the seen or unseen types
+      return _mean_sd(_metric_values(runs, group, key))
     rows.append({'class': category, 'run': name,
-                 'img': _mean_sd([r['img_auroc'] for r in runs]),
-                 'pix': _mean_sd([r['pix_auroc'] for r in runs]),
-                 'aupro': _mean_sd([r['aupro'] for r in runs]),
+                 'img': part('img_auroc'), 'pix': part('pix_auroc'), 'aupro': part('aupro'),
                  'seen_img': part('img_auroc', 'seen'), 'seen_pix': part('pix_auroc', 'seen'),
                  'seen_aupro': part('aupro', 'seen'), 'unseen_img': part('img_auroc', 'unseen'),
                  'unseen_pix': part('pix_auroc', 'unseen'), 'unseen_aupro': part('aupro', 'unseen'),
@@ -517,11 +520,6 @@ GOAL_COLUMNS = [('class', 'class', 's'), ('run', 'run', 's'), ('metric', 'metric
                 ('mean', 'mean ± sd', 's'), ('rival', 'strongest rival', 's'),
                 ('margin', 'margin', 's'), ('faithful', 'vs faithful', 's'),
                 ('verdict', 'goals', 's')]
-
-
-def _metric_values(runs: List[Dict], group: str, key: str) -> List[Optional[float]]:
-  """A metric over the runs, None where undefined (``group``: '' = overall)."""
-  return [(r.get(group) or {}).get(key) if group else r.get(key) for r in runs]
 
 
 def goal_rows(category: str, results: Dict[str, List[Dict]]) -> List[Dict]:
