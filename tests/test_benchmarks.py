@@ -732,6 +732,49 @@ def test_quality_goal_rows_name_each_miss_and_its_size():
   assert alone['verdict'] == '1 of 3 seeds'
 
 
+def test_quality_goal_rows_hold_each_unseen_type_when_several_are_unseen():
+  from benchmarks import quality
+
+  def run(dent, stain, unseen_pix=0.8):
+    per_type = dict(chip=dict(pix_auroc=0.99), dent=dict(pix_auroc=dent),
+                    stain=dict(pix_auroc=stain))
+    return dict(img_auroc=None, pix_auroc=0.9, aupro=None, per_type=per_type,
+                unseen=dict(pix_auroc=unseen_pix))
+  results = {'best': [run(0.70, 0.95), run(0.72, 0.96), run(0.74, 0.97)],
+             'patchcore': [run(0.75, 0.90, 0.7)] * 3}
+  rows = {row['metric']: row for row in quality.goal_rows('coins', results, ['chip'])}
+  # The group hides the dent, under PatchCore, behind the stains.
+  assert rows['unseen pix AUROC']['verdict'] == 'met'
+  dent = rows['dent (unseen) pix AUROC']
+  assert dent['mean'] == '72.0 ± 2.0' and dent['margin'] == '-3.0'
+  assert dent['verdict'] == 'under patchcore by 3.0; sd 2.00 over 1'
+  assert rows['stain (unseen) pix AUROC']['margin'] == '+6.0'
+  assert 'chip pix AUROC' not in rows and 'chip (unseen) pix AUROC' not in rows
+  # One unseen type: its rows would repeat the group's; without known types, none.
+  one = [row['metric'] for row in quality.goal_rows('coins', results, ['chip', 'dent'])]
+  assert one == [row['metric'] for row in quality.goal_rows('coins', results)]
+  assert one == ['pix AUROC', 'unseen pix AUROC']
+
+
+def test_quality_unseen_types_choose_what_stays_unlabelled(tmp_path):
+  from benchmarks import quality
+  types = ['chip', 'deformation', 'scratch', 'stain']
+  parse = quality.build_parser().parse_args
+  assert quality.seen_types(parse([]), types) == ['chip', 'deformation', 'scratch']
+  assert quality.seen_types(parse(['--num_unseen', '2']), types) == ['chip', 'deformation']
+  assert quality.seen_types(parse(['--unseen_types', 'stain,chip']), types) == [
+      'deformation', 'scratch']
+  config = quality.run_config(parse(['--unseen_types', 'chip,stain']), 'coins', str(tmp_path),
+                              'best', types, 0)
+  assert config.data.known_defect_types == ('deformation', 'scratch')
+  with pytest.raises(ValueError, match="'dent' is not a defect type of this class"):
+    quality.seen_types(parse(['--unseen_types', 'dent']), types)
+  for flags in (['--unseen_types', ','.join(types)], ['--num_unseen', '4'],
+                ['--num_unseen', '5'], ['--num_unseen', '0']):
+    with pytest.raises(ValueError, match='leave at least one type unseen and one to label'):
+      quality.seen_types(parse(flags), types)
+
+
 def test_quality_tables_from_saved_runs_merge_the_files(tmp_path, capsys):
   from benchmarks import quality
 
