@@ -244,7 +244,7 @@ def seen_types(args, defect_types: Sequence[str]) -> List[str]:
     raise ValueError(f'--unseen_types {args.unseen_types}: {unknown[0]!r} is not a defect '
                      f'type of this class (its types: {", ".join(defect_types)})')
   seen = [name for name in defect_types if name not in unseen]
-  if not seen or args.num_unseen < 1:
+  if not seen or not unseen:
     raise ValueError(f'unseen types {",".join(unseen) or "none"} of '
                      f'{", ".join(defect_types)}: leave at least one type unseen and one '
                      'to label')

@@ -764,6 +764,8 @@ def test_quality_unseen_types_choose_what_stays_unlabelled(tmp_path):
   assert quality.seen_types(parse(['--num_unseen', '2']), types) == ['chip', 'deformation']
   assert quality.seen_types(parse(['--unseen_types', 'stain,chip']), types) == [
       'deformation', 'scratch']
+  assert quality.seen_types(parse(['--unseen_types', 'chip', '--num_unseen', '0']), types) == [
+      'deformation', 'scratch', 'stain']   # the names rule
   config = quality.run_config(parse(['--unseen_types', 'chip,stain']), 'coins', str(tmp_path),
                               'best', types, 0)
   assert config.data.known_defect_types == ('deformation', 'scratch')
