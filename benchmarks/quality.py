@@ -473,8 +473,12 @@ def _seconds(name: str, runs: List[Dict]) -> str:
           f"(train {np.mean([r['seconds']['train'] for r in runs]):.0f})")
 
 
-def _metric_values(runs: List[Dict], group: str, key: str) -> List[Optional[float]]:
-  """A metric over the runs, None where undefined (``group``: '' = overall)."""
+def _metric_values(runs: List[Dict], group: str, key: str,
+                   defect: Optional[str] = None) -> List[Optional[float]]:
+  """A metric over the runs, None where undefined (``group``: '' = overall);
+  with ``defect``, that defect type's own instead of the group's."""
+  if defect is not None:
+    return [(r['per_type'].get(defect) or {}).get(key) for r in runs]
   return [(r.get(group) or {}).get(key) if group else r.get(key) for r in runs]
 
 
@@ -557,18 +561,15 @@ def goal_rows(category: str, results: Dict[str, List[Dict]],
       metrics += [(f'{_type_label(defect, known)} {label}', 'unseen', key, defect)
                   for defect in unseen for label, key in GOAL_KEYS]
     for metric, group, key, defect in metrics:
-      def values_of(runs, group=group, key=key, defect=defect):
-        if defect is None:
-          return _metric_values(runs, group, key)
-        return [(r['per_type'].get(defect) or {}).get(key) for r in runs]
-      raw = values_of(results[name])
+      raw = _metric_values(results[name], group, key, defect)
       values = _defined_percents(raw)
       if not values:
         continue
       mean = float(np.mean(values))
       sd = float(np.std(values, ddof=1)) if len(values) > 1 else None
       rivals = {rival: float(np.mean(v)) for rival in GOAL_RIVALS if rival in results
-                for v in [_defined_percents(values_of(results[rival]))] if v}
+                for v in [_defined_percents(_metric_values(results[rival], group, key,
+                                                           defect))] if v}
       misses = []
       row = {'class': category, 'run': name, 'metric': metric, 'mean': _mean_sd(raw),
              'rival': '-', 'margin': '-', 'faithful': '-'}
@@ -579,7 +580,7 @@ def goal_rows(category: str, results: Dict[str, List[Dict]],
         if margin < 0 or (group == 'seen' and margin == 0):
           misses.append(f'under {strongest} by {-margin:.1f}' if margin < 0
                         else f'level with {strongest} on seen types')
-      faithful = _defined_percents(values_of(results.get('faithful', [])))
+      faithful = _defined_percents(_metric_values(results.get('faithful', []), group, key, defect))
       if faithful:
         gap = mean - float(np.mean(faithful))
         row['faithful'] = f'{gap:+.1f}'
